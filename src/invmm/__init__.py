@@ -1,0 +1,9 @@
+"""invmm: how strongly has a diffusion model memorized an image? (InvMM, Ma et al., ICCV 2025)"""
+
+from invmm.config import PRESETS, InvMMConfig, preset
+from invmm.errors import InvMMInputError
+from invmm.measure import measure
+from invmm.result import Result
+
+__all__ = ["InvMMConfig", "InvMMInputError", "PRESETS", "Result", "measure", "preset"]
+__version__ = "0.1.0"

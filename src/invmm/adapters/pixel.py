@@ -1,0 +1,93 @@
+"""Unconditional pixel-space diffusion (DDPM/DDIM): a diffusers `UNet2DModel` plus a scheduler config.
+
+The numerical path in one place: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, the UNet's raw output
+turned into x0_hat by the scheduler's `prediction_type`, and deterministic DDIM for generation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
+
+
+class PixelAdapter:
+    family = "pixel"
+
+    def __init__(self, unet, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = ""):
+        from diffusers import DDIMScheduler
+
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.scheduler_config = dict(scheduler_config)
+        prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler prediction_type {prediction_type!r} is not supported; expected one of "
+                f"{PREDICTION_TYPES}"
+            )
+        self.prediction_type = prediction_type
+        # The noise schedule comes from the model's own scheduler config (betas, schedule kind, length):
+        # diffusers derives alphas_cumprod from it exactly as the model was trained.
+        self._ddim = DDIMScheduler.from_config(self.scheduler_config)
+        self.alphas_cumprod = self._ddim.alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
+        channels = int(self.unet.config.in_channels)
+        if channels not in (1, 3):
+            raise ValueError(
+                f"the UNet takes {channels} input channels; pixel models must take 1 (grayscale) or 3 (RGB)"
+            )
+        self.channels = channels
+        self.image_mode = "L" if channels == 1 else "RGB"
+        size = self.unet.config.sample_size
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self.source = source
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, torch.float32)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-1, 1)
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
+
+    def _abar(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        return self.alphas_cumprod[t.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return add_noise(x0, eps, self._abar(t, x0.ndim))
+
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.unet(x_t, t.to(self.device)).sample
+        # Models with a learned variance output [prediction, variance] stacked on channels.
+        return out[:, : self.channels]
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self._model_output(x_t, t)
+        return x0_from_prediction(out, x_t, self._abar(t, x_t.ndim), self.prediction_type)
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        x = noise.to(self.device, torch.float32)
+        for t in scheduler.timesteps:
+            out = self._model_output(x, t.expand(len(x)))
+            x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
+        return self.decode(x)
+
+    def describe(self) -> dict:
+        return {
+            "family": self.family,
+            "source": self.source,
+            "unet_class": type(self.unet).__name__,
+            "sample_size": self.image_size,
+            "channels": self.channels,
+            "prediction_type": self.prediction_type,
+            "num_train_timesteps": self.num_train_timesteps,
+            "scheduler_class": self.scheduler_config.get("_class_name"),
+        }

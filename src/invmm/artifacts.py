@@ -1,0 +1,49 @@
+"""Per-image files of a run: the fitted distribution and a picture of the last check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from invmm.audit.ledger import atomic_write_bytes
+from invmm.images import to_uint8
+
+
+def safe_name(image_id: str) -> str:
+    """An id made safe as a file name (ids come from user paths)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
+    return name[:120]
+
+
+def save_distribution(path: Path, mu: torch.Tensor, logvar: torch.Tensor, metadata: dict) -> None:
+    from safetensors.torch import save
+
+    data = save({"mu": mu.contiguous(), "logvar": logvar.contiguous()}, metadata={k: str(v) for k, v in
+                                                                                 metadata.items()})
+    atomic_write_bytes(path, data)
+
+
+def grid_png(target: torch.Tensor, samples: torch.Tensor | None, min_px: int = 64) -> bytes:
+    """Target, then the check samples, side by side with a gap; tiny images are upscaled (nearest)."""
+    import io
+
+    from PIL import Image
+
+    tiles = [target[None]] + ([samples] if samples is not None else [])
+    arr = to_uint8(torch.cat([t.cpu() for t in tiles]))
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    n, h, w, _ = arr.shape
+    scale = max(1, -(-min_px // h))
+    gap = 2 * scale
+    canvas = np.full((h * scale, n * w * scale + (n - 1) * gap, 3), 255, np.uint8)
+    for i, a in enumerate(arr):
+        big = a.repeat(scale, 0).repeat(scale, 1)
+        x = i * (w * scale + gap)
+        canvas[:, x : x + w * scale] = big
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,83 @@
+"""A run folder: run.json (what was run) and results.jsonl (append-only, one finished image a line).
+
+Every write is durable before it counts: a ledger line is flushed and fsync'd, other files are written
+to a temporary name and renamed into place, so a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from invmm.errors import InvMMInputError
+from invmm.result import Result
+
+RUN_FILE = "run.json"
+LEDGER_FILE = "results.jsonl"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
+class Ledger:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LEDGER_FILE
+
+    @classmethod
+    def create(cls, run_dir: Path, run_info: dict) -> Ledger:
+        """Start a new run; refuse a folder that already holds one, so nothing written is overwritten."""
+        run_dir = Path(run_dir)
+        if (run_dir / RUN_FILE).exists() or (run_dir / LEDGER_FILE).exists():
+            raise InvMMInputError(
+                f"output folder {run_dir} already holds a run ({RUN_FILE}/{LEDGER_FILE}); "
+                "choose another --out so its results are kept"
+            )
+        if run_dir.exists() and not run_dir.is_dir():
+            raise InvMMInputError(f"output folder {run_dir} is a file; choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / RUN_FILE, run_info)
+        ledger = cls(run_dir)
+        ledger.path.touch()
+        return ledger
+
+    def append(self, result: Result) -> None:
+        line = json.dumps(result.to_json(), sort_keys=True, allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[Result]:
+        """All complete records; a torn last line (a crash mid-write) is ignored."""
+        if not self.path.exists():
+            return []
+        results = []
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                results.append(Result.from_json(json.loads(line)))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # only the unterminated tail can be torn
+                    continue
+                raise ValueError(f"{self.path}: line {i + 1} is not valid JSON") from None
+        return results

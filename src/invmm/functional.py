@@ -1,0 +1,97 @@
+"""Pure math of InvMM: no models, no I/O. Every function here has a reference test."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def seed_from(*parts) -> int:
+    """A 63-bit seed derived from the run seed and names (e.g. an image id), stable across runs and machines."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-dimension KL(N(mu, exp(logvar)) || N(0, 1)), averaged over all but the leading (image) dimension.
+
+    This is InvMM's normality term L_norm and, at the first success, its score.
+    """
+    per_dim = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+    return per_dim.flatten(1).mean(1)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """eps = mu + sigma * z, broadcasting mu/logvar [K, 1, ...] against z [K, B, ...]."""
+    return mu + torch.exp(0.5 * logvar) * z
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, with abar shaped to broadcast."""
+    return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * eps
+
+
+def x0_from_prediction(
+    output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The model's estimate of x0 from its raw output, for each diffusers prediction type."""
+    if prediction_type == "epsilon":
+        return (x_t - (1.0 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * output
+    if prediction_type == "sample":
+        return output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def x0_from_flow_velocity(velocity: torch.Tensor, x_s: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Flow matching: x_s = s * noise + (1 - s) * x0 and v = noise - x0, hence x0 = x_s - s * v."""
+    return x_s - sigma * velocity
+
+
+def update_lambda(
+    lam: float,
+    step: int,
+    rec_history: list[float],
+    prev_check_mean: float,
+    *,
+    check_every: int,
+    window: int,
+    delta: float,
+    xi: float,
+) -> tuple[float, float, bool]:
+    """InvMM's adaptive weight of the normality term after optimisation step `step` (1-based).
+
+    Off check steps lambda grows by delta. On a check step (every `check_every` steps) the mean of the
+    last `window` reconstruction losses is compared with its value at the previous check (+inf at the
+    first); if it improved by less than xi, lambda is halved so sensitivity gets room, else it grows
+    by delta. Returns (new lambda, mean to compare against at the next check, whether this was a check).
+    """
+    if step % check_every != 0:
+        return lam + delta, prev_check_mean, False
+    recent = rec_history[-window:]
+    current = sum(recent) / len(recent) if recent else math.inf
+    improvement = prev_check_mean - current
+    if improvement < xi:
+        return lam * 0.5, current, True
+    return lam + delta, current, True
+
+
+def concordance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Lin's concordance correlation coefficient between flattened images, row by row.
+
+    2 cov(a, b) / (var a + var b + (mean a - mean b)^2): 1 only for identical images, and unlike Pearson
+    correlation it penalises changes of brightness and contrast, so a faint or shifted copy is no copy.
+    """
+    a = a.flatten(1).double()
+    b = b.flatten(1).double()
+    ma, mb = a.mean(1), b.mean(1)
+    va, vb = a.var(1, unbiased=False), b.var(1, unbiased=False)
+    cov = ((a - ma[:, None]) * (b - mb[:, None])).mean(1)
+    denom = va + vb + (ma - mb).pow(2)
+    # Two identical constant images have zero denominator; they are copies of each other.
+    return torch.where(denom > 0, 2 * cov / denom.clamp_min(1e-300), torch.ones_like(denom)).float()

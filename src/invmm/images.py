@@ -1,0 +1,116 @@
+"""Image files -> model-ready tensors, with a clear error for each way a file can be unusable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageItem:
+    """One input image: its stable id and where it came from. `pixels` is set once it loaded."""
+
+    id: str
+    path: str
+    caption: str | None = None
+    pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]
+    original_size: tuple[int, int] | None = None
+    resized: bool = False
+    error: str | None = None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def collect_images(inputs: list[str]) -> list[ImageItem]:
+    """Expand files and folders into items with ids; a missing path becomes an item with an error.
+
+    A folder is walked recursively for image suffixes and ids are paths relative to it, so the same
+    dataset gives the same ids wherever it lies.
+    """
+    items: list[ImageItem] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                items.append(ImageItem(id=str(p), path=str(p), error=f"{p}: folder holds no image files"))
+            for f in files:
+                items.append(ImageItem(id=f.relative_to(p).as_posix(), path=str(f)))
+        elif p.exists():
+            items.append(ImageItem(id=p.name, path=str(p)))
+        else:
+            items.append(ImageItem(id=str(p), path=str(p), error=f"{p}: no such file or folder"))
+    seen: dict[str, int] = {}
+    for it in items:
+        # Two inputs with the same name (a/x.png, b/x.png) must not share an id: ids key results and seeds.
+        if it.id in seen:
+            seen[it.id] += 1
+            it.id = f"{it.id}#{seen[it.id]}"
+        else:
+            seen[it.id] = 0
+    return items
+
+
+def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
+    """Decode, convert to the model's mode, resize the short side and center-crop to size x size."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if item.error:
+        return item
+    try:
+        with Image.open(item.path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            w, h = im.size
+            if w < 1 or h < 1:
+                raise ValueError(f"empty image ({w}x{h})")
+            if im.mode in ("I", "F") or im.mode.startswith("I;"):
+                # Pillow would clip these to 8 bits silently; the user must choose the mapping.
+                raise _Unsupported(
+                    f"{im.mode} ({'16/32-bit integer' if im.mode != 'F' else 'float'}) pixels; the model takes "
+                    "8-bit images: convert it to 8-bit L or RGB first"
+                )
+            if im.mode in ("RGBA", "LA", "P", "PA"):
+                # Composite transparency onto white rather than letting it turn black.
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert(mode)
+    except _Unsupported as exc:
+        item.error = f"{item.path}: the model cannot take this image: {exc}"
+        return item
+    except FileNotFoundError:
+        item.error = f"{item.path}: no such file"
+        return item
+    except UnidentifiedImageError:
+        item.error = f"{item.path}: not an image file (or a format Pillow cannot read)"
+        return item
+    except (OSError, SyntaxError, ValueError) as exc:
+        item.error = f"{item.path}: corrupt or unreadable image ({exc})"
+        return item
+    item.original_size = (w, h)
+    if (w, h) != (size, size):
+        im = ImageOps.fit(im, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+        item.resized = True
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    item.pixels = torch.from_numpy(np.ascontiguousarray(arr))
+    return item
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[K, C, H, W] in [-1, 1] -> uint8 [K, H, W, C]."""
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,201 @@
+"""The adaptive InvMM loop, family-agnostic and batched over images.
+
+Each image carries its own mu, log-variance, Adam state, lambda, loss history, stop state and random
+stream, so batching only changes how many model calls are made, not what any image sees. Images that
+finish leave the batch and waiting images take their place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from invmm.config import InvMMConfig
+from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
+from invmm.result import Result
+
+
+@dataclass
+class Target:
+    id: str
+    pixels: torch.Tensor  # [C, S, S] in [-1, 1], as the model sees it
+    path: str = ""
+
+
+@dataclass
+class _State:
+    target: Target
+    x0: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    image_seed: int
+    lam: float
+    prev_check_mean: float = math.inf
+    step: int = 0
+    rec_history: list[float] = field(default_factory=list)
+    checks: list[list[float]] = field(default_factory=list)
+    similarities: list[float] = field(default_factory=list)
+    samples: torch.Tensor | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Outcome:
+    result: Result
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    samples: torch.Tensor | None = None  # the last check's generated images, [-1, 1]
+
+
+class Inverter:
+    def __init__(self, adapter, config: InvMMConfig, similarity, *, batch_images: int = 8):
+        if batch_images < 1:
+            raise ValueError(f"batch_images must be >= 1, got {batch_images}")
+        self.adapter = adapter
+        self.config = config
+        self.similarity = similarity
+        self.batch_images = batch_images
+
+    def _start(self, target: Target) -> _State:
+        cfg = self.config
+        image_seed = seed_from(cfg.seed, target.id)
+        gen = torch.Generator().manual_seed(image_seed)
+        with torch.no_grad():
+            x0 = self.adapter.encode(target.pixels[None])[0]
+        mu = torch.zeros_like(x0, requires_grad=True)
+        logvar = torch.zeros_like(x0, requires_grad=True)
+        opt = torch.optim.Adam([mu, logvar], lr=cfg.lr)
+        return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init)
+
+    def _finish(self, s: _State, *, success: bool, error: str | None = None) -> Outcome:
+        with torch.no_grad():
+            kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
+        res = Result(
+            id=s.target.id,
+            path=s.target.path,
+            status="error" if error else "ok",
+            error=error,
+            error_kind="numerical" if error else None,
+            score=kl if success else math.inf,
+            success=success,
+            steps=s.step,
+            final_lambda=s.lam,
+            kl=kl if math.isfinite(kl) else None,
+            min_similarity=min(s.similarities) if s.similarities else None,
+            similarities=list(s.similarities),
+            checks=s.checks,
+            seed=self.config.seed,
+            image_seed=s.image_seed,
+            seconds=round(time.perf_counter() - s.started, 3),
+        )
+        return Outcome(res, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
+
+    def run(self, targets: Iterable[Target], on_done: Callable[[Outcome], None] | None = None,
+            on_step: Callable[[list[int]], None] | None = None) -> list[Outcome]:
+        pending = list(targets)[::-1]
+        active: list[_State] = []
+        outcomes: list[Outcome] = []
+
+        def done(o: Outcome):
+            outcomes.append(o)
+            if on_done:
+                on_done(o)
+
+        while pending or active:
+            while pending and len(active) < self.batch_images:
+                active.append(self._start(pending.pop()))
+            finished = self._step(active)
+            for s, success, error in finished:
+                active.remove(s)
+                done(self._finish(s, success=success, error=error))
+            if on_step:
+                on_step([s.step for s in active])
+        return outcomes
+
+    def _step(self, active: list[_State]) -> list[tuple[_State, bool, str | None]]:
+        """One optimisation step for every active image, then the checks that fall due."""
+        cfg, adapter = self.config, self.adapter
+        device = active[0].x0.device
+        b = cfg.batch_size
+        # Per-image draws from per-image generators: an image's noise does not depend on its batch mates.
+        z = torch.stack([torch.randn((b, *s.x0.shape), generator=s.gen) for s in active]).to(device)
+        t = torch.stack([adapter.sample_timesteps(b, s.gen) for s in active]).to(device)
+        mu = torch.stack([s.mu for s in active])
+        logvar = torch.stack([s.logvar for s in active])
+        x0 = torch.stack([s.x0 for s in active])
+        eps = reparameterize(mu[:, None], logvar[:, None], z)
+        x0_rep = x0[:, None].expand_as(eps).reshape(-1, *x0.shape[1:])
+        x_t = adapter.add_noise(x0_rep, eps.reshape(-1, *x0.shape[1:]), t.reshape(-1))
+        x0_hat = adapter.predict_x0(x_t, t.reshape(-1))
+        rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
+        norm = kl_to_standard_normal(mu, logvar)
+        lam = torch.tensor([s.lam for s in active], device=device)
+        loss = (rec + lam * norm).sum()
+        for s in active:
+            s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+        finished: list[tuple[_State, bool, str | None]] = []
+        checking: list[_State] = []
+        rec_values = rec.detach().cpu().tolist()
+        norm_values = norm.detach().cpu().tolist()
+        for s, r, n in zip(active, rec_values, norm_values):
+            s.step += 1
+            if not (math.isfinite(r) and math.isfinite(n)):
+                finished.append((s, False, self._nan_message(s, r, n)))
+                continue
+            s.opt.step()
+            if not (torch.isfinite(s.mu).all() and torch.isfinite(s.logvar).all()):
+                finished.append((s, False, self._nan_message(s, r, n)))
+                continue
+            s.rec_history.append(r)
+            if len(s.rec_history) > cfg.window:
+                del s.rec_history[: -cfg.window]
+            s.lam, s.prev_check_mean, is_check = update_lambda(
+                s.lam, s.step, s.rec_history, s.prev_check_mean,
+                check_every=cfg.check_every, window=cfg.window, delta=cfg.delta, xi=cfg.xi,
+            )
+            if is_check:
+                checking.append(s)
+            elif s.step >= cfg.max_steps:
+                finished.append((s, False, None))
+        if checking:
+            finished += self._check(checking)
+        return finished
+
+    def _nan_message(self, s: _State, rec: float, norm: float) -> str:
+        return (
+            f"{s.target.path or s.target.id}: NaN/inf in the optimisation at step {s.step} "
+            f"(L_rec={rec}, L_norm={norm}, lambda={s.lam:.4g}); lower the learning rate "
+            f"(lr={self.config.lr}) or check the model for NaN weights"
+        )
+
+    @torch.no_grad()
+    def _check(self, checking: list[_State]) -> list[tuple[_State, bool, str | None]]:
+        """Generate n samples from each image's N(mu, sigma^2) and test them all for being copies."""
+        cfg = self.config
+        n = cfg.n_check_samples
+        noise = []
+        for s in checking:
+            z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
+            noise.append(reparameterize(s.mu[None], s.logvar[None], z))
+        images = self.adapter.generate(torch.cat(noise), steps=cfg.sampler_steps, eta=cfg.eta)
+        finished = []
+        for i, s in enumerate(checking):
+            samples = images[i * n : (i + 1) * n].cpu()
+            sims = self.similarity(samples, s.target.pixels)
+            s.similarities = [round(float(v), 6) for v in sims]
+            s.samples = samples
+            kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
+            s.checks.append([s.step, kl, s.lam, min(s.similarities)])
+            if min(s.similarities) >= cfg.beta:
+                finished.append((s, True, None))
+            elif s.step >= cfg.max_steps:
+                finished.append((s, False, None))
+        return finished

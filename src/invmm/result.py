@@ -1,0 +1,52 @@
+"""One image's outcome, and its JSON form (where +inf must survive the round trip)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    id: str
+    path: str
+    status: str = "ok"  # "ok" or "error"
+    error: str | None = None
+    error_kind: str | None = None  # "input" (the file/option is at fault) or "numerical"
+    score: float = math.inf  # KL at the first success; +inf: not reproduced within the budget
+    success: bool = False
+    steps: int = 0
+    final_lambda: float | None = None
+    kl: float | None = None  # KL of the distribution at the last step, success or not
+    min_similarity: float | None = None
+    similarities: list[float] = field(default_factory=list)  # the check samples of the last check
+    checks: list[list[float]] = field(default_factory=list)  # [step, kl, lambda, min similarity] per check
+    seed: int | None = None
+    image_seed: int | None = None
+    seconds: float | None = None
+    resized: bool = False
+    original_size: list[int] | None = None
+    caption: str | None = None
+    model: str | None = None
+    config: dict | None = None
+
+    @property
+    def memorized_within_budget(self) -> bool:
+        return self.status == "ok" and self.success
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        # JSON has no infinity: write null plus an explicit flag, so readers never mistake it for 0.
+        d["score_is_inf"] = self.status == "ok" and math.isinf(self.score)
+        if math.isinf(self.score) or math.isnan(self.score) or self.status != "ok":
+            d["score"] = None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        if values.get("score") is None:
+            values["score"] = math.inf if d.get("score_is_inf") else math.nan
+        return cls(**values)

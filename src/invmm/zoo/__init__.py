@@ -1,0 +1,14 @@
+"""Toy diffusion models with planted memorization, for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHIPPED_DIGITS = Path(__file__).parent / "digits_model"
+
+
+def shipped_digits_model() -> Path:
+    """The trained toy digits model that ships inside the package (see zoo/digits_model/README.md)."""
+    if not (SHIPPED_DIGITS / "model_index.json").exists():
+        raise FileNotFoundError(f"the shipped toy model is missing from {SHIPPED_DIGITS}; reinstall invmm")
+    return SHIPPED_DIGITS

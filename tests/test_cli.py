@@ -1,0 +1,84 @@
+import json
+import math
+
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from invmm.cli import app
+from invmm.result import Result
+
+runner = CliRunner()
+FAST = ["--max-steps", "20", "--check-every", "10", "--batch-size", "8", "--sampler-steps", "10"]
+
+
+def read_results(out):
+    return {r.id: r for r in (Result.from_json(json.loads(line))
+                              for line in (out / "results.jsonl").read_text().splitlines())}
+
+
+def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, toy_model, toy_images):
+    fake = tmp_path / "fake.png"
+    fake.write_text("text, not an image")
+    good = [str(p) for p, _ in list(toy_images.values())[:2]]
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["measure", str(toy_model), *good, str(fake), str(tmp_path / "missing.png"),
+                              "--out", str(out), "--seed", "3", *FAST])
+    assert res.exit_code == 2, res.output  # input errors -> 2, after measuring the good images
+    assert "not an image file" in res.output and "missing.png" in res.output
+    results = read_results(out)
+    assert len(results) == 4
+    ok = [r for r in results.values() if r.status == "ok"]
+    assert len(ok) == 2
+    for r in ok:
+        assert r.steps in (10, 20) and r.seed == 3 and r.config["similarity"] == "pixel"
+        assert r.id in res.output and (r.success or math.isinf(r.score))
+        assert len(r.similarities) == 8 and r.seconds > 0
+        stem = out / "images" / r.id.replace(".png", "")
+        tensors = load_file(str(stem) + ".safetensors")
+        assert tensors["mu"].shape == (1, 8, 8) and tensors["logvar"].shape == (1, 8, 8)
+        assert (stem.parent / (stem.name + ".png")).stat().st_size > 100
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["family"] == "pixel" and run["model"]["prediction_type"] == "epsilon"
+    assert run["config"]["max_steps"] == 20 and run["versions"]["torch"]
+    assert str(toy_model) in run["model"]["source"]
+
+
+def test_sscd_similarity_end_to_end(tmp_path, toy_model, toy_images):
+    p = next(iter(toy_images.values()))[0]
+    out = tmp_path / "sscd"
+    res = runner.invoke(app, ["measure", str(toy_model), str(p), "--similarity", "sscd", "--out", str(out),
+                              "--max-steps", "10", "--check-every", "10", "--batch-size", "4",
+                              "--sampler-steps", "5"])
+    assert res.exit_code == 0, res.output
+    (r,) = read_results(out).values()
+    assert r.config["similarity"] == "sscd" and r.config["beta"] == 0.5
+    assert all(-1.0 <= s <= 1.0 for s in r.similarities) and len(set(r.similarities)) > 1
+
+
+def test_existing_run_is_never_overwritten(tmp_path, toy_model, toy_images):
+    p = next(iter(toy_images.values()))[0]
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["measure", str(toy_model), str(p), "--out", str(out), *FAST]).exit_code == 0
+    before = (out / "results.jsonl").read_bytes()
+    res = runner.invoke(app, ["measure", str(toy_model), str(p), "--out", str(out), *FAST])
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_bad_model_folder_and_bad_option_exit_2(tmp_path, toy_images):
+    p = next(iter(toy_images.values()))[0]
+    (tmp_path / "m").mkdir()
+    res = runner.invoke(app, ["measure", str(tmp_path / "m"), str(p), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no scheduler" in res.output
+    res = runner.invoke(app, ["measure", str(tmp_path / "nope"), str(p)])
+    assert res.exit_code == 2 and "no such folder" in res.output
+    res = runner.invoke(app, ["measure", str(tmp_path / "m"), str(p), "--batch-images", "0"])
+    assert res.exit_code == 2 and "--batch-images" in res.output
+
+
+def test_demo_runs_on_the_shipped_model(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--out", str(out), "--per-group", "1", "--max-steps", "50"])
+    assert res.exit_code == 0, res.output
+    assert "by group" in res.output and "held out" in res.output
+    assert len(read_results(out)) == 3

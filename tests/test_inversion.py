@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from invmm.adapters.loading import load_adapter
+from invmm.config import preset
+from invmm.functional import kl_to_standard_normal
+from invmm.inversion import Inverter, Target
+from invmm.similarity import PixelSimilarity
+
+
+def targets(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Target(id=f"img-{i}", pixels=torch.rand(1, 8, 8, generator=g) * 2 - 1) for i in range(n)]
+
+
+def small_config(**kw):
+    base = dict(similarity="pixel", batch_size=4, check_every=5, window=5, max_steps=15, sampler_steps=5)
+    base.update(kw)
+    return preset("ddpm", **base)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model):
+    return load_adapter(str(tiny_model))
+
+
+def run(adapter, cfg, ts, k):
+    outs = Inverter(adapter, cfg, PixelSimilarity(), batch_images=k).run(ts)
+    return {o.result.id: o for o in outs}
+
+
+def test_success_stops_at_the_first_check_and_scores_the_kl_then(adapter):
+    outs = run(adapter, small_config(threshold=-1.0), targets(2), 2)  # every sample passes
+    for o in outs.values():
+        r = o.result
+        assert r.success and r.steps == 5 and len(r.checks) == 1
+        assert r.score == pytest.approx(float(kl_to_standard_normal(o.mu[None], o.logvar[None])[0]))
+        assert r.score > 0  # five Adam steps at lr 0.1 moved away from N(0, I)
+        assert len(r.similarities) == 8 and o.samples.shape == (8, 1, 8, 8)
+
+
+def test_no_success_within_budget_scores_inf(adapter):
+    outs = run(adapter, small_config(threshold=1.5), targets(2), 2)  # nothing can reach 1.5
+    for o in outs.values():
+        r = o.result
+        assert not r.success and math.isinf(r.score) and r.steps == 15
+        assert [c[0] for c in r.checks] == [5, 10, 15]
+        assert r.kl is not None and math.isfinite(r.kl)
+
+
+def test_images_succeed_at_different_checks_and_leave_the_batch(adapter):
+    ts = targets(3)
+    alone = {t.id: run(adapter, small_config(), [t], 1)[t.id].result for t in ts}
+    # Threshold between the images' similarities at the first check: some succeed there, some later.
+    first = sorted(r.checks[0][3] for r in alone.values())
+    cfg = small_config(threshold=(first[0] + first[1]) / 2)
+    together = run(adapter, cfg, ts, 2)  # 3 images through 2 slots: one waits for a slot to free up
+    ref = {t.id: run(adapter, cfg, [t], 1)[t.id].result for t in ts}
+    assert len({r.steps for r in ref.values()}) > 1, "the scenario needs images finishing at different steps"
+    for i, r in ref.items():
+        assert together[i].result.steps == r.steps
+        assert together[i].result.success == r.success
+
+
+def test_batch_invariance_and_determinism(adapter):
+    cfg = small_config(max_steps=10, threshold=1.5)
+    ts = targets(4)
+    batched = run(adapter, cfg, ts, 4)
+    again = run(adapter, cfg, ts, 4)
+    for t in ts:
+        alone = run(adapter, cfg, [t], 1)[t.id]
+        torch.testing.assert_close(batched[t.id].mu, alone.mu, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(batched[t.id].logvar, alone.logvar, rtol=1e-4, atol=1e-5)
+        assert batched[t.id].result.kl == pytest.approx(alone.result.kl, rel=1e-4)
+        # Same seed, same batch: bit-identical.
+        assert torch.equal(batched[t.id].mu, again[t.id].mu)
+        assert batched[t.id].result.kl == again[t.id].result.kl
+    # The seed matters: another run seed gives other noise, hence another distribution.
+    other = run(adapter, cfg.replace(seed=1), ts[:1], 1)[ts[0].id]
+    assert not torch.allclose(other.mu, batched[ts[0].id].mu)
+
+
+def test_divergence_is_reported_per_image(adapter):
+    outs = run(adapter, small_config(lr=1e30), targets(2), 2)
+    for o in outs.values():
+        r = o.result
+        assert r.status == "error" and r.error_kind == "numerical"
+        assert "NaN" in r.error and "learning rate" in r.error
+
+
+def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
+    from conftest import build_tiny_pixel_model
+
+    for pt in ("v_prediction", "sample"):
+        a = load_adapter(str(build_tiny_pixel_model(tmp_path / pt, prediction_type=pt)))
+        assert a.prediction_type == pt
+        x0 = torch.zeros(2, 1, 8, 8)
+        t = torch.tensor([10, 90])
+        x_t = a.add_noise(x0, torch.ones_like(x0), t)
+        out = a.unet(x_t, t).sample
+        abar = a.alphas_cumprod[t].view(-1, 1, 1, 1)
+        expect = out if pt == "sample" else abar.sqrt() * x_t - (1 - abar).sqrt() * out
+        torch.testing.assert_close(a.predict_x0(x_t, t), expect)
