@@ -82,3 +82,21 @@ def test_demo_runs_on_the_shipped_model(tmp_path):
     assert res.exit_code == 0, res.output
     assert "by group" in res.output and "held out" in res.output
     assert len(read_results(out)) == 3
+
+
+def test_divergence_exits_1_and_is_recorded(tmp_path, toy_images):
+    import torch
+    from conftest import build_tiny_pixel_model
+    from safetensors.torch import load_file, save_file
+
+    model = build_tiny_pixel_model(tmp_path / "nan")
+    wfile = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(wfile)
+    weights = {k: torch.full_like(v, float("nan")) if k.startswith("conv_out") else v for k, v in weights.items()}
+    save_file(weights, wfile)
+    p = next(iter(toy_images.values()))[0]
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["measure", str(model), str(p), "--out", str(out), *FAST])
+    assert res.exit_code == 1, res.output
+    (r,) = read_results(out).values()
+    assert r.status == "error" and "NaN" in r.error and p.name in res.output

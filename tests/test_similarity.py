@@ -53,3 +53,26 @@ def test_pixel_threshold_separates_noise_from_the_nearest_other_digit():
         s[i] = -2
         nearest.append(s.max().item())
     assert np.mean(np.array(nearest) >= PIXEL_THRESHOLD) < 0.01
+
+
+def test_a_user_torchscript_descriptor_is_accepted(tmp_path):
+    # Stands in for sscd_disc_large.torchscript.pt: any TorchScript module mapping normalised images to
+    # descriptors. The test checks the TorchScript path (input layout, normalisation, cosine), not SSCD.
+    class Descriptor(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    path = tmp_path / "descriptor.torchscript.pt"
+    torch.jit.script(Descriptor()).save(str(path))
+    sim = SSCDSimilarity(model_path=str(path), resize=16)
+    a, b = photo("astronaut", 16), photo("camera", 16)
+    s = sim(torch.stack([a, b]), a)
+    assert s[0].item() == pytest.approx(1.0, abs=1e-5)
+
+    # Reference: the same descriptor computed by hand on ImageNet-normalised pixels.
+    def desc(img):
+        x = (img + 1) / 2
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        x = (x - mean[:, None, None]) / std[:, None, None]
+        return torch.nn.functional.normalize(torch.nn.functional.adaptive_avg_pool2d(x[None], 4).flatten(1), dim=1)[0]
+    assert s[1].item() == pytest.approx(float(desc(a) @ desc(b)), abs=0.02)

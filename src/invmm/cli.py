@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,10 @@ def format_table(results) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    resized = [r for r in results if r.resized]
+    if resized:
+        lines.append("")
+        lines += [f"resized: {r.id} (was {r.original_size[0]}x{r.original_size[1]})" for r in resized]
     errors = [r for r in results if r.status != "ok"]
     if errors:
         lines.append("")
@@ -179,11 +184,12 @@ def demo(
     results = run_measure(adapter, [str(p) for p in paths], config, out=out, batch_images=batch_images,
                           device="cpu", allow_pickle=False, hub=False, run_extra={"argv": sys.argv})
     typer.echo("\nby group (median score; inf = not reproduced within the budget):")
-    for name in ("64 copies" if chosen else "", "1 copy", "held out"):
-        scores = sorted(r.score for r in results if _group(groups[Path(r.id).stem]) == name)
-        if scores:
-            typer.echo(f"  {name:>10}: {scores[len(scores) // 2]:.4f}  ({sum(map(math.isfinite, scores))}"
-                       f"/{len(scores)} reproduced)")
+    by_group: dict[str, list[float]] = {}
+    for r in results:
+        by_group.setdefault(_group(groups[Path(r.id).stem]), []).append(r.score)
+    for name, scores in by_group.items():
+        typer.echo(f"  {name:>10}: median {statistics.median(scores):.4f}, "
+                   f"{sum(map(math.isfinite, scores))}/{len(scores)} reproduced")
 
 
 def _group(entry) -> str:
