@@ -16,7 +16,7 @@ from pathlib import Path
 
 from invmm import measure, preset
 from invmm.zoo import shipped_digits_model
-from invmm.zoo.digits import export_images, load_manifest, select_images
+from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 
 
 def main():
@@ -30,8 +30,7 @@ def main():
 
     model = shipped_digits_model()
     manifest = load_manifest(model)
-    counts = {int(k): int(v) for k, v in (p.split(":") for p in args.counts.split(","))}
-    chosen = select_images(manifest, counts)
+    chosen = select_images(manifest, parse_level_counts(args.counts))
     paths = export_images(manifest, args.out / "inputs", ids=[e["id"] for e in chosen])
     cfg = preset("ddpm", similarity="pixel", max_steps=args.max_steps, seed=args.seed)
     runs = {}

@@ -22,11 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
 from invmm.zoo import shipped_digits_model
-from invmm.zoo.digits import export_images, load_manifest, select_images
-
-
-def parse_counts(text: str) -> dict[int, int]:
-    return {int(k): int(v) for k, v in (part.split(":") for part in text.split(","))}
+from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 
 
 def main():
@@ -40,7 +36,7 @@ def main():
 
     model = shipped_digits_model()
     manifest = load_manifest(model)
-    chosen = select_images(manifest, parse_counts(args.counts))
+    chosen = select_images(manifest, parse_level_counts(args.counts))
     level = {e["id"]: e["copies"] for e in chosen}
     paths = export_images(manifest, args.out / "inputs", ids=list(level))
     cfg = preset("ddpm", similarity="pixel", max_steps=args.max_steps, seed=args.seed)

@@ -103,3 +103,22 @@ def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
         abar = a.alphas_cumprod[t].view(-1, 1, 1, 1)
         expect = out if pt == "sample" else abar.sqrt() * x_t - (1 - abar).sqrt() * out
         torch.testing.assert_close(a.predict_x0(x_t, t), expect)
+
+
+def test_toy_model_reproduces_a_duplicated_digit_but_not_a_held_out_one(toy_model, tmp_path):
+    from invmm.images import ImageItem, load_image
+    from invmm.zoo.digits import export_images, load_manifest
+
+    # digit-1742 has 64 copies in the training set; digit-1032 was held out.
+    ids = ["digit-1742", "digit-1032"]
+    manifest = load_manifest(toy_model)
+    assert {e["id"]: e["copies"] for e in manifest["images"] if e["id"] in ids} == {"digit-1742": 64, "digit-1032": 0}
+    ts = []
+    for path in export_images(manifest, tmp_path, ids=ids):
+        item = load_image(ImageItem(id=path.stem, path=str(path)), mode="L", size=8)
+        ts.append(Target(id=item.id, pixels=item.pixels, path=item.path))
+    cfg = preset("ddpm", similarity="pixel", max_steps=200)
+    outs = run(load_adapter(str(toy_model)), cfg, ts, 2)
+    dup, held = outs["digit-1742"].result, outs["digit-1032"].result
+    assert dup.success and math.isfinite(dup.score) and dup.steps < 200 and dup.min_similarity >= cfg.beta
+    assert not held.success and math.isinf(held.score) and held.min_similarity < 0.9

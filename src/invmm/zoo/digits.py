@@ -178,6 +178,14 @@ def export_images(manifest: dict, out: Path, ids: list[str] | None = None) -> li
     return paths
 
 
+def parse_level_counts(text: str) -> dict[int, int]:
+    """"64:8,1:8,0:8" -> {64: 8, 1: 8, 0: 8} (duplication level: number of images; 0 = held out)."""
+    try:
+        return {int(k): int(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"expected level:count pairs like 64:8,0:8, got {text!r}") from None
+
+
 def select_images(manifest: dict, counts: dict[int, int]) -> list[dict]:
     """The first n images (manifest order) of each duplication level; level 0 means held out."""
     chosen = []
