@@ -7,6 +7,7 @@ Two ways to get the network: the `sscd_disc_mixup` ONNX export shipped by the Py
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,11 @@ class SSCDSimilarity:
             self._torchscript = None
         else:
             try:
-                self._torchscript = torch.jit.load(str(path), map_location="cpu").eval()
+                with warnings.catch_warnings():
+                    # SSCD's published checkpoints are TorchScript; torch's deprecation notice is not
+                    # something the user of this file can act on.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._torchscript = torch.jit.load(str(path), map_location="cpu").eval()
             except Exception as exc:
                 raise InvMMInputError(
                     f"SSCD model {path}: not an ONNX file and TorchScript cannot load it ({exc})"
