@@ -19,7 +19,7 @@ from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
 from invmm.similarity import build_similarity
 
-FAMILY_PRESET = {"pixel": "ddpm"}
+FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm"}
 PACKAGES = ("invmm", "torch", "diffusers", "numpy", "onnxruntime", "safetensors", "pillow", "scikit-learn")
 
 

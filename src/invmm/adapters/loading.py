@@ -60,38 +60,64 @@ def _read_json(path: Path, what: str) -> dict:
         raise InvMMInputError(f"{what}: {path} is not valid JSON ({exc})") from None
 
 
+def _load_component(cls, directory: Path, allow_pickle: bool, root: Path):
+    use_safetensors = _check_weights(directory, allow_pickle)
+    try:
+        return cls.from_pretrained(
+            directory, local_files_only=True, use_safetensors=use_safetensors, low_cpu_mem_usage=False
+        )
+    except Exception as exc:  # diffusers raises many types for a broken folder
+        raise InvMMInputError(f"model {root}: {directory.name} could not be loaded: {exc}") from exc
+
+
+VAE_CLASSES = ("AutoencoderKL", "VQModel")
+
+
 def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pickle: bool = False):
-    """Detect the model family from the folder and build its adapter."""
+    """Detect the model family from the folder's components and build its adapter."""
+    import diffusers
+
     root = resolve_model_path(model, hub=hub, allow_pickle=allow_pickle)
     found = sorted(p.name for p in root.iterdir())
+    listing = ", ".join(found) or "nothing"
     scheduler_cfg_path = root / "scheduler" / "scheduler_config.json"
     if not scheduler_cfg_path.exists():
         raise InvMMInputError(
-            f"model {root}: no scheduler (scheduler/scheduler_config.json is missing; found: {', '.join(found)}). "
+            f"model {root}: no scheduler (scheduler/scheduler_config.json is missing; found: {listing}). "
             "invmm needs the noise schedule the model was trained with; save the pipeline with "
             "save_pretrained so the scheduler config is included."
         )
     scheduler_config = _read_json(scheduler_cfg_path, f"model {root}")
-    unet_dir = root / "unet"
-    unet_config = _read_json(unet_dir / "config.json", f"model {root}")
+    if not (root / "unet" / "config.json").exists():
+        raise InvMMInputError(
+            f"model {root}: no denoiser (unet/config.json is missing; found: {listing}). Supported: "
+            "pixel and latent diffusion with a UNet2DModel."
+        )
+    unet_config = _read_json(root / "unet" / "config.json", f"model {root}")
     cls_name = unet_config.get("_class_name")
     if cls_name != "UNet2DModel":
         raise InvMMInputError(
             f"model {root}: unet/config.json declares {cls_name!r}; this version of invmm measures "
-            f"unconditional pixel-space models (UNet2DModel). Found components: {', '.join(found)}"
+            f"pixel and latent diffusion with a UNet2DModel. Found components: {listing}"
         )
-    if (root / "vae").exists() or (root / "vqvae").exists():
-        raise InvMMInputError(f"model {root}: latent diffusion (has a VAE) is not supported yet")
-    use_safetensors = _check_weights(unet_dir, allow_pickle)
-
-    from diffusers import UNet2DModel
-
+    unet = _load_component(diffusers.UNet2DModel, root / "unet", allow_pickle, root)
+    vae_dir = next((root / n for n in ("vae", "vqvae") if (root / n / "config.json").exists()), None)
+    from invmm.adapters.latent import LatentAdapter
     from invmm.adapters.pixel import PixelAdapter
 
-    try:
-        unet = UNet2DModel.from_pretrained(
-            unet_dir, local_files_only=True, use_safetensors=use_safetensors, low_cpu_mem_usage=False
+    if vae_dir is None:
+        return _build(PixelAdapter, root, unet, scheduler_config, device=device, source=str(model))
+    vae_cls = _read_json(vae_dir / "config.json", f"model {root}").get("_class_name")
+    if vae_cls not in VAE_CLASSES:
+        raise InvMMInputError(
+            f"model {root}: {vae_dir.name}/config.json declares {vae_cls!r}; expected one of {VAE_CLASSES}"
         )
-    except Exception as exc:  # diffusers raises many types for a broken folder
-        raise InvMMInputError(f"model {root}: the UNet could not be loaded: {exc}") from exc
-    return PixelAdapter(unet, scheduler_config, device=device, source=str(model))
+    vae = _load_component(getattr(diffusers, vae_cls), vae_dir, allow_pickle, root)
+    return _build(LatentAdapter, root, unet, vae, scheduler_config, device=device, source=str(model))
+
+
+def _build(cls, root: Path, *args, **kwargs):
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as exc:  # the adapters' checks of what the components declare
+        raise InvMMInputError(f"model {root}: {exc}") from exc

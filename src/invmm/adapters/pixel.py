@@ -32,16 +32,19 @@ class PixelAdapter:
         self._ddim = DDIMScheduler.from_config(self.scheduler_config)
         self.alphas_cumprod = self._ddim.alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
-        channels = int(self.unet.config.in_channels)
-        if channels not in (1, 3):
+        self.channels = int(self.unet.config.in_channels)
+        self._setup_images()
+        self.source = source
+
+    def _setup_images(self) -> None:
+        """What images look like to this model: mode and side length."""
+        if self.channels not in (1, 3):
             raise ValueError(
-                f"the UNet takes {channels} input channels; pixel models must take 1 (grayscale) or 3 (RGB)"
+                f"the UNet takes {self.channels} input channels; pixel models must take 1 (grayscale) or 3 (RGB)"
             )
-        self.channels = channels
-        self.image_mode = "L" if channels == 1 else "RGB"
+        self.image_mode = "L" if self.channels == 1 else "RGB"
         size = self.unet.config.sample_size
         self.image_size = int(size if isinstance(size, int) else size[0])
-        self.source = source
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.device, torch.float32)
