@@ -61,7 +61,8 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
-def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickle, hub, run_extra=None):
+def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickle, hub, run_extra=None,
+                prompt=None):
     from tqdm import tqdm
 
     from invmm.errors import InvMMInputError
@@ -85,7 +86,7 @@ def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickl
     try:
         results = measure(model, inputs, config, out=out, batch_images=batch_images, device=device,
                           allow_pickle=allow_pickle, hub=hub, on_result=on_result, on_step=on_step,
-                          on_start=on_start, run_extra=run_extra)
+                          on_start=on_start, run_extra=run_extra, prompt=prompt)
     except InvMMInputError as exc:
         _fail(str(exc))
     finally:
@@ -101,7 +102,7 @@ def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickl
 
 
 def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_steps, batch_size, check_every,
-                  sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub):
+                  sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub, invert_prompt=None):
     from invmm.adapters.loading import load_adapter
     from invmm.errors import InvMMInputError
     from invmm.measure import default_config
@@ -112,6 +113,7 @@ def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_ste
             adapter, preset=preset, similarity=similarity, threshold=threshold, seed=seed,
             max_steps=max_steps, batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
             sscd_model=str(sscd_model) if sscd_model else None, sscd_resize=sscd_resize,
+            invert_prompt=invert_prompt,
         )
     except (InvMMInputError, ValueError) as exc:
         _fail(str(exc))
@@ -137,6 +139,9 @@ def measure(
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.ckpt) weights; unsafe"),
     hub: bool = typer.Option(False, help="treat MODEL as a Hugging Face Hub id and download it"),
+    prompt: str = typer.Option(None, help="text-to-image: the training caption of the images (known-caption mode)"),
+    invert_prompt: bool = typer.Option(None, "--invert-prompt/--no-invert-prompt",
+                                       help="text-to-image: learn soft prompts (default: when no caption is given)"),
 ):
     """Measure how strongly MODEL memorized each image (lower score = more memorized; inf = not reproduced)."""
     if batch_images < 1:
@@ -144,10 +149,10 @@ def measure(
     adapter, config = _build_config(
         model, preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
         batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=sscd_model,
-        sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub,
+        sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub, invert_prompt=invert_prompt,
     )
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
-                device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv})
+                device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)
 
 
 # The demo must finish in under 5 minutes on 2 CPU cores: a 1,000-step budget (the most duplicated toy

@@ -32,6 +32,8 @@ class InvMMConfig:
     sampler_steps: int = 200
     eta: float = 0.0
     guidance_scales: list[float] = field(default_factory=lambda: [1.0])
+    invert_prompt: bool | None = None  # text-to-image: learn soft prompts; None = when no caption is given
+    gumbel_tau: float = 2.0
     similarity: str = "sscd"
     threshold: float | None = None  # beta; None: the similarity's calibrated default
     sscd_resize: int = 32

@@ -95,3 +95,13 @@ def concordance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     denom = va + vb + (ma - mb).pow(2)
     # Two identical constant images have zero denominator; they are copies of each other.
     return torch.where(denom > 0, 2 * cov / denom.clamp_min(1e-300), torch.ones_like(denom)).float()
+
+
+def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel draws, -log(Exp(1)), from an explicit generator (same recipe as torch's gumbel_softmax)."""
+    return -torch.empty(shape).exponential_(generator=generator).log()
+
+
+def gumbel_softmax_sample(logits: torch.Tensor, gumbels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Relaxed one-hot sample softmax((logits + g) / tau) over the last dimension (Jang et al. 2017)."""
+    return torch.softmax((logits + gumbels) / tau, dim=-1)

@@ -24,6 +24,7 @@ class Target:
     id: str
     pixels: torch.Tensor  # [C, S, S] in [-1, 1], as the model sees it
     path: str = ""
+    caption: str | None = None
 
 
 @dataclass
@@ -36,6 +37,8 @@ class _State:
     gen: torch.Generator
     image_seed: int
     lam: float
+    cond: object | None = None  # KnownPrompt / SoftPrompt for text-conditional models
+    guidance_scale: float | None = None
     prev_check_mean: float = math.inf
     step: int = 0
     rec_history: list[float] = field(default_factory=list)
@@ -70,8 +73,12 @@ class Inverter:
             x0 = self.adapter.encode(target.pixels[None])[0]
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)
-        opt = torch.optim.Adam([mu, logvar], lr=cfg.lr)
-        return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init)
+        cond = None
+        if getattr(self.adapter, "conditional", False):
+            invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
+            cond = self.adapter.conditioner(target.caption, invert_prompt=invert, tau=cfg.gumbel_tau)
+        opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
+        return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init, cond=cond)
 
     def _finish(self, s: _State, *, success: bool, error: str | None = None) -> Outcome:
         with torch.no_grad():
@@ -93,6 +100,9 @@ class Inverter:
             seed=self.config.seed,
             image_seed=s.image_seed,
             seconds=round(time.perf_counter() - s.started, 3),
+            caption=s.target.caption,
+            guidance_scale=s.guidance_scale,
+            **(s.cond.describe() if s.cond else {}),
         )
         return Outcome(res, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
 
@@ -132,7 +142,8 @@ class Inverter:
         eps = reparameterize(mu[:, None], logvar[:, None], z)
         x0_rep = x0[:, None].expand_as(eps).reshape(-1, *x0.shape[1:])
         x_t = adapter.add_noise(x0_rep, eps.reshape(-1, *x0.shape[1:]), t.reshape(-1))
-        x0_hat = adapter.predict_x0(x_t, t.reshape(-1))
+        cond = torch.cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
+        x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
         rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
         norm = kl_to_standard_normal(mu, logvar)
         lam = torch.tensor([s.lam for s in active], device=device)
@@ -178,23 +189,48 @@ class Inverter:
 
     @torch.no_grad()
     def _check(self, checking: list[_State]) -> list[tuple[_State, bool, str | None]]:
-        """Generate n samples from each image's N(mu, sigma^2) and test them all for being copies."""
+        """Generate n samples from each image's N(mu, sigma^2) and test them all for being copies.
+
+        Text-conditional models are tried at each guidance scale in turn; an image succeeds at the first
+        scale where all its samples are copies.
+        """
         cfg = self.config
         n = cfg.n_check_samples
-        noise = []
+        noise = {}
         for s in checking:
             z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
-            noise.append(reparameterize(s.mu[None], s.logvar[None], z))
-        images = self.adapter.generate(torch.cat(noise), steps=cfg.sampler_steps, eta=cfg.eta)
+            noise[id(s)] = reparameterize(s.mu[None], s.logvar[None], z)
+        conditional = checking[0].cond is not None
+        scales = cfg.guidance_scales if conditional else [1.0]
+        best: dict[int, tuple[float, list[float], torch.Tensor]] = {}
+        succeeded: dict[int, float] = {}
+        remaining = list(checking)
+        for scale in scales:
+            if not remaining:
+                break
+            cond = torch.cat([s.cond.for_check().expand(n, -1, -1) for s in remaining]) if conditional else None
+            images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]), steps=cfg.sampler_steps,
+                                           eta=cfg.eta, cond=cond, guidance=scale)
+            still = []
+            for i, s in enumerate(remaining):
+                samples = images[i * n : (i + 1) * n].cpu()
+                sims = [round(float(v), 6) for v in self.similarity(samples, s.target.pixels)]
+                if id(s) not in best or min(sims) > best[id(s)][0]:
+                    best[id(s)] = (min(sims), sims, samples)
+                if min(sims) >= cfg.beta:
+                    succeeded[id(s)] = scale
+                    best[id(s)] = (min(sims), sims, samples)
+                else:
+                    still.append(s)
+            remaining = still
         finished = []
-        for i, s in enumerate(checking):
-            samples = images[i * n : (i + 1) * n].cpu()
-            sims = self.similarity(samples, s.target.pixels)
-            s.similarities = [round(float(v), 6) for v in sims]
-            s.samples = samples
+        for s in checking:
+            min_sim, s.similarities, s.samples = best[id(s)]
             kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
-            s.checks.append([s.step, kl, s.lam, min(s.similarities)])
-            if min(s.similarities) >= cfg.beta:
+            s.checks.append([s.step, kl, s.lam, min_sim])
+            if id(s) in succeeded:
+                if conditional:
+                    s.guidance_scale = succeeded[id(s)]
                 finished.append((s, True, None))
             elif s.step >= cfg.max_steps:
                 finished.append((s, False, None))

@@ -19,7 +19,7 @@ from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
 from invmm.similarity import build_similarity
 
-FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm"}
+FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd"}
 PACKAGES = ("invmm", "torch", "diffusers", "numpy", "onnxruntime", "safetensors", "pillow", "scikit-learn")
 
 
@@ -58,6 +58,7 @@ def measure(
     on_step: Callable[[list[int]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     run_extra: dict | None = None,
+    prompt: str | None = None,
 ) -> list[Result]:
     """Measure InvMM for each image. `model` is a diffusers folder (or hub id with hub=True) or an adapter.
 
@@ -81,6 +82,9 @@ def measure(
         else:
             items.extend(collect_images([str(im)]))
     items = [load_image(it, mode=adapter.image_mode, size=adapter.image_size) for it in items]
+    if prompt is not None:
+        for it in items:
+            it.caption = it.caption if it.caption is not None else prompt
 
     ledger = None
     if out is not None:
@@ -108,7 +112,6 @@ def measure(
         if it is not None:
             res.resized = it.resized
             res.original_size = list(it.original_size) if it.original_size else None
-            res.caption = it.caption
         res.model = model_desc.get("source")
         res.config = config.to_json()
         if ledger is not None and outcome is not None and outcome.mu is not None and it is not None:
@@ -127,7 +130,7 @@ def measure(
             record(Result(id=it.id, path=it.path, status="error", error=it.error, error_kind="input",
                           seed=config.seed))
 
-    targets = [Target(id=it.id, pixels=it.pixels, path=it.path) for it in items if not it.error]
+    targets = [Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption) for it in items if not it.error]
     if targets:
         inverter = Inverter(adapter, config, similarity, batch_images=batch_images)
         inverter.run(targets, on_done=lambda o: record(o.result, o), on_step=on_step)

@@ -60,12 +60,12 @@ def _read_json(path: Path, what: str) -> dict:
         raise InvMMInputError(f"{what}: {path} is not valid JSON ({exc})") from None
 
 
-def _load_component(cls, directory: Path, allow_pickle: bool, root: Path):
+def _load_component(cls, directory: Path, allow_pickle: bool, root: Path, **extra):
     use_safetensors = _check_weights(directory, allow_pickle)
+    if cls.__module__.startswith("diffusers"):
+        extra.setdefault("low_cpu_mem_usage", False)  # no accelerate needed for these small loads
     try:
-        return cls.from_pretrained(
-            directory, local_files_only=True, use_safetensors=use_safetensors, low_cpu_mem_usage=False
-        )
+        return cls.from_pretrained(directory, local_files_only=True, use_safetensors=use_safetensors, **extra)
     except Exception as exc:  # diffusers raises many types for a broken folder
         raise InvMMInputError(f"model {root}: {directory.name} could not be loaded: {exc}") from exc
 
@@ -91,14 +91,17 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
     if not (root / "unet" / "config.json").exists():
         raise InvMMInputError(
             f"model {root}: no denoiser (unet/config.json is missing; found: {listing}). Supported: "
-            "pixel and latent diffusion with a UNet2DModel."
+            "pixel and latent diffusion (UNet2DModel) and Stable Diffusion 1.x/2.x (UNet2DConditionModel)."
         )
     unet_config = _read_json(root / "unet" / "config.json", f"model {root}")
     cls_name = unet_config.get("_class_name")
+    if cls_name == "UNet2DConditionModel":
+        return _load_text2image(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle,
+                                source=str(model))
     if cls_name != "UNet2DModel":
         raise InvMMInputError(
-            f"model {root}: unet/config.json declares {cls_name!r}; this version of invmm measures "
-            f"pixel and latent diffusion with a UNet2DModel. Found components: {listing}"
+            f"model {root}: unet/config.json declares {cls_name!r}; supported denoisers are UNet2DModel (pixel "
+            f"or latent diffusion) and UNet2DConditionModel (Stable Diffusion). Found components: {listing}"
         )
     unet = _load_component(diffusers.UNet2DModel, root / "unet", allow_pickle, root)
     vae_dir = next((root / n for n in ("vae", "vqvae") if (root / n / "config.json").exists()), None)
@@ -121,3 +124,29 @@ def _build(cls, root: Path, *args, **kwargs):
         return cls(*args, **kwargs)
     except ValueError as exc:  # the adapters' checks of what the components declare
         raise InvMMInputError(f"model {root}: {exc}") from exc
+
+
+def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source):
+    import diffusers
+    import transformers
+
+    from invmm.adapters.text2image import Text2ImageAdapter
+
+    missing = [c for c in ("vae", "text_encoder", "tokenizer") if not (root / c).is_dir()]
+    if missing:
+        raise InvMMInputError(
+            f"model {root}: a UNet2DConditionModel needs {', '.join(missing)} beside it (found: {listing})"
+        )
+    encoder_cfg = _read_json(root / "text_encoder" / "config.json", f"model {root}")
+    arch = (encoder_cfg.get("architectures") or ["CLIPTextModel"])[0]
+    if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a CLIP text model")
+    unet = _load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
+    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    text_encoder = _load_component(getattr(transformers, arch), root / "text_encoder", allow_pickle, root)
+    try:
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
+    return _build(Text2ImageAdapter, root, unet, vae, text_encoder, tokenizer, scheduler_config, device=device,
+                  source=source)

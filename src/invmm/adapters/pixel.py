@@ -61,25 +61,36 @@ class PixelAdapter:
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return add_noise(x0, eps, self._abar(t, x0.ndim))
 
-    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is not None:
+            raise ValueError(f"{self.family} models are unconditional; got a prompt conditioning")
         out = self.unet(x_t, t.to(self.device)).sample
         # Models with a learned variance output [prediction, variance] stacked on channels.
         return out[:, : self.channels]
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self._model_output(x_t, t)
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._model_output(x_t, t, cond)
         return x0_from_prediction(out, x_t, self._abar(t, x_t.ndim), self.prediction_type)
 
+    def _guided_output(self, x: torch.Tensor, t: torch.Tensor, cond, guidance: float) -> torch.Tensor:
+        if cond is None or guidance == 1.0:
+            return self._model_output(x, t, cond)
+        # Classifier-free guidance against the empty prompt, in one batched call.
+        uncond = self.uncond_embeddings(len(x))
+        out = self._model_output(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        u, c = out.chunk(2)
+        return u + guidance * (c - u)
+
     @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond: torch.Tensor | None = None,
+                 guidance: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
         x = noise.to(self.device, torch.float32)
         for t in scheduler.timesteps:
-            out = self._model_output(x, t.expand(len(x)))
+            out = self._guided_output(x, t.expand(len(x)), cond, guidance)
             x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
         return self.decode(x)
 

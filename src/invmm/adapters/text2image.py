@@ -1,0 +1,75 @@
+"""Text-to-image latent diffusion (Stable Diffusion 1.x / 2.x): VAE + `UNet2DConditionModel` + CLIP text encoder.
+
+The forward process, x0 conversion and DDIM sampler are those of latent.py / pixel.py; this file adds the
+text conditioning: fixed prompt embeddings, soft prompts (token-embedding mixtures substituted for
+positions 1..L-2 of the tokenized empty prompt, the start token and the last position kept), and
+classifier-free guidance against the empty prompt for the success check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from invmm.adapters.latent import LatentAdapter
+from invmm.conditioning import KnownPrompt, SoftPrompt
+
+
+class Text2ImageAdapter(LatentAdapter):
+    family = "text2image"
+    conditional = True
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, *,
+                 device: str | torch.device = "cpu", source: str = ""):
+        self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        super().__init__(unet, vae, scheduler_config, device=device, source=source)
+        self.max_length = int(tokenizer.model_max_length)
+        self.n_soft_tokens = self.max_length - 2
+        self.token_embedding = self.text_encoder.get_input_embeddings()
+        self.vocab_size = int(self.token_embedding.weight.shape[0])
+        self._empty_ids = self.tokenize([""])
+        self._uncond = self.prompt_embeddings([""])
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
+                              return_tensors="pt").input_ids.to(self.device)
+
+    @torch.no_grad()
+    def prompt_embeddings(self, texts: list[str]) -> torch.Tensor:
+        return self.text_encoder(self.tokenize(texts))[0]
+
+    def uncond_embeddings(self, n: int) -> torch.Tensor:
+        return self._uncond.expand(n, -1, -1)
+
+    def soft_prompt_embeddings(self, probs: torch.Tensor) -> torch.Tensor:
+        """Encode [n, L-2, V] token distributions: their embedding mixtures replace positions 1..L-2."""
+        soft = probs.to(self.token_embedding.weight.dtype) @ self.token_embedding.weight
+
+        def substitute(module, inputs, output):
+            return torch.cat([output[:, :1], soft, output[:, 1 + soft.shape[1]:]], dim=1)
+
+        # A hook on the token embedding keeps the rest of the encoder (positions, causal mask, final norm)
+        # exactly as the library runs it.
+        handle = self.token_embedding.register_forward_hook(substitute)
+        try:
+            return self.text_encoder(self._empty_ids.expand(len(soft), -1))[0]
+        finally:
+            handle.remove()
+
+    def decode_tokens(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float):
+        return SoftPrompt(self, tau) if invert_prompt else KnownPrompt(self, caption or "")
+
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            cond = self.uncond_embeddings(len(x_t))
+        out = self.unet(x_t, t.to(self.device), encoder_hidden_states=cond).sample
+        return out[:, : self.channels]
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(text_encoder_class=type(self.text_encoder).__name__, vocab_size=self.vocab_size,
+                 max_length=self.max_length)
+        return d
