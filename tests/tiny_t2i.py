@@ -5,31 +5,16 @@ import json
 import torch
 
 
-def byte_level_vocab() -> dict[str, int]:
-    """CLIP's byte-to-unicode alphabet, each symbol also with the end-of-word mark, plus the two specials."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    chars = [chr(c) for c in cs]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}
-
-
 def build_tiny_sd(path, *, prediction_type="epsilon", seed=0):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from invmm.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = byte_level_vocab()
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"), model_max_length=77)
+    tokenizer = build_clip_tokenizer(path / "tok-src")
+    vocab = tokenizer.get_vocab()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
@@ -48,4 +33,36 @@ def build_tiny_sd(path, *, prediction_type="epsilon", seed=0):
                        ("scheduler", scheduler)):
         comp.save_pretrained(path / name)
     (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return path
+
+
+def build_tiny_sd3(path, *, seed=0):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from invmm.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_clip_tokenizer(path / "tok-src")
+    vocab = tokenizer.get_vocab()
+    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        projection_dim=16, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    )) for _ in range(2)]
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, scaling_factor=1.5, shift_factor=0.1)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    for name, comp in (("transformer", transformer), ("vae", vae), ("text_encoder", encoders[0]),
+                       ("text_encoder_2", encoders[1]), ("tokenizer", tokenizer), ("tokenizer_2", tokenizer),
+                       ("scheduler", scheduler)):
+        comp.save_pretrained(path / name)
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
     return path

@@ -13,14 +13,27 @@ import torch
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 
 
+def cond_cat(conds: list):
+    """Concatenate conditionings along the batch; a conditioning is a tensor or a tuple of tensors."""
+    if isinstance(conds[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*conds))
+    return torch.cat(conds)
+
+
+def cond_expand(cond, n: int):
+    if isinstance(cond, tuple):
+        return tuple(c.expand(n, *c.shape[1:]) for c in cond)
+    return cond.expand(n, *cond.shape[1:])
+
+
 class KnownPrompt:
     def __init__(self, adapter, text: str):
         self.text = text
-        self.embedding = adapter.prompt_embeddings([text])  # [1, L, D]
+        self.embedding = adapter.prompt_embeddings([text])  # [1, L, D] (or a tuple, e.g. with pooled vectors)
         self.params: list[torch.Tensor] = []
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.embedding.expand(n, -1, -1)
+    def sample(self, n: int, generator: torch.Generator):
+        return cond_expand(self.embedding, n)
 
     def for_check(self) -> torch.Tensor:
         return self.embedding
@@ -30,20 +43,24 @@ class KnownPrompt:
 
 
 class SoftPrompt:
-    def __init__(self, adapter, tau: float):
+    def __init__(self, adapter, tau: float, caption: str | None = None):
         self.adapter = adapter
         self.tau = tau
+        self.caption = caption
+        # What is not inverted (SD3: the large text encoders, which keep the caption) is computed once.
+        self.context = adapter.soft_prompt_context(caption or "")
         self.logits = torch.zeros(adapter.n_soft_tokens, adapter.vocab_size, device=adapter.device,
                                   requires_grad=True)
         self.params = [self.logits]
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         g = gumbel_noise((n, *self.logits.shape), generator).to(self.logits.device)
-        return self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau))
+        return self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau), self.context)
 
     def for_check(self) -> torch.Tensor:
         # The check uses the distribution's mean mixture, not one noisy draw.
-        return self.adapter.soft_prompt_embeddings(torch.softmax(self.logits / self.tau, dim=-1)[None])
+        probs = torch.softmax(self.logits / self.tau, dim=-1)[None]
+        return self.adapter.soft_prompt_embeddings(probs, self.context)
 
     def describe(self) -> dict:
         return {"prompt_mode": "inverted", "prompt": self.adapter.decode_tokens(self.logits.argmax(-1).tolist())}

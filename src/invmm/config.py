@@ -50,8 +50,8 @@ class InvMMConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
-        if self.sampler not in ("ddim",):
-            problems.append(f"sampler must be 'ddim', got {self.sampler!r}")
+        if self.sampler not in ("ddim", "euler"):
+            problems.append(f"sampler must be 'ddim' (DDPM family) or 'euler' (flow matching), got {self.sampler!r}")
         if problems:
             raise ValueError("invalid InvMM config: " + "; ".join(problems))
 
@@ -83,6 +83,14 @@ PRESETS: dict[str, dict] = {
         "batch_size": 16,
         "sampler_steps": 50,
         "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "sscd_resize": 320,
+    },
+    "sd3": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler": "euler",
+        "sampler_steps": 50,
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
         "sscd_resize": 320,
     },
 }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from invmm.conditioning import cond_cat, cond_expand
 from invmm.config import InvMMConfig
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.result import Result
@@ -142,7 +143,7 @@ class Inverter:
         eps = reparameterize(mu[:, None], logvar[:, None], z)
         x0_rep = x0[:, None].expand_as(eps).reshape(-1, *x0.shape[1:])
         x_t = adapter.add_noise(x0_rep, eps.reshape(-1, *x0.shape[1:]), t.reshape(-1))
-        cond = torch.cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
+        cond = cond_cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
         x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
         rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
         norm = kl_to_standard_normal(mu, logvar)
@@ -208,7 +209,7 @@ class Inverter:
         for scale in scales:
             if not remaining:
                 break
-            cond = torch.cat([s.cond.for_check().expand(n, -1, -1) for s in remaining]) if conditional else None
+            cond = cond_cat([cond_expand(s.cond.for_check(), n) for s in remaining]) if conditional else None
             images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]), steps=cfg.sampler_steps,
                                            eta=cfg.eta, cond=cond, guidance=scale)
             still = []

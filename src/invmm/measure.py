@@ -19,7 +19,7 @@ from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
 from invmm.similarity import build_similarity
 
-FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd"}
+FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd", "flow": "sd3"}
 PACKAGES = ("invmm", "torch", "diffusers", "numpy", "onnxruntime", "safetensors", "pillow", "scikit-learn")
 
 

@@ -17,9 +17,9 @@ class LatentAdapter(PixelAdapter):
     family = "latent"
 
     def __init__(self, unet, vae, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = ""):
-        self.vae = vae.to(device).eval().requires_grad_(False)
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
+        self.vae = vae.to(device).eval().requires_grad_(False) if vae is not None else None
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0) if vae is not None else 1.0
+        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0) if vae is not None else 0.0
         super().__init__(unet, scheduler_config, device=device, source=source)
 
     def _setup_images(self) -> None:

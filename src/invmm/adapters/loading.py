@@ -62,6 +62,10 @@ def _read_json(path: Path, what: str) -> dict:
 
 def _load_component(cls, directory: Path, allow_pickle: bool, root: Path, **extra):
     use_safetensors = _check_weights(directory, allow_pickle)
+    if cls.__module__.startswith("transformers"):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # one bar per component drowns the run's own
     if cls.__module__.startswith("diffusers"):
         extra.setdefault("low_cpu_mem_usage", False)  # no accelerate needed for these small loads
     try:
@@ -88,6 +92,8 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
             "save_pretrained so the scheduler config is included."
         )
     scheduler_config = _read_json(scheduler_cfg_path, f"model {root}")
+    if (root / "transformer" / "config.json").exists():
+        return _load_flow(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle, source=str(model))
     if not (root / "unet" / "config.json").exists():
         raise InvMMInputError(
             f"model {root}: no denoiser (unet/config.json is missing; found: {listing}). Supported: "
@@ -132,7 +138,7 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
 
     from invmm.adapters.text2image import Text2ImageAdapter
 
-    missing = [c for c in ("vae", "text_encoder", "tokenizer") if not (root / c).is_dir()]
+    missing = [c for c in ("text_encoder", "tokenizer") if not (root / c).is_dir()]
     if missing:
         raise InvMMInputError(
             f"model {root}: a UNet2DConditionModel needs {', '.join(missing)} beside it (found: {listing})"
@@ -142,11 +148,52 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
     if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
         raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a CLIP text model")
     unet = _load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
-    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    # No VAE: a pixel-space text-to-image model.
+    vae = None
+    if (root / "vae").is_dir():
+        vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
     text_encoder = _load_component(getattr(transformers, arch), root / "text_encoder", allow_pickle, root)
     try:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
     except Exception as exc:
         raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
     return _build(Text2ImageAdapter, root, unet, vae, text_encoder, tokenizer, scheduler_config, device=device,
+                  source=source)
+
+
+def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source):
+    import diffusers
+    import transformers
+
+    from invmm.adapters.flow import FlowAdapter
+
+    cls_name = _read_json(root / "transformer" / "config.json", f"model {root}").get("_class_name")
+    if cls_name != "SD3Transformer2DModel":
+        raise InvMMInputError(
+            f"model {root}: transformer/config.json declares {cls_name!r}; the supported transformer is "
+            f"SD3Transformer2DModel (Stable Diffusion 3 / 3.5). Found components: {listing}"
+        )
+    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+               if not (root / c).is_dir()]
+    if missing:
+        raise InvMMInputError(f"model {root}: an SD3 model needs {', '.join(missing)} (found: {listing})")
+    transformer = _load_component(diffusers.SD3Transformer2DModel, root / "transformer", allow_pickle, root)
+    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    encoders = [
+        _load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder", allow_pickle, root),
+        _load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
+        None,
+    ]
+    try:
+        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
+                      for name in ("tokenizer", "tokenizer_2")] + [None]
+        # T5 is optional: SD3 runs (slightly worse) without it, and it is 4.7B parameters.
+        if (root / "text_encoder_3").is_dir():
+            encoders[2] = _load_component(transformers.T5EncoderModel, root / "text_encoder_3", allow_pickle, root)
+            tokenizers[2] = transformers.AutoTokenizer.from_pretrained(root / "tokenizer_3", local_files_only=True)
+    except InvMMInputError:
+        raise
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    return _build(FlowAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
                   source=source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from invmm.conditioning import cond_cat
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 
@@ -77,7 +78,7 @@ class PixelAdapter:
             return self._model_output(x, t, cond)
         # Classifier-free guidance against the empty prompt, in one batched call.
         uncond = self.uncond_embeddings(len(x))
-        out = self._model_output(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        out = self._model_output(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
         u, c = out.chunk(2)
         return u + guidance * (c - u)
 

@@ -1,5 +1,7 @@
 """Text-to-image latent diffusion (Stable Diffusion 1.x / 2.x): VAE + `UNet2DConditionModel` + CLIP text encoder.
 
+Without a VAE the same model runs in pixel space (as the toy text-to-image model in the zoo does).
+
 The forward process, x0 conversion and DDIM sampler are those of latent.py / pixel.py; this file adds the
 text conditioning: fixed prompt embeddings, soft prompts (token-embedding mixtures substituted for
 positions 1..L-2 of the tokenized empty prompt, the start token and the last position kept), and
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.pixel import PixelAdapter
 from invmm.conditioning import KnownPrompt, SoftPrompt
 
 
@@ -30,6 +33,18 @@ class Text2ImageAdapter(LatentAdapter):
         self._empty_ids = self.tokenize([""])
         self._uncond = self.prompt_embeddings([""])
 
+    def _setup_images(self) -> None:
+        if self.vae is None:
+            PixelAdapter._setup_images(self)
+        else:
+            super()._setup_images()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return PixelAdapter.encode(self, images) if self.vae is None else super().encode(images)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return PixelAdapter.decode(self, x0) if self.vae is None else super().decode(x0)
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
                               return_tensors="pt").input_ids.to(self.device)
@@ -41,26 +56,18 @@ class Text2ImageAdapter(LatentAdapter):
     def uncond_embeddings(self, n: int) -> torch.Tensor:
         return self._uncond.expand(n, -1, -1)
 
-    def soft_prompt_embeddings(self, probs: torch.Tensor) -> torch.Tensor:
+    def soft_prompt_context(self, caption: str):
+        return None  # SD 1.x/2.x have one text encoder, and it is the one inverted
+
+    def soft_prompt_embeddings(self, probs: torch.Tensor, context=None) -> torch.Tensor:
         """Encode [n, L-2, V] token distributions: their embedding mixtures replace positions 1..L-2."""
-        soft = probs.to(self.token_embedding.weight.dtype) @ self.token_embedding.weight
-
-        def substitute(module, inputs, output):
-            return torch.cat([output[:, :1], soft, output[:, 1 + soft.shape[1]:]], dim=1)
-
-        # A hook on the token embedding keeps the rest of the encoder (positions, causal mask, final norm)
-        # exactly as the library runs it.
-        handle = self.token_embedding.register_forward_hook(substitute)
-        try:
-            return self.text_encoder(self._empty_ids.expand(len(soft), -1))[0]
-        finally:
-            handle.remove()
+        return encode_soft_tokens(self.text_encoder, self._empty_ids, probs)[0]
 
     def decode_tokens(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
     def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float):
-        return SoftPrompt(self, tau) if invert_prompt else KnownPrompt(self, caption or "")
+        return SoftPrompt(self, tau, caption) if invert_prompt else KnownPrompt(self, caption or "")
 
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
@@ -73,3 +80,21 @@ class Text2ImageAdapter(LatentAdapter):
         d.update(text_encoder_class=type(self.text_encoder).__name__, vocab_size=self.vocab_size,
                  max_length=self.max_length)
         return d
+
+
+def encode_soft_tokens(text_encoder, empty_ids: torch.Tensor, probs: torch.Tensor, **kwargs):
+    """Run a CLIP text encoder with positions 1..1+k of the tokenized empty prompt replaced by the
+    embedding mixtures of [n, k, V] token distributions; returns the encoder's output."""
+    table = text_encoder.get_input_embeddings()
+    soft = probs.to(table.weight.dtype) @ table.weight
+
+    def substitute(module, inputs, output):
+        return torch.cat([output[:, :1], soft, output[:, 1 + soft.shape[1]:]], dim=1)
+
+    # A hook on the token embedding keeps the rest of the encoder (positions, causal mask, final norm)
+    # exactly as the library runs it.
+    handle = table.register_forward_hook(substitute)
+    try:
+        return text_encoder(empty_ids.expand(len(soft), -1), **kwargs)
+    finally:
+        handle.remove()

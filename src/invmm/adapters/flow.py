@@ -1,0 +1,155 @@
+"""Flow matching (Stable Diffusion 3 / 3.5): VAE + `SD3Transformer2DModel` + `FlowMatchEulerDiscreteScheduler`.
+
+Forward process x_s = s * eps + (1 - s) * x0, with s one of the scheduler's (shifted) training sigmas,
+drawn by index uniformly per sample. The transformer predicts the velocity v ~ eps - x0, so
+x0_hat = x_s - s * v. The success check samples with the scheduler's Euler steps from s = 1.
+
+Conditioning follows the SD3 pipeline: the penultimate hidden states of CLIP-L and CLIP-G, concatenated
+on features and zero-padded to the joint attention width, then the T5 states (zeros when the model was
+loaded without T5) appended on the sequence; the pooled vectors of both CLIP encoders concatenated.
+Prompt inversion replaces 75 tokens of CLIP-L only; CLIP-G and T5 keep the caption, as the reference does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.text2image import encode_soft_tokens
+from invmm.conditioning import KnownPrompt, SoftPrompt, cond_cat
+from invmm.functional import x0_from_flow_velocity
+
+
+class FlowAdapter:
+    family = "flow"
+    conditional = True
+
+    def __init__(self, transformer, vae, text_encoders, tokenizers, scheduler_config: dict, *,
+                 device: str | torch.device = "cpu", source: str = "", max_sequence_length: int = 256):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.device = torch.device(device)
+        self.transformer = transformer.to(self.device).eval().requires_grad_(False)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.text_encoders = [e.to(self.device).eval().requires_grad_(False) if e is not None else None
+                              for e in text_encoders]
+        self.tokenizers = list(tokenizers)
+        self.scheduler_config = dict(scheduler_config)
+        self.max_sequence_length = max_sequence_length
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        # Training sigmas (shifted as the model was trained) and the matching model timesteps.
+        self.sigmas = scheduler.sigmas[: len(scheduler.timesteps)].to(self.device, torch.float32)
+        self.timesteps = scheduler.timesteps.to(self.device, torch.float32)
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
+        self.channels = int(self.transformer.config.in_channels)
+        self.image_mode = "RGB"
+        size = self.transformer.config.sample_size
+        self.image_size = int(size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        self.source = source
+        clip_l = self.text_encoders[0]
+        self.max_length = int(self.tokenizers[0].model_max_length)
+        self.n_soft_tokens = self.max_length - 2
+        self.vocab_size = int(clip_l.get_input_embeddings().weight.shape[0])
+        self._empty_ids = self._tokenize(0, [""])
+        self._uncond = self.prompt_embeddings([""])
+
+    # --- images <-> model space (the same VAE scaling as latent.py) ---
+    encode = LatentAdapter.encode
+    decode = LatentAdapter.decode
+
+    # --- forward process and x0 ---
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
+
+    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
+        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        s = self._sigma(idx, x0.ndim)
+        return s * eps + (1.0 - s) * x0
+
+    def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
+        embeds, pooled = cond if cond is not None else self.uncond_embeddings(len(x))
+        return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                timestep=timestep.to(self.device)).sample
+
+    def predict_x0(self, x_t: torch.Tensor, idx: torch.Tensor, cond=None) -> torch.Tensor:
+        v = self._velocity(x_t, self.timesteps[idx.to(self.device)], cond)
+        return x0_from_flow_velocity(v, x_t, self._sigma(idx, x_t.ndim))
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None, guidance: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        x = noise.to(self.device, torch.float32)
+        for t in scheduler.timesteps:
+            tt = t.expand(len(x))
+            if cond is None or guidance == 1.0:
+                v = self._velocity(x, tt, cond)
+            else:
+                both = self._velocity(torch.cat([x, x]), torch.cat([tt, tt]),
+                                      cond_cat([self.uncond_embeddings(len(x)), cond]))
+                u, c = both.chunk(2)
+                v = u + guidance * (c - u)
+            x = scheduler.step(v, t, x).prev_sample
+        return self.decode(x)
+
+    # --- text conditioning ---
+    def _tokenize(self, k: int, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        tok = self.tokenizers[k]
+        return tok(texts, padding="max_length", max_length=max_length or int(tok.model_max_length),
+                   truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def _clip(self, k: int, texts: list[str]):
+        out = self.text_encoders[k](self._tokenize(k, texts), output_hidden_states=True)
+        return out.hidden_states[-2], out[0]
+
+    def _t5(self, texts: list[str]) -> torch.Tensor:
+        width = int(self.transformer.config.joint_attention_dim)
+        if self.text_encoders[2] is None:
+            return torch.zeros(len(texts), self.max_sequence_length, width, device=self.device)
+        return self.text_encoders[2](self._tokenize(2, texts, self.max_sequence_length))[0]
+
+    def _join(self, l_hidden, l_pooled, g_hidden, g_pooled, t5):
+        clip = torch.cat([l_hidden, g_hidden], dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return torch.cat([clip, t5], dim=-2), torch.cat([l_pooled, g_pooled], dim=-1)
+
+    @torch.no_grad()
+    def prompt_embeddings(self, texts: list[str]):
+        return self._join(*self._clip(0, texts), *self._clip(1, texts), self._t5(texts))
+
+    def uncond_embeddings(self, n: int):
+        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
+
+    @torch.no_grad()
+    def soft_prompt_context(self, caption: str):
+        """CLIP-G and T5 keep the caption while CLIP-L's tokens are inverted."""
+        g_hidden, g_pooled = self._clip(1, [caption])
+        return g_hidden, g_pooled, self._t5([caption])
+
+    def soft_prompt_embeddings(self, probs: torch.Tensor, context):
+        out = encode_soft_tokens(self.text_encoders[0], self._empty_ids, probs, output_hidden_states=True)
+        n = len(probs)
+        g_hidden, g_pooled, t5 = (c.expand(n, *c.shape[1:]) for c in context)
+        return self._join(out.hidden_states[-2], out[0], g_hidden, g_pooled, t5)
+
+    def decode_tokens(self, token_ids: list[int]) -> str:
+        return self.tokenizers[0].decode(token_ids, skip_special_tokens=True).strip()
+
+    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float):
+        return SoftPrompt(self, tau, caption) if invert_prompt else KnownPrompt(self, caption or "")
+
+    def describe(self) -> dict:
+        return {
+            "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
+            "sample_size": self.image_size, "latent_channels": self.channels, "vae_class": type(self.vae).__name__,
+            "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor,
+            "t5": self.text_encoders[2] is not None, "vocab_size": self.vocab_size,
+            "scheduler_class": self.scheduler_config.get("_class_name"),
+            "shift": self.scheduler_config.get("shift"),
+        }
