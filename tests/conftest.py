@@ -1,30 +1,16 @@
 import os
 
 import pytest
-import torch
+
+from invmm.zoo.tiny import build_tiny_pixel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def build_tiny_pixel_model(path, *, prediction_type="epsilon", channels=1, size=8, seed=0, safe=True):
-    """A randomly initialised DDPM folder, small enough for fast tests."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
-    )
-    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="linear", prediction_type=prediction_type)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=safe)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    return build_tiny_pixel_model(tmp_path_factory.mktemp("tiny") / "model")
+    return build_tiny_pixel(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")

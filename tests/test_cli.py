@@ -86,10 +86,11 @@ def test_demo_runs_on_the_shipped_model(tmp_path):
 
 def test_divergence_exits_1_and_is_recorded(tmp_path, toy_images):
     import torch
-    from conftest import build_tiny_pixel_model
     from safetensors.torch import load_file, save_file
 
-    model = build_tiny_pixel_model(tmp_path / "nan")
+    from invmm.zoo.tiny import build_tiny_pixel
+
+    model = build_tiny_pixel(tmp_path / "nan")
     wfile = model / "unet" / "diffusion_pytorch_model.safetensors"
     weights = load_file(wfile)
     weights = {k: torch.full_like(v, float("nan")) if k.startswith("conv_out") else v for k, v in weights.items()}

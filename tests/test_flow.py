@@ -2,12 +2,12 @@ import math
 
 import pytest
 import torch
-from tiny_t2i import build_tiny_sd3
 
 from invmm import measure, preset
 from invmm.adapters.flow import FlowAdapter
 from invmm.adapters.loading import load_adapter
 from invmm.images import ImageItem
+from invmm.zoo.tiny import build_tiny_sd3
 
 
 @pytest.fixture(scope="module")

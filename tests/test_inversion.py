@@ -91,10 +91,10 @@ def test_divergence_is_reported_per_image(adapter):
 
 
 def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
-    from conftest import build_tiny_pixel_model
+    from invmm.zoo.tiny import build_tiny_pixel
 
     for pt in ("v_prediction", "sample"):
-        a = load_adapter(str(build_tiny_pixel_model(tmp_path / pt, prediction_type=pt)))
+        a = load_adapter(str(build_tiny_pixel(tmp_path / pt, prediction_type=pt)))
         assert a.prediction_type == pt
         x0 = torch.zeros(2, 1, 8, 8)
         t = torch.tensor([10, 90])

@@ -7,34 +7,12 @@ from invmm import measure, preset
 from invmm.adapters.latent import LatentAdapter
 from invmm.adapters.loading import load_adapter
 from invmm.images import ImageItem
-
-
-def build_tiny_ldm(path, vae_kind):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
-
-    torch.manual_seed(0)
-    common = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=4)
-    if vae_kind == "kl":
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            **common)
-    else:
-        vae = VQModel(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                      num_vq_embeddings=32, **common)
-    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
-    scheduler = DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
-    name = "vae" if vae_kind == "kl" else "vqvae"
-    for sub, comp in (("unet", unet), (name, vae), ("scheduler", scheduler)):
-        comp.save_pretrained(path / sub)
-    (path / "model_index.json").write_text("{}")
-    return path
+from invmm.zoo.tiny import build_tiny_ldm
 
 
 @pytest.mark.parametrize("vae_kind", ["kl", "vq"])
 def test_latent_family_detected_and_encoded_like_the_vae(tmp_path, vae_kind):
-    model = build_tiny_ldm(tmp_path / vae_kind, vae_kind)
+    model = build_tiny_ldm(tmp_path / vae_kind, vae_kind=vae_kind)
     adapter = load_adapter(str(model))
     assert isinstance(adapter, LatentAdapter) and adapter.family == "latent"
     assert adapter.image_size == 16 and adapter.image_mode == "RGB" and adapter.prediction_type == "v_prediction"
@@ -51,7 +29,7 @@ def test_latent_family_detected_and_encoded_like_the_vae(tmp_path, vae_kind):
 def test_latent_inversion_end_to_end(tmp_path):
     from PIL import Image
 
-    model = build_tiny_ldm(tmp_path / "m", "kl")
+    model = build_tiny_ldm(tmp_path / "m", vae_kind="kl")
     Image.new("RGB", (20, 16), (200, 30, 30)).save(tmp_path / "red.png")
     cfg = preset("ldm", similarity="pixel", max_steps=20, batch_size=4, sampler_steps=4)
     assert (cfg.check_every, cfg.delta, cfg.sscd_resize) == (10, 5e-4, 256)

@@ -2,10 +2,10 @@ import json
 import shutil
 
 import pytest
-from conftest import build_tiny_pixel_model
 
 from invmm.adapters.loading import load_adapter
 from invmm.errors import InvMMInputError
+from invmm.zoo.tiny import build_tiny_pixel
 
 
 def test_loads_offline_and_reads_the_schedule_from_config(tiny_model):
@@ -18,7 +18,7 @@ def test_loads_offline_and_reads_the_schedule_from_config(tiny_model):
 
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
-    model = build_tiny_pixel_model(tmp_path / "pickled", safe=False)
+    model = build_tiny_pixel(tmp_path / "pickled", safe=False)
     assert not list((model / "unet").glob("*.safetensors"))
     with pytest.raises(InvMMInputError, match="--allow-pickle"):
         load_adapter(str(model))

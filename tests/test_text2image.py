@@ -2,13 +2,13 @@ import math
 
 import pytest
 import torch
-from tiny_t2i import build_tiny_sd
 
 from invmm import measure, preset
 from invmm.adapters.loading import load_adapter
 from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 from invmm.images import ImageItem
+from invmm.zoo.tiny import build_tiny_sd
 
 
 @pytest.fixture(scope="module")

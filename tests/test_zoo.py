@@ -35,3 +35,18 @@ def test_shipped_model_and_manifest_agree(toy_model):
     assert m["kind"] == "invmm-zoo-digits"
     assert {e["copies"] for e in m["images"]} == {0, 1, 4, 16, 64}
     assert (toy_model / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_text_to_image_toy_trains_and_loads_as_pixel_space_text2image(tmp_path):
+    from invmm.adapters.loading import load_adapter
+    from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
+
+    cfg = DigitsT2IConfig(seed=2, steps=2, batch_size=4, block_out_channels=(8, 16, 16), levels={4: 2, 1: 3},
+                          n_heldout=2)
+    m = train_digits_t2i(cfg, tmp_path / "t2i", log=lambda *_: None)
+    assert all(e["caption"].startswith("a handwritten ") for e in m["images"])
+    adapter = load_adapter(str(tmp_path / "t2i"))
+    assert adapter.family == "text2image" and adapter.vae is None and adapter.image_mode == "L"
+    assert adapter.max_length == cfg.max_length and adapter.n_soft_tokens == cfg.max_length - 2
+    x0 = adapter.encode(torch.zeros(1, 1, 8, 8))
+    assert torch.equal(x0, torch.zeros(1, 1, 8, 8))  # pixel space: no VAE in between

@@ -224,6 +224,21 @@ def train_digits_cmd(
     typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
 
 
+@zoo_app.command("train-digits-t2i")
+def train_digits_t2i_cmd(
+    out: Path = typer.Option(..., help="folder to write the text-to-image model and manifest.json to"),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(7000),
+):
+    """Train the toy text-to-image digits model ("a handwritten seven") with planted duplicated pairs."""
+    from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
+
+    if (out / "model_index.json").exists():
+        _fail(f"{out} already holds a model; choose another --out")
+    manifest = train_digits_t2i(DigitsT2IConfig(seed=seed, steps=steps), out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
 @zoo_app.command("export-digits")
 def export_digits_cmd(
     out: Path = typer.Option(..., help="folder for the PNGs"),

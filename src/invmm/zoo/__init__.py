@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 SHIPPED_DIGITS = Path(__file__).parent / "digits_model"
+SHIPPED_DIGITS_T2I = Path(__file__).parent / "digits_t2i_model"
 
 
 def shipped_digits_model() -> Path:
@@ -12,3 +13,10 @@ def shipped_digits_model() -> Path:
     if not (SHIPPED_DIGITS / "model_index.json").exists():
         raise FileNotFoundError(f"the shipped toy model is missing from {SHIPPED_DIGITS}; reinstall invmm")
     return SHIPPED_DIGITS
+
+
+def shipped_digits_t2i_model() -> Path:
+    """The trained toy text-to-image digits model that ships inside the package."""
+    if not (SHIPPED_DIGITS_T2I / "model_index.json").exists():
+        raise FileNotFoundError(f"the shipped toy text-to-image model is missing from {SHIPPED_DIGITS_T2I}")
+    return SHIPPED_DIGITS_T2I

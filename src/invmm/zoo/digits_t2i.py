@@ -81,7 +81,7 @@ def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
     captions = [caption_for(int(labels[s])) for s in train_src]
 
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_clip_tokenizer(out / ".tokenizer-src", model_max_length=cfg.max_length)
+    tokenizer = build_clip_tokenizer(model_max_length=cfg.max_length)
     vocab = tokenizer.get_vocab()
     text_encoder = build_text_encoder(cfg, len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"]).eval()
     # The encoder is frozen, so each distinct caption is encoded once.
@@ -119,9 +119,6 @@ def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
     for name, comp in (("unet", unet), ("text_encoder", text_encoder), ("tokenizer", tokenizer),
                        ("scheduler", scheduler)):
         comp.save_pretrained(out / name)
-    for f in (out / ".tokenizer-src").iterdir():
-        f.unlink()
-    (out / ".tokenizer-src").rmdir()
     (out / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],

@@ -7,6 +7,7 @@ so the toy text-to-image model and the tests exercise the same tokenizer class S
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 
@@ -25,11 +26,13 @@ def byte_level_vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
-def build_clip_tokenizer(workdir: Path, model_max_length: int = 77):
+def build_clip_tokenizer(model_max_length: int = 77):
+    """The tokenizer object; save it with `save_pretrained` (the vocabulary files are only read here)."""
     from transformers import CLIPTokenizer
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "vocab.json").write_text(json.dumps(byte_level_vocab()))
-    (workdir / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(vocab=str(workdir / "vocab.json"), merges=str(workdir / "merges.txt"),
-                         model_max_length=model_max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "vocab.json").write_text(json.dumps(byte_level_vocab()))
+        (workdir / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(vocab=str(workdir / "vocab.json"), merges=str(workdir / "merges.txt"),
+                             model_max_length=model_max_length)

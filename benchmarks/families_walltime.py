@@ -1,0 +1,55 @@
+"""Wall time per image of each family's tiny pipeline on this machine (the numerical paths, not real models).
+
+Builds each tiny pipeline from config (invmm.zoo.tiny), measures one 16x16 image with the family's
+preset at a 100-step budget (checks at their preset intervals, all guidance scales tried, similarity
+pixel: the tiny models never succeed, so every check runs in full), and prints seconds per image.
+
+    python benchmarks/families_walltime.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from invmm import measure
+from invmm.adapters.loading import load_adapter
+from invmm.images import ImageItem
+from invmm.measure import default_config
+from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+
+CASES = [
+    ("pixel DDPM (UNet2DModel)", lambda p: build_tiny_pixel(p, channels=3, size=16), None),
+    ("latent diffusion (VAE + UNet2DModel)", build_tiny_ldm, None),
+    ("Stable Diffusion, known caption", build_tiny_sd, "a red square"),
+    ("Stable Diffusion, prompt inversion", build_tiny_sd, None),
+    ("SD3 flow matching, known caption (no T5)", build_tiny_sd3, "a red square"),
+    ("SD3 flow matching, CLIP-L prompt inversion (no T5)", build_tiny_sd3, None),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-steps", type=int, default=100)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp / "red.png")
+        print("| family (tiny pipeline) | preset | steps | checks x scales | s / image |\n|---|---|---|---|---|")
+        for i, (name, build, caption) in enumerate(CASES):
+            model = build(tmp / f"m{i}")
+            adapter = load_adapter(str(model))
+            cfg = default_config(adapter, similarity="pixel", max_steps=args.max_steps)
+            t0 = time.perf_counter()
+            (r,) = measure(adapter, [ImageItem(id="red", path=str(tmp / "red.png"), caption=caption)], cfg)
+            dt = time.perf_counter() - t0
+            scales = len(cfg.guidance_scales) if getattr(adapter, "conditional", False) else 1
+            print(f"| {name} | {cfg.preset} | {r.steps} | {len(r.checks)} x {scales} | {dt:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

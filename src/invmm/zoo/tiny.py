@@ -1,0 +1,117 @@
+"""Tiny randomly initialised pipelines of every supported family, built from config (no download).
+
+They have the exact folder layout, classes and numerical paths of the real models, at a size that runs
+in a second on a CPU: the tests and the per-family timing benchmark use them. Their scores mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from invmm.zoo.tokenizer import build_clip_tokenizer
+
+
+def _save(path: Path, components: dict, pipeline_class: str) -> Path:
+    for name, comp in components.items():
+        comp.save_pretrained(path / name)
+    (path / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
+    return path
+
+
+def tiny_vae(kind: str = "kl", **config):
+    from diffusers import AutoencoderKL, VQModel
+
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=4)
+    if kind == "kl":
+        return AutoencoderKL(**common, **config)
+    return VQModel(num_vq_embeddings=32, **common, **config)
+
+
+def tiny_clip(vocab: dict[str, int], *, projection: bool = False, max_length: int = 77):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        projection_dim=16, max_position_embeddings=max_length, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _tiny_unet2d(channels: int, size: int = 8):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+
+
+def build_tiny_pixel(path: Path, *, prediction_type="epsilon", channels=1, size=8, seed=0, safe=True) -> Path:
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    torch.manual_seed(seed)
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="linear", prediction_type=prediction_type)
+    DDPMPipeline(unet=_tiny_unet2d(channels, size), scheduler=scheduler).save_pretrained(
+        path, safe_serialization=safe
+    )
+    return path
+
+
+def build_tiny_ldm(path: Path, *, vae_kind: str = "kl", prediction_type="v_prediction", seed=0) -> Path:
+    from diffusers import DDIMScheduler
+
+    torch.manual_seed(seed)
+    components = {
+        "unet": _tiny_unet2d(4),
+        "vae" if vae_kind == "kl" else "vqvae": tiny_vae(vae_kind),
+        "scheduler": DDIMScheduler(num_train_timesteps=100, prediction_type=prediction_type),
+    }
+    return _save(path, components, "LDMPipeline")
+
+
+def build_tiny_sd(path: Path, *, prediction_type="epsilon", seed=0) -> Path:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    components = {
+        "unet": UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=2,
+            norm_num_groups=4,
+        ),
+        "vae": tiny_vae("kl"),
+        "text_encoder": tiny_clip(tokenizer.get_vocab()),
+        "tokenizer": tokenizer,
+        "scheduler": DDIMScheduler(num_train_timesteps=100, prediction_type=prediction_type),
+    }
+    return _save(path, components, "StableDiffusionPipeline")
+
+
+def build_tiny_sd3(path: Path, *, seed=0) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    vocab = tokenizer.get_vocab()
+    components = {
+        "transformer": SD3Transformer2DModel(
+            sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+            pos_embed_max_size=16,
+        ),
+        # SD3's VAE shifts and scales its latents; non-trivial values make the tests see both.
+        "vae": tiny_vae("kl", scaling_factor=1.5, shift_factor=0.1),
+        "text_encoder": tiny_clip(vocab, projection=True),
+        "text_encoder_2": tiny_clip(vocab, projection=True),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+    }
+    return _save(path, components, "StableDiffusion3Pipeline")
