@@ -103,3 +103,23 @@ def test_cli_known_caption(sd_model, tmp_path):
     assert rec["prompt_mode"] == "caption" and rec["prompt"] == "a green square"
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["family"] == "text2image" and run["config"]["preset"] == "sd"
+
+
+def test_memory_options_keep_the_numbers(sd_model, tmp_path):
+    from PIL import Image
+
+    from invmm.result import Result
+
+    Image.new("RGB", (16, 16), (90, 90, 10)).save(tmp_path / "y.png")
+    item = ImageItem(id="y", path=str(tmp_path / "y.png"), caption="a yellow square")
+    base = dict(similarity="pixel", max_steps=2, check_every=2, window=2, batch_size=2, sampler_steps=2,
+                guidance_scales=[1.0, 2.0])
+    (plain,) = measure(str(sd_model), [item], preset("sd", **base))
+    (saving,) = measure(str(sd_model), [item], preset("sd", gradient_checkpointing=True, attention_slicing=True,
+                                                       **base))
+    # Checkpointing recomputes the same activations; slicing splits the same attention: same numbers.
+    assert saving.kl == pytest.approx(plain.kl, rel=1e-5) and saving.steps == plain.steps
+    (bf16,) = measure(str(sd_model), [item], preset("sd", precision="bf16", **base))
+    assert bf16.status == "ok" and math.isfinite(bf16.kl) and isinstance(bf16, Result)
+    with pytest.raises(ValueError, match="precision"):
+        preset("sd", precision="fp8")

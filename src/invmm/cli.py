@@ -102,7 +102,8 @@ def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickl
 
 
 def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_steps, batch_size, check_every,
-                  sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub, invert_prompt=None):
+                  sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub, invert_prompt=None,
+                  precision="fp32", gradient_checkpointing=False, attention_slicing=False):
     from invmm.adapters.loading import load_adapter
     from invmm.errors import InvMMInputError
     from invmm.measure import default_config
@@ -113,7 +114,8 @@ def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_ste
             adapter, preset=preset, similarity=similarity, threshold=threshold, seed=seed,
             max_steps=max_steps, batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
             sscd_model=str(sscd_model) if sscd_model else None, sscd_resize=sscd_resize,
-            invert_prompt=invert_prompt,
+            invert_prompt=invert_prompt, precision=precision, gradient_checkpointing=gradient_checkpointing,
+            attention_slicing=attention_slicing,
         )
     except (InvMMInputError, ValueError) as exc:
         _fail(str(exc))
@@ -142,6 +144,9 @@ def measure(
     prompt: str = typer.Option(None, help="text-to-image: the training caption of the images (known-caption mode)"),
     invert_prompt: bool = typer.Option(None, "--invert-prompt/--no-invert-prompt",
                                        help="text-to-image: learn soft prompts (default: when no caption is given)"),
+    precision: str = typer.Option("fp32", help="fp32, or autocast the frozen model in fp16/bf16 (GPU memory)"),
+    gradient_checkpointing: bool = typer.Option(False, help="recompute activations in backward (GPU memory)"),
+    attention_slicing: bool = typer.Option(False, help="compute attention in slices (GPU memory)"),
 ):
     """Measure how strongly MODEL memorized each image (lower score = more memorized; inf = not reproduced)."""
     if batch_images < 1:
@@ -150,6 +155,7 @@ def measure(
         model, preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
         batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=sscd_model,
         sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub, invert_prompt=invert_prompt,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, attention_slicing=attention_slicing,
     )
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
                 device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)

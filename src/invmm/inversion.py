@@ -57,6 +57,20 @@ class Outcome:
     samples: torch.Tensor | None = None  # the last check's generated images, [-1, 1]
 
 
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def apply_memory_options(adapter, config: InvMMConfig) -> None:
+    """Gradient checkpointing and attention slicing on the adapter's denoiser, where the model offers them."""
+    denoiser = getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)
+    if config.gradient_checkpointing and denoiser is not None:
+        if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(denoiser).__name__} does not support gradient checkpointing")
+        denoiser.enable_gradient_checkpointing()
+    if config.attention_slicing and hasattr(denoiser, "set_attention_slice"):
+        denoiser.set_attention_slice("auto")
+
+
 class Inverter:
     def __init__(self, adapter, config: InvMMConfig, similarity, *, batch_images: int = 8):
         if batch_images < 1:
@@ -65,6 +79,11 @@ class Inverter:
         self.config = config
         self.similarity = similarity
         self.batch_images = batch_images
+        apply_memory_options(adapter, config)
+
+    def _autocast(self):
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        return torch.autocast(self.adapter.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _start(self, target: Target) -> _State:
         cfg = self.config
@@ -143,8 +162,9 @@ class Inverter:
         eps = reparameterize(mu[:, None], logvar[:, None], z)
         x0_rep = x0[:, None].expand_as(eps).reshape(-1, *x0.shape[1:])
         x_t = adapter.add_noise(x0_rep, eps.reshape(-1, *x0.shape[1:]), t.reshape(-1))
-        cond = cond_cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
-        x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
+        with self._autocast():
+            cond = cond_cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
+            x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
         rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
         norm = kl_to_standard_normal(mu, logvar)
         lam = torch.tensor([s.lam for s in active], device=device)
@@ -209,9 +229,11 @@ class Inverter:
         for scale in scales:
             if not remaining:
                 break
-            cond = cond_cat([cond_expand(s.cond.for_check(), n) for s in remaining]) if conditional else None
-            images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]), steps=cfg.sampler_steps,
-                                           eta=cfg.eta, cond=cond, guidance=scale)
+            with self._autocast():
+                cond = cond_cat([cond_expand(s.cond.for_check(), n) for s in remaining]) if conditional else None
+                images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]),
+                                               steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=scale)
+            images = images.float()
             still = []
             for i, s in enumerate(remaining):
                 samples = images[i * n : (i + 1) * n].cpu()
