@@ -43,10 +43,12 @@ class KnownPrompt:
 
 
 class SoftPrompt:
-    def __init__(self, adapter, tau: float, caption: str | None = None):
+    def __init__(self, adapter, tau: float, caption: str | None = None, seed: int = 0):
         self.adapter = adapter
         self.tau = tau
         self.caption = caption
+        # Gumbel draws come from the image's own stream, on the model's device (see functional.gumbel_noise).
+        self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
         # What is not inverted (SD3: the large text encoders, which keep the caption) is computed once.
         self.context = adapter.soft_prompt_context(caption or "")
         self.logits = torch.zeros(adapter.n_soft_tokens, adapter.vocab_size, device=adapter.device,
@@ -54,7 +56,7 @@ class SoftPrompt:
         self.params = [self.logits]
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        g = gumbel_noise((n, *self.logits.shape), generator).to(self.logits.device)
+        g = gumbel_noise((n, *self.logits.shape), self.gen)
         return self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau), self.context)
 
     def for_check(self) -> torch.Tensor:

@@ -98,8 +98,9 @@ def concordance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
-    """Standard Gumbel draws, -log(Exp(1)), from an explicit generator (same recipe as torch's gumbel_softmax)."""
-    return -torch.empty(shape).exponential_(generator=generator).log()
+    """Standard Gumbel draws, -log(Exp(1)), from an explicit generator (same recipe as torch's gumbel_softmax),
+    on the generator's device: a vocabulary-sized draw per sample is too large to make on the CPU and copy."""
+    return -torch.empty(shape, device=generator.device).exponential_(generator=generator).log()
 
 
 def gumbel_softmax_sample(logits: torch.Tensor, gumbels: torch.Tensor, tau: float) -> torch.Tensor:

@@ -96,7 +96,8 @@ class Inverter:
         cond = None
         if getattr(self.adapter, "conditional", False):
             invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
-            cond = self.adapter.conditioner(target.caption, invert_prompt=invert, tau=cfg.gumbel_tau)
+            cond = self.adapter.conditioner(target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
+                                            seed=seed_from(image_seed, "gumbel"))
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init, cond=cond)
 

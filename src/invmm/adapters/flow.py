@@ -141,8 +141,8 @@ class FlowAdapter:
     def decode_tokens(self, token_ids: list[int]) -> str:
         return self.tokenizers[0].decode(token_ids, skip_special_tokens=True).strip()
 
-    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float):
-        return SoftPrompt(self, tau, caption) if invert_prompt else KnownPrompt(self, caption or "")
+    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
+        return SoftPrompt(self, tau, caption, seed) if invert_prompt else KnownPrompt(self, caption or "")
 
     def describe(self) -> dict:
         return {

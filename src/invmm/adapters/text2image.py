@@ -66,8 +66,8 @@ class Text2ImageAdapter(LatentAdapter):
     def decode_tokens(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
-    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float):
-        return SoftPrompt(self, tau, caption) if invert_prompt else KnownPrompt(self, caption or "")
+    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
+        return SoftPrompt(self, tau, caption, seed) if invert_prompt else KnownPrompt(self, caption or "")
 
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
