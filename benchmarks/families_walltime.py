@@ -44,6 +44,8 @@ def main():
             model = build(tmp / f"m{i}")
             adapter = load_adapter(str(model))
             cfg = default_config(adapter, similarity="pixel", max_steps=args.max_steps)
+            # The tiny DDPM-family models have 100 training timesteps: DDIM cannot take more steps.
+            cfg = cfg.replace(sampler_steps=min(cfg.sampler_steps, getattr(adapter, "num_train_timesteps", 10**9)))
             t0 = time.perf_counter()
             (r,) = measure(adapter, [ImageItem(id="red", path=str(tmp / "red.png"), caption=caption)], cfg)
             dt = time.perf_counter() - t0

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from invmm.cli import app
 from invmm.result import Result
+from invmm.zoo.tiny import build_tiny_pixel
 
 runner = CliRunner()
 FAST = ["--max-steps", "20", "--check-every", "10", "--batch-size", "8", "--sampler-steps", "10"]
@@ -74,6 +75,10 @@ def test_bad_model_folder_and_bad_option_exit_2(tmp_path, toy_images):
     assert res.exit_code == 2 and "no such folder" in res.output
     res = runner.invoke(app, ["measure", str(tmp_path / "m"), str(p), "--batch-images", "0"])
     assert res.exit_code == 2 and "--batch-images" in res.output
+    tiny = build_tiny_pixel(tmp_path / "tiny")  # 100 training timesteps; the ddpm preset's DDIM wants 200
+    res = runner.invoke(app, ["measure", str(tiny), str(p), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 2 and "sampler_steps 200 exceeds the 100 timesteps" in res.output
+    assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
 def test_demo_runs_on_the_shipped_model(tmp_path):
@@ -88,7 +93,6 @@ def test_divergence_exits_1_and_is_recorded(tmp_path, toy_images):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from invmm.zoo.tiny import build_tiny_pixel
 
     model = build_tiny_pixel(tmp_path / "nan")
     wfile = model / "unet" / "diffusion_pytorch_model.safetensors"

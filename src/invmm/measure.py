@@ -14,6 +14,7 @@ import torch
 from invmm.artifacts import grid_png, safe_name, save_distribution
 from invmm.audit.ledger import Ledger, atomic_write_bytes
 from invmm.config import InvMMConfig, preset
+from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, collect_images, load_image
 from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
@@ -72,6 +73,12 @@ def measure(
         str(model), device=device, hub=hub, allow_pickle=allow_pickle
     )
     config = config or default_config(adapter)
+    n_train = getattr(adapter, "num_train_timesteps", None)
+    if n_train is not None and config.sampler_steps > n_train:
+        raise InvMMInputError(
+            f"sampler_steps {config.sampler_steps} exceeds the {n_train} timesteps the model was trained with; "
+            f"pass --sampler-steps {n_train} or fewer"
+        )
     similarity = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
     model_desc = adapter.describe()
 
