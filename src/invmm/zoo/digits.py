@@ -122,8 +122,6 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
 
     unet = build_unet(cfg)
     scheduler = build_scheduler(cfg)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     gen = torch.Generator().manual_seed(seed_from(cfg.seed, "digits-train"))
     manifest = {
         "kind": "invmm-zoo-digits",
@@ -132,6 +130,28 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
         "n_train_samples": int(len(data)),
         "images": entries,
     }
+
+    def checkpoint(step: int) -> None:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+            save_model(unet, scheduler, out / "checkpoints" / f"step-{step:06d}", {**manifest, "step": step})
+
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, on_step=checkpoint)
+    manifest["step"] = cfg.steps
+    manifest["train_seconds"] = seconds
+    manifest["final_loss"] = float(np.mean(losses[-500:]))
+    save_model(unet, scheduler, out, manifest)
+    return manifest
+
+
+def train_denoiser(unet, scheduler, data, cfg: DigitsTrainConfig, gen: torch.Generator, log, *,
+                   condition=None, on_step=None) -> tuple[list[float], float]:
+    """The epsilon-prediction DDPM training loop of the toy models (AdamW, linear warm-up).
+
+    `condition(idx)` returns the cross-attention states of the drawn samples (conditional models); it
+    draws after the batch, noise and timesteps, so every draw comes from `gen` in a fixed order.
+    """
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     t0, losses = time.time(), []
     unet.train()
     for step in range(1, cfg.steps + 1):
@@ -140,7 +160,8 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
         xt = scheduler.add_noise(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
+        pred = unet(xt, t).sample if condition is None else unet(xt, t, condition(idx)).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,13 +169,10 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
         losses.append(loss.item())
         if step % 500 == 0 or step == cfg.steps:
             log(f"step {step}/{cfg.steps} loss {np.mean(losses[-500:]):.4f} ({time.time() - t0:.0f} s)")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-            save_model(unet, scheduler, out / "checkpoints" / f"step-{step:06d}", {**manifest, "step": step})
-    manifest["step"] = cfg.steps
-    manifest["train_seconds"] = round(time.time() - t0, 1)
-    manifest["final_loss"] = float(np.mean(losses[-500:]))
-    save_model(unet.eval(), scheduler, out, manifest)
-    return manifest
+        if on_step:
+            on_step(step)
+    unet.eval()
+    return losses, round(time.time() - t0, 1)
 
 
 def load_manifest(model_dir: Path) -> dict:

@@ -10,7 +10,6 @@ Diffusion layout minus the VAE (the model runs in pixel space).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from invmm.functional import seed_from
-from invmm.zoo.digits import DigitsTrainConfig, digits_uint8, plan_dataset, to_model_space
+from invmm.zoo.digits import DigitsTrainConfig, digits_uint8, plan_dataset, to_model_space, train_denoiser
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -95,27 +94,13 @@ def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
     unet = build_unet(cfg)
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                               prediction_type="epsilon", clip_sample=True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     gen = torch.Generator().manual_seed(seed_from(cfg.seed, "digits-t2i-train"))
-    t0, losses = time.time(), []
-    unet.train()
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x0 = data[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
-        cond = table[torch.where(drop, torch.zeros_like(idx), caption_index[idx])]
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, cond).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        warm.step()
-        losses.append(loss.item())
-        if step % 500 == 0 or step == cfg.steps:
-            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-500:]):.4f} ({time.time() - t0:.0f} s)")
-    unet.eval()
+
+    def condition(idx: torch.Tensor) -> torch.Tensor:
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        return table[torch.where(drop, torch.zeros_like(idx), caption_index[idx])]
+
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition)
     for name, comp in (("unet", unet), ("text_encoder", text_encoder), ("tokenizer", tokenizer),
                        ("scheduler", scheduler)):
         comp.save_pretrained(out / name)
@@ -131,7 +116,7 @@ def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
         "n_train_samples": int(len(data)),
         "images": entries,
         "step": cfg.steps,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": seconds,
         "final_loss": float(np.mean(losses[-500:])),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
