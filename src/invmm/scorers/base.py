@@ -1,0 +1,62 @@
+"""The scorer interface: an adapter and a batch of images in, one continuous score per image out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from invmm.functional import seed_from
+
+
+class ScorerError(ValueError):
+    """A scorer was asked to run on a model it cannot handle."""
+
+
+class Scorer:
+    """Subclasses are dataclasses of their settings and define `name`, `higher_is_better` (whether a higher
+    score means member / memorized), `requires` and `_score`."""
+
+    name = "scorer"
+    higher_is_better = False
+    requires: tuple[str, ...] = ()  # "noise_schedule": a DDPM-family alphas_cumprod; "text": a text-conditional model
+
+    def check(self, adapter) -> None:
+        missing = []
+        if "noise_schedule" in self.requires and not hasattr(adapter, "alphas_cumprod"):
+            missing.append("a DDPM-style noise schedule (epsilon/v/sample prediction)")
+        if "text" in self.requires and not getattr(adapter, "conditional", False):
+            missing.append("text conditioning")
+        if missing:
+            raise ScorerError(
+                f"scorer {self.name!r} needs {' and '.join(missing)}; the {adapter.family} model "
+                f"({adapter.describe().get('source') or type(adapter).__name__}) has none"
+            )
+
+    def generator(self, seed: int, image_id: str, device) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
+
+    def score(self, adapter, images: torch.Tensor, ids: list[str], captions: list[str | None] | None = None,
+              seed: int = 0) -> list[float]:
+        """Scores of [K, C, S, S] images in [-1, 1] (model-ready), in order."""
+        self.check(adapter)
+        captions = captions or [None] * len(ids)
+        with torch.no_grad():
+            x0 = adapter.encode(images)
+            cond = None
+            if getattr(adapter, "conditional", False):
+                cond = adapter.prompt_embeddings([c or "" for c in captions])
+            return [float(v) for v in self._score(adapter, x0, ids, cond, seed)]
+
+    def _score(self, adapter, x0: torch.Tensor, ids: list[str], cond, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "higher_is_better": self.higher_is_better, **dataclasses.asdict(self)}
+
+
+def eps_prediction(adapter, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    """The model's noise estimate, whatever it predicts: eps = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)."""
+    abar = adapter.alphas_cumprod[t.to(adapter.device)].reshape(-1, *([1] * (x_t.ndim - 1)))
+    x0_hat = adapter.predict_x0(x_t, t, cond)
+    return (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
