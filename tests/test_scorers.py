@@ -61,3 +61,27 @@ def test_scorer_refuses_a_model_it_cannot_handle(tmp_path):
         PIAScorer().score(flow, torch.zeros(1, 3, 16, 16), ["x"])
     d = LossScorer(t=7).to_json()
     assert d == {"name": "loss", "higher_is_better": False, "t": 7, "n_draws": 4}
+
+
+def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
+    from diffusers import DDIMScheduler
+
+    from invmm.scorers import SecMIScorer
+    from invmm.scorers.secmi import ddim_transfer
+
+    x = images(2, seed=3)
+    # Denoising 60 -> 50 equals diffusers' DDIM step with 10 inference steps (stride 10 on 100 timesteps).
+    sched = DDIMScheduler.from_config(pixel.scheduler_config, clip_sample=False)
+    sched.set_timesteps(10)
+    with torch.no_grad():
+        out = pixel.unet(x, torch.full((2,), 60)).sample
+        ref = sched.step(out, 60, x).prev_sample
+        torch.testing.assert_close(ddim_transfer(pixel, x, 60, 50, None), ref, rtol=1e-4, atol=1e-5)
+    # The score re-runs the documented procedure: invert 0..t_sec by the stride, up one stride, back one.
+    got = SecMIScorer(t_sec=50, stride=10).score(pixel, x, ["a", "b"])
+    with torch.no_grad():
+        y, t = x, -1
+        for t_next in (0, 10, 20, 30, 40, 50):
+            y, t = ddim_transfer(pixel, y, t, t_next, None), t_next
+        back = ddim_transfer(pixel, ddim_transfer(pixel, y, 50, 60, None), 60, 50, None)
+    torch.testing.assert_close(torch.tensor(got), (back - y).pow(2).flatten(1).sum(1), rtol=1e-5, atol=1e-7)

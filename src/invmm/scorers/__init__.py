@@ -3,5 +3,6 @@
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.scorers.loss import LossScorer
 from invmm.scorers.pia import PIAScorer
+from invmm.scorers.secmi import SecMIScorer
 
-__all__ = ["LossScorer", "PIAScorer", "Scorer", "ScorerError"]
+__all__ = ["LossScorer", "PIAScorer", "Scorer", "ScorerError", "SecMIScorer"]
