@@ -85,3 +85,23 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
             y, t = ddim_transfer(pixel, y, t, t_next, None), t_next
         back = ddim_transfer(pixel, ddim_transfer(pixel, y, 50, 60, None), 60, 50, None)
     torch.testing.assert_close(torch.tensor(got), (back - y).pow(2).flatten(1).sum(1), rtol=1e-5, atol=1e-7)
+
+
+def test_generate_compare_finds_the_toy_models_duplicated_digit(toy_model, tmp_path):
+    from invmm.images import ImageItem, load_image
+    from invmm.scorers import GenerateCompareScorer
+    from invmm.similarity import PixelSimilarity
+    from invmm.zoo.digits import export_images, load_manifest
+
+    adapter = load_adapter(str(toy_model))
+    ids = ["digit-1742", "digit-1032"]  # 64 copies; held out
+    paths = export_images(load_manifest(toy_model), tmp_path, ids=ids)
+    x = torch.stack([load_image(ImageItem(id=p.stem, path=str(p)), mode="L", size=8).pixels for p in paths])
+    scorer = GenerateCompareScorer(n_samples=64, sampler_steps=50)
+    got = scorer.score(adapter, x, ids, seed=0)
+    # Reference: the same samples, compared by hand.
+    samples = scorer.samples(adapter, None, 0)
+    ref = [PixelSimilarity()(samples, x[i]).max().item() for i in range(2)]
+    assert got == pytest.approx(ref)
+    assert got[0] >= 0.985 > got[1]  # the duplicated digit is regenerated, the held-out one is not
+    assert scorer.higher_is_better

@@ -1,8 +1,9 @@
 """Baseline scores beside InvMM, one file each, behind one small interface (see base.py)."""
 
 from invmm.scorers.base import Scorer, ScorerError
+from invmm.scorers.generate_compare import GenerateCompareScorer
 from invmm.scorers.loss import LossScorer
 from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
 
-__all__ = ["LossScorer", "PIAScorer", "Scorer", "ScorerError", "SecMIScorer"]
+__all__ = ["GenerateCompareScorer", "LossScorer", "PIAScorer", "Scorer", "ScorerError", "SecMIScorer"]

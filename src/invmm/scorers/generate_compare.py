@@ -1,0 +1,60 @@
+"""Generate-and-compare, the extraction view of memorization (Carlini et al., "Extracting Training Data
+from Diffusion Models", USENIX Security 2023).
+
+Generate N samples from the model's prior (unconditional, or from the image's caption) and score the
+image by its highest similarity to any of them. A memorized image is regenerated: higher = memorized.
+The samples depend only on the seed and the caption, so images sharing a caption share one set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from invmm.conditioning import cond_expand
+from invmm.functional import seed_from
+from invmm.scorers.base import Scorer
+from invmm.similarity import build_similarity
+
+
+@dataclass
+class GenerateCompareScorer(Scorer):
+    n_samples: int = 64
+    sampler_steps: int = 50
+    guidance: float = 1.0
+    similarity: str = "pixel"
+    sscd_resize: int = 32
+
+    name = "generate_compare"
+    higher_is_better = True
+    requires = ()
+
+    def samples(self, adapter, caption: str | None, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed_from(seed, self.name, caption or ""))
+        size = _latent_side(adapter)
+        noise = torch.randn((self.n_samples, adapter.channels, size, size), generator=g)
+        cond = None
+        if getattr(adapter, "conditional", False):
+            cond = cond_expand(adapter.prompt_embeddings([caption or ""]), self.n_samples)
+        return adapter.generate(noise, steps=self.sampler_steps, cond=cond, guidance=self.guidance).cpu()
+
+    def score(self, adapter, images, ids, captions=None, seed=0):
+        self.check(adapter)
+        sim = build_similarity(self.similarity, sscd_resize=self.sscd_resize)
+        captions = captions or [None] * len(ids)
+        cache: dict[str | None, torch.Tensor] = {}
+        scores = []
+        with torch.no_grad():
+            for image, caption in zip(images, captions):
+                if caption not in cache:
+                    cache[caption] = self.samples(adapter, caption, seed)
+                scores.append(float(sim(cache[caption], image).max()))
+        return scores
+
+
+def _latent_side(adapter) -> int:
+    """Side of the model-space tensor the noise must have (pixels, or latents for VAE models)."""
+    with torch.no_grad():
+        probe = torch.zeros(1, 1 if adapter.image_mode == "L" else 3, adapter.image_size, adapter.image_size)
+        return int(adapter.encode(probe).shape[-1])
