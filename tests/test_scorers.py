@@ -105,3 +105,26 @@ def test_generate_compare_finds_the_toy_models_duplicated_digit(toy_model, tmp_p
     assert got == pytest.approx(ref)
     assert got[0] >= 0.985 > got[1]  # the duplicated digit is regenerated, the held-out one is not
     assert scorer.higher_is_better
+
+
+def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
+    from diffusers import DDIMScheduler
+
+    from invmm.scorers import NoiseNormScorer
+    from invmm.zoo.tiny import build_tiny_sd
+
+    sd = load_adapter(str(build_tiny_sd(tmp_path / "sd")))
+    x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    scorer = NoiseNormScorer(n_generations=3, n_steps=1, sampler_steps=10)
+    (got,) = scorer.score(sd, x0, ["img"], captions=["a cat"], seed=2)
+    g = torch.Generator().manual_seed(seed_from(2, "noise_norm", "img"))
+    x = torch.randn((3, 4, 8, 8), generator=g)
+    sched = DDIMScheduler.from_config(sd.scheduler_config)
+    sched.set_timesteps(10)
+    t = sched.timesteps[0].expand(3)
+    with torch.no_grad():
+        c = sd.unet(x, t, encoder_hidden_states=sd.prompt_embeddings(["a cat"]).expand(3, -1, -1)).sample
+        u = sd.unet(x, t, encoder_hidden_states=sd.prompt_embeddings([""]).expand(3, -1, -1)).sample
+    assert got == pytest.approx((c - u).flatten(1).norm(dim=1).mean().item(), rel=1e-4)
+    with pytest.raises(ScorerError, match="text conditioning"):
+        scorer.score(pixel, images(1), ["x"])
