@@ -17,7 +17,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
@@ -77,7 +76,6 @@ def main():
                   f"decoded prompt {r.prompt!r}")
         summary["inversion_wall_s"] = inv_wall
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    np.set_printoptions(precision=3)
 
 
 if __name__ == "__main__":

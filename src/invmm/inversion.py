@@ -241,9 +241,8 @@ class Inverter:
                 sims = [round(float(v), 6) for v in self.similarity(samples, s.target.pixels)]
                 if id(s) not in best or min(sims) > best[id(s)][0]:
                     best[id(s)] = (min(sims), sims, samples)
-                if min(sims) >= cfg.beta:
+                if min(sims) >= cfg.beta:  # a success beats every earlier failure, so it is also the best
                     succeeded[id(s)] = scale
-                    best[id(s)] = (min(sims), sims, samples)
                 else:
                     still.append(s)
             remaining = still

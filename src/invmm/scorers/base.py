@@ -33,7 +33,7 @@ class Scorer:
                 f"({adapter.describe().get('source') or type(adapter).__name__}) has none"
             )
 
-    def generator(self, seed: int, image_id: str, device) -> torch.Generator:
+    def generator(self, seed: int, image_id: str) -> torch.Generator:
         return torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
 
     def score(self, adapter, images: torch.Tensor, ids: list[str], captions: list[str | None] | None = None,

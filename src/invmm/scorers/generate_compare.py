@@ -30,9 +30,9 @@ class GenerateCompareScorer(Scorer):
     higher_is_better = True
     requires = ()
 
-    def samples(self, adapter, caption: str | None, seed: int) -> torch.Tensor:
+    def samples(self, adapter, caption: str | None, seed: int, size: int | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed_from(seed, self.name, caption or ""))
-        size = _latent_side(adapter)
+        size = size or _latent_side(adapter)
         noise = torch.randn((self.n_samples, adapter.channels, size, size), generator=g)
         cond = None
         if getattr(adapter, "conditional", False):
@@ -46,9 +46,10 @@ class GenerateCompareScorer(Scorer):
         cache: dict[str | None, torch.Tensor] = {}
         scores = []
         with torch.no_grad():
+            side = _latent_side(adapter)
             for image, caption in zip(images, captions):
                 if caption not in cache:
-                    cache[caption] = self.samples(adapter, caption, seed)
+                    cache[caption] = self.samples(adapter, caption, seed, side)
                 scores.append(float(sim(cache[caption], image).max()))
         return scores
 

@@ -27,7 +27,7 @@ class LossScorer(Scorer):
     def _score(self, adapter, x0, ids, cond, seed):
         scores = []
         for i, image_id in enumerate(ids):
-            g = self.generator(seed, image_id, adapter.device)
+            g = self.generator(seed, image_id)
             eps = torch.randn((self.n_draws, *x0.shape[1:]), generator=g).to(adapter.device)
             t = torch.full((self.n_draws,), self.t, dtype=torch.long)
             x_t = adapter.add_noise(x0[i : i + 1].expand_as(eps), eps, t)
