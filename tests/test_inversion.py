@@ -122,3 +122,23 @@ def test_toy_model_reproduces_a_duplicated_digit_but_not_a_held_out_one(toy_mode
     dup, held = outs["digit-1742"].result, outs["digit-1032"].result
     assert dup.success and math.isfinite(dup.score) and dup.steps < 200 and dup.min_similarity >= cfg.beta
     assert not held.success and math.isinf(held.score) and held.min_similarity < 0.9
+
+
+def test_stochastic_checks_draw_each_images_noise_from_its_own_stream(adapter):
+    cfg = small_config(max_steps=10, threshold=1.5, eta=1.0)
+    ts = targets(3)
+    batched = run(adapter, cfg, ts, 3)
+    for t in ts:
+        alone = run(adapter, cfg, [t], 1)[t.id]
+        torch.testing.assert_close(batched[t.id].samples, alone.samples, rtol=1e-4, atol=1e-5)
+    deterministic = run(adapter, cfg.replace(eta=0.0), ts[:1], 1)[ts[0].id]
+    # Same mu/sigma and starting noise; only the sampler's added noise differs.
+    torch.testing.assert_close(deterministic.mu, batched[ts[0].id].mu)
+    assert not torch.allclose(deterministic.samples, batched[ts[0].id].samples, atol=1e-3)
+
+
+def test_eta_is_validated():
+    with pytest.raises(ValueError, match="eta"):
+        small_config(eta=1.5)
+    with pytest.raises(ValueError, match="Euler sampler is deterministic"):
+        preset("sd3", eta=1.0)

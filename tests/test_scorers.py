@@ -4,7 +4,7 @@ from diffusers import DDPMScheduler
 
 from invmm.adapters.loading import load_adapter
 from invmm.functional import seed_from
-from invmm.scorers import LossScorer, PIAScorer, ScorerError
+from invmm.scorers import LossScorer, PIAScorer, ScorerError, build_scorer
 from invmm.scorers.base import eps_prediction
 from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd3
 
@@ -20,7 +20,7 @@ def images(n, seed=0):
 
 def test_loss_matches_a_direct_computation(pixel):
     x0, ids = images(2), ["a", "b"]
-    got = LossScorer(t=30, n_draws=3).score(pixel, x0, ids, seed=5)
+    got = LossScorer(pixel, t=30, n_draws=3).score(x0, ids, seed=5)
     sched = DDPMScheduler.from_config(pixel.scheduler_config)
     for i, image_id in enumerate(ids):
         g = torch.Generator().manual_seed(seed_from(5, "loss", image_id))
@@ -34,7 +34,7 @@ def test_loss_matches_a_direct_computation(pixel):
 
 def test_pia_matches_a_direct_two_call_computation(pixel):
     x0 = images(3, seed=1)
-    got = PIAScorer(t=50).score(pixel, x0, ["a", "b", "c"])
+    got = PIAScorer(pixel, t=50).score(x0, ["a", "b", "c"])
     sched = DDPMScheduler.from_config(pixel.scheduler_config)
     with torch.no_grad():
         eps0 = pixel.unet(x0, torch.zeros(3, dtype=torch.long)).sample
@@ -42,7 +42,7 @@ def test_pia_matches_a_direct_two_call_computation(pixel):
         pred = pixel.unet(sched.add_noise(x0, eps0, t), t).sample
     ref = torch.linalg.vector_norm((eps0 - pred).flatten(1), ord=4, dim=1)
     torch.testing.assert_close(torch.tensor(got), ref, rtol=1e-4, atol=1e-6)
-    assert PIAScorer(t=50).score(pixel, x0, ["a", "b", "c"]) == got  # deterministic
+    assert PIAScorer(pixel, t=50).score(x0, ["a", "b", "c"]) == got  # deterministic
 
 
 def test_eps_from_v_prediction(tmp_path):
@@ -55,11 +55,18 @@ def test_eps_from_v_prediction(tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_scorer_refuses_a_model_it_cannot_handle(tmp_path):
+def test_scorer_refuses_a_model_it_cannot_handle(tmp_path, pixel):
     flow = load_adapter(str(build_tiny_sd3(tmp_path / "sd3")))
+    # Refused when built, before any image is read.
     with pytest.raises(ScorerError, match="noise schedule"):
-        PIAScorer().score(flow, torch.zeros(1, 3, 16, 16), ["x"])
-    d = LossScorer(t=7).to_json()
+        PIAScorer(flow)
+    with pytest.raises(ScorerError, match="noise schedule"):
+        build_scorer("secmi:t_sec=50", flow)
+    with pytest.raises(ScorerError, match="no option"):
+        build_scorer("loss:tt=5", flow)
+    with pytest.raises(ScorerError, match="unknown scorer"):
+        build_scorer("lossy", flow)
+    d = build_scorer("loss:t=7", pixel).to_json()
     assert d == {"name": "loss", "higher_is_better": False, "t": 7, "n_draws": 4}
 
 
@@ -78,7 +85,7 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
         ref = sched.step(out, 60, x).prev_sample
         torch.testing.assert_close(ddim_transfer(pixel, x, 60, 50, None), ref, rtol=1e-4, atol=1e-5)
     # The score re-runs the documented procedure: invert 0..t_sec by the stride, up one stride, back one.
-    got = SecMIScorer(t_sec=50, stride=10).score(pixel, x, ["a", "b"])
+    got = SecMIScorer(pixel, t_sec=50, stride=10).score(x, ["a", "b"])
     with torch.no_grad():
         y, t = x, -1
         for t_next in (0, 10, 20, 30, 40, 50):
@@ -97,10 +104,10 @@ def test_generate_compare_finds_the_toy_models_duplicated_digit(toy_model, tmp_p
     ids = ["digit-1742", "digit-1032"]  # 64 copies; held out
     paths = export_images(load_manifest(toy_model), tmp_path, ids=ids)
     x = torch.stack([load_image(ImageItem(id=p.stem, path=str(p)), mode="L", size=8).pixels for p in paths])
-    scorer = GenerateCompareScorer(n_samples=64, sampler_steps=50)
-    got = scorer.score(adapter, x, ids, seed=0)
+    scorer = GenerateCompareScorer(adapter, n_samples=64, sampler_steps=50)
+    got = scorer.score(x, ids, seed=0)
     # Reference: the same samples, compared by hand.
-    samples = scorer.samples(adapter, None, 0)
+    samples = scorer.samples(None, 0)
     ref = [PixelSimilarity()(samples, x[i]).max().item() for i in range(2)]
     assert got == pytest.approx(ref)
     assert got[0] >= 0.985 > got[1]  # the duplicated digit is regenerated, the held-out one is not
@@ -115,8 +122,8 @@ def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
 
     sd = load_adapter(str(build_tiny_sd(tmp_path / "sd")))
     x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    scorer = NoiseNormScorer(n_generations=3, n_steps=1, sampler_steps=10)
-    (got,) = scorer.score(sd, x0, ["img"], captions=["a cat"], seed=2)
+    scorer = NoiseNormScorer(sd, n_generations=3, n_steps=1, sampler_steps=10)
+    (got,) = scorer.score(x0, ["img"], captions=["a cat"], seed=2)
     g = torch.Generator().manual_seed(seed_from(2, "noise_norm", "img"))
     x = torch.randn((3, 4, 8, 8), generator=g)
     sched = DDIMScheduler.from_config(sd.scheduler_config)
@@ -127,4 +134,25 @@ def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
         u = sd.unet(x, t, encoder_hidden_states=sd.prompt_embeddings([""]).expand(3, -1, -1)).sample
     assert got == pytest.approx((c - u).flatten(1).norm(dim=1).mean().item(), rel=1e-4)
     with pytest.raises(ScorerError, match="text conditioning"):
-        scorer.score(pixel, images(1), ["x"])
+        NoiseNormScorer(pixel)
+
+
+def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_path):
+    from invmm.config import preset
+    from invmm.images import ImageItem, load_image
+    from invmm.measure import measure
+    from invmm.zoo.digits import export_images, load_manifest
+
+    adapter = load_adapter(str(toy_model))
+    ids = ["digit-1742", "digit-1032"]  # 64 copies; held out
+    paths = export_images(load_manifest(toy_model), tmp_path, ids=ids)
+    x = torch.stack([load_image(ImageItem(id=p.name, path=str(p)), mode="L", size=8).pixels for p in paths])
+    cfg = preset("ddpm", similarity="pixel", max_steps=300, sampler_steps=50, seed=3)
+    base = preset("ddpm", similarity="pixel")
+    scorer = build_scorer("invmm:max_steps=300,sampler_steps=50", adapter, invmm_config=base)
+    got = scorer.score(x, [p.name for p in paths], seed=3)
+    ref = {r.id: r.score for r in measure(adapter, [str(p) for p in paths], cfg)}
+    assert got == [ref[p.name] for p in paths]
+    assert got[0] < float("inf") == got[1]  # the duplicated digit is reproduced, the held-out one is not
+    assert not scorer.higher_is_better
+    assert scorer.to_json()["config"]["max_steps"] == 300

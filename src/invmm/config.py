@@ -56,6 +56,10 @@ class InvMMConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):
             problems.append(f"sampler must be 'ddim' (DDPM family) or 'euler' (flow matching), got {self.sampler!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            problems.append(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like ancestral), got {self.eta}")
+        if self.eta > 0 and self.sampler == "euler":
+            problems.append("eta > 0 needs the ddim sampler; the flow-matching Euler sampler is deterministic")
         if self.precision not in ("fp32", "fp16", "bf16"):
             problems.append(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if problems:

@@ -46,6 +46,7 @@ class _State:
     checks: list[list[float]] = field(default_factory=list)
     similarities: list[float] = field(default_factory=list)
     samples: torch.Tensor | None = None
+    sampler_gen: torch.Generator | None = None  # the check sampler's own noise (eta > 0)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -99,7 +100,11 @@ class Inverter:
             cond = self.adapter.conditioner(target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
                                             seed=seed_from(image_seed, "gumbel"))
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
-        return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init, cond=cond)
+        # The stochastic sampler gets its own stream so that eta changes only the check, never the
+        # optimisation's noise: the same fit is judged by both samplers.
+        sampler_gen = torch.Generator().manual_seed(seed_from(image_seed, "sampler"))
+        return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init, cond=cond,
+                      sampler_gen=sampler_gen)
 
     def _finish(self, s: _State, *, success: bool, error: str | None = None) -> Outcome:
         with torch.no_grad():
@@ -232,8 +237,11 @@ class Inverter:
                 break
             with self._autocast():
                 cond = cond_cat([cond_expand(s.cond.for_check(), n) for s in remaining]) if conditional else None
+                # Stochastic sampling draws each image's noise from its own generator (see generate).
+                gens = [s.sampler_gen for s in remaining for _ in range(n)] if cfg.eta > 0 else None
                 images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]),
-                                               steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=scale)
+                                               steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=scale,
+                                               generator=gens)
             images = images.float()
             still = []
             for i, s in enumerate(remaining):

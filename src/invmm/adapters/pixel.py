@@ -84,7 +84,13 @@ class PixelAdapter:
 
     @torch.no_grad()
     def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond: torch.Tensor | None = None,
-                 guidance: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                 guidance: float = 1.0, generator: torch.Generator | list[torch.Generator] | None = None
+                 ) -> torch.Tensor:
+        """DDIM from `noise`; eta > 0 adds the stochastic term (eta = 1: DDPM's posterior variance).
+
+        With eta > 0, `generator` may be a list of one generator per sample, so that each sample's noise
+        does not depend on which other samples share the batch.
+        """
         from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.scheduler_config)

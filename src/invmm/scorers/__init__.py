@@ -1,12 +1,63 @@
 """Baseline scores beside InvMM, one file each, behind one small interface (see base.py)."""
 
+from __future__ import annotations
+
+import dataclasses
+import json
+
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.scorers.generate_compare import GenerateCompareScorer
+from invmm.scorers.invmm_score import InvMMScorer
 from invmm.scorers.loss import LossScorer
 from invmm.scorers.noise_norm import NoiseNormScorer
 from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
 
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
+}
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """"pia" or "pia:t=100,p=2" -> ("pia", {"t": 100, "p": 2}); values are JSON where they parse as JSON."""
+    name, _, rest = spec.strip().partition(":")
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ScorerError(f"scorer option {part!r} in {spec!r} is not key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> Scorer:
+    """A scorer bound to the adapter from a spec string. Options of "invmm" override its InvMMConfig."""
+    name, options = parse_spec(spec)
+    if name not in SCORERS:
+        raise ScorerError(f"unknown scorer {name!r}; available: {', '.join(SCORERS)}")
+    cls = SCORERS[name]
+    if cls is InvMMScorer:
+        from invmm.measure import default_config
+
+        batch = options.pop("batch_images", invmm_options.pop("batch_images", 8))
+        base = invmm_config or default_config(adapter, **{k: v for k, v in invmm_options.items() if k == "preset"})
+        try:
+            config = base.replace(**options)
+        except (TypeError, ValueError) as exc:
+            raise ScorerError(f"invalid invmm options in {spec!r}: {exc}") from None
+        return InvMMScorer(adapter, config=config, batch_images=batch)
+    known = {f.name for f in dataclasses.fields(cls)} - {"adapter"}
+    unknown = set(options) - known
+    if unknown:
+        raise ScorerError(f"scorer {name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                          f"it takes {', '.join(sorted(known))}")
+    return cls(adapter, **options)
+
+
 __all__ = [
-    "GenerateCompareScorer", "LossScorer", "NoiseNormScorer", "PIAScorer", "Scorer", "ScorerError", "SecMIScorer",
+    "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer", "PIAScorer", "Scorer",
+    "ScorerError", "SecMIScorer", "build_scorer", "parse_spec",
 ]

@@ -1,8 +1,15 @@
-"""The scorer interface: an adapter and a batch of images in, one continuous score per image out."""
+"""The scorer interface: a model at construction, then a batch of images in, one continuous score per image out.
+
+Like an estimator/attack split: the adapter is the estimator (the model's numerical path), a scorer is an
+attack bound to it. Binding happens at construction so a scorer that cannot run on the model fails before
+any image is read.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
@@ -13,13 +20,20 @@ class ScorerError(ValueError):
     """A scorer was asked to run on a model it cannot handle."""
 
 
+@dataclass
 class Scorer:
     """Subclasses are dataclasses of their settings and define `name`, `higher_is_better` (whether a higher
     score means member / memorized), `requires` and `_score`."""
 
+    adapter: Any = field(repr=False, compare=False)
+
     name = "scorer"
     higher_is_better = False
-    requires: tuple[str, ...] = ()  # "noise_schedule": a DDPM-family alphas_cumprod; "text": a text-conditional model
+    # "noise_schedule": a DDPM-family alphas_cumprod; "text": a text-conditional model
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.check(self.adapter)
 
     def check(self, adapter) -> None:
         missing = []
@@ -30,16 +44,17 @@ class Scorer:
         if missing:
             raise ScorerError(
                 f"scorer {self.name!r} needs {' and '.join(missing)}; the {adapter.family} model "
-                f"({adapter.describe().get('source') or type(adapter).__name__}) has none"
+                f"({adapter.describe().get('source') or type(adapter).__name__}) has none. "
+                f"Leave {self.name!r} out of the scorers for this model"
             )
 
     def generator(self, seed: int, image_id: str) -> torch.Generator:
         return torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
 
-    def score(self, adapter, images: torch.Tensor, ids: list[str], captions: list[str | None] | None = None,
+    def score(self, images: torch.Tensor, ids: list[str], captions: list[str | None] | None = None,
               seed: int = 0) -> list[float]:
         """Scores of [K, C, S, S] images in [-1, 1] (model-ready), in order."""
-        self.check(adapter)
+        adapter = self.adapter
         captions = captions or [None] * len(ids)
         with torch.no_grad():
             x0 = adapter.encode(images)
@@ -51,8 +66,11 @@ class Scorer:
     def _score(self, adapter, x0: torch.Tensor, ids: list[str], cond, seed: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapter"}
+
     def to_json(self) -> dict:
-        return {"name": self.name, "higher_is_better": self.higher_is_better, **dataclasses.asdict(self)}
+        return {"name": self.name, "higher_is_better": self.higher_is_better, **self.settings()}
 
 
 def eps_prediction(adapter, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:

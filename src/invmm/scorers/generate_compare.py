@@ -30,7 +30,8 @@ class GenerateCompareScorer(Scorer):
     higher_is_better = True
     requires = ()
 
-    def samples(self, adapter, caption: str | None, seed: int, size: int | None = None) -> torch.Tensor:
+    def samples(self, caption: str | None, seed: int, size: int | None = None) -> torch.Tensor:
+        adapter = self.adapter
         g = torch.Generator().manual_seed(seed_from(seed, self.name, caption or ""))
         size = size or _latent_side(adapter)
         noise = torch.randn((self.n_samples, adapter.channels, size, size), generator=g)
@@ -39,8 +40,8 @@ class GenerateCompareScorer(Scorer):
             cond = cond_expand(adapter.prompt_embeddings([caption or ""]), self.n_samples)
         return adapter.generate(noise, steps=self.sampler_steps, cond=cond, guidance=self.guidance).cpu()
 
-    def score(self, adapter, images, ids, captions=None, seed=0):
-        self.check(adapter)
+    def score(self, images, ids, captions=None, seed=0):
+        adapter = self.adapter
         sim = build_similarity(self.similarity, sscd_resize=self.sscd_resize)
         captions = captions or [None] * len(ids)
         cache: dict[str | None, torch.Tensor] = {}
@@ -49,7 +50,7 @@ class GenerateCompareScorer(Scorer):
             side = _latent_side(adapter)
             for image, caption in zip(images, captions):
                 if caption not in cache:
-                    cache[caption] = self.samples(adapter, caption, seed, side)
+                    cache[caption] = self.samples(caption, seed, side)
                 scores.append(float(sim(cache[caption], image).max()))
         return scores
 

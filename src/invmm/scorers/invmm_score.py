@@ -1,0 +1,58 @@
+"""InvMM itself behind the scorer interface (Ma et al., "An Inversion-based Measure of Memorization for
+Diffusion Models", ICCV 2025).
+
+The score is the KL of the fitted noise distribution at the first all-copies check, +inf when the image
+was not reproduced within the budget. Lower = more memorized, so `higher_is_better` is False.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from invmm.config import InvMMConfig
+from invmm.inversion import Inverter, Target
+from invmm.result import Result
+from invmm.scorers.base import Scorer
+from invmm.similarity import build_similarity
+
+
+@dataclass
+class InvMMScorer(Scorer):
+    config: InvMMConfig | None = None  # None: the family's preset with the default similarity
+    batch_images: int = 8
+    results: dict[str, Result] = field(default_factory=dict, repr=False, compare=False)
+
+    name = "invmm"
+    higher_is_better = False
+    requires = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.config is None:
+            from invmm.measure import default_config
+
+            self.config = default_config(self.adapter)
+        n_train = getattr(self.adapter, "num_train_timesteps", None)
+        if n_train is not None and self.config.sampler_steps > n_train:
+            from invmm.scorers.base import ScorerError
+
+            raise ScorerError(f"invmm: sampler_steps {self.config.sampler_steps} exceeds the model's {n_train} "
+                              "training timesteps; lower it")
+
+    def score(self, images: torch.Tensor, ids: list[str], captions=None, seed: int = 0) -> list[float]:
+        cfg = self.config if seed == self.config.seed else self.config.replace(seed=seed)
+        sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
+        captions = captions or [None] * len(ids)
+        targets = [Target(id=i, pixels=x, caption=c) for i, x, c in zip(ids, images, captions)]
+        done: dict[str, Result] = {}
+        Inverter(self.adapter, cfg, sim, batch_images=self.batch_images).run(
+            targets, on_done=lambda o: done.__setitem__(o.result.id, o.result))
+        self.results.update(done)
+        # A diverged optimisation (status error) has no score; NaN keeps it out of every metric.
+        return [done[i].score if done[i].status == "ok" else math.nan for i in ids]
+
+    def settings(self) -> dict:
+        return {"config": self.config.to_json(), "batch_images": self.batch_images}
