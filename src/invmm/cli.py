@@ -163,6 +163,73 @@ def measure(
                 device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)
 
 
+DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder for the scores (created, or reused: present scores are kept)"),
+    model: str = typer.Option(None, help="diffusers model folder; with --data, scores missing from RUN are computed"),
+    data: Path = typer.Option(None, help="labelled images: a folder per label, or a CSV/JSONL with path,label"
+                                         "[,caption,id]"),
+    scorers: str = typer.Option(DEFAULT_SCORERS, help="comma-separated scorers; options as name:key=value, "
+                                                      "separated by ';' (e.g. 'loss;pia:t=100;invmm:max_steps=1000')"),
+    positive: list[str] = typer.Option(None, help="label(s) counted as member / memorized"),
+    negative: list[str] = typer.Option(None, help="label(s) counted as the rest (default: every other label)"),
+    seed: int = typer.Option(0, help="seed of every scorer's random draws"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals"),
+    batch_images: int = typer.Option(8, "--batch-images", "-k", help="images inverted together by invmm"),
+    device: str = typer.Option("cpu"),
+    allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.ckpt) weights; unsafe"),
+):
+    """Compare scorers on labelled images: AUC and TPR at 1%/0.1% FPR with bootstrap 95% intervals, ROC and
+    histogram PNGs, summary CSV. Scores already in RUN are reused; without --model/--data only evaluates."""
+    from invmm.errors import InvMMInputError
+    from invmm.evaluate_run import evaluate_run
+
+    try:
+        if (model is None) != (data is None):
+            _fail("give both --model and --data to compute scores, or neither to evaluate the scores in RUN")
+        if model is not None:
+            _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative)
+        rows, out = evaluate_run(run, positive=positive or None, negative=negative or None, n_boot=bootstrap,
+                                 seed=seed)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    typer.echo((out / "summary.txt").read_text(encoding="utf-8"))
+    typer.echo(f"\nwrote {out}/summary.csv, roc.png, histograms.png")
+
+
+def _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative):
+    from tqdm import tqdm
+
+    from invmm.adapters.loading import load_adapter
+    from invmm.datasets import load_dataset
+    from invmm.evaluate_run import choose_labels
+    from invmm.scorers import ScorerError, build_scorer
+    from invmm.scoring import score_dataset
+
+    items = load_dataset(data, labelled=True)
+    choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
+    adapter = load_adapter(model, device=device, allow_pickle=allow_pickle)
+    specs = [s for s in (scorers.split(";") if ";" in scorers or ":" in scorers else scorers.split(",")) if s.strip()]
+    try:
+        bound = [build_scorer(s, adapter, batch_images=batch_images) for s in specs]
+    except ScorerError as exc:
+        _fail(str(exc))
+    bars: dict[str, tqdm] = {}
+
+    def progress(name, done, total):
+        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=name, unit="img",
+                                                           disable=not sys.stderr.isatty()))
+        bar.n = done
+        bar.refresh()
+
+    score_dataset(adapter, items, bound, run, seed=seed, on_batch=progress)
+    for bar in bars.values():
+        bar.close()
+
+
 # The demo must finish in under 5 minutes on 2 CPU cores: a 1,000-step budget (the most duplicated toy
 # images succeed within 150-1,000 steps), 50-step DDIM checks instead of 200, all 12 images in one batch.
 DEMO_MAX_STEPS = 1000

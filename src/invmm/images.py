@@ -18,6 +18,7 @@ class ImageItem:
     id: str
     path: str
     caption: str | None = None
+    label: str | None = None
     pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]
     original_size: tuple[int, int] | None = None
     resized: bool = False

@@ -59,25 +59,39 @@ class Ledger:
         return ledger
 
     def append(self, result: Result) -> None:
-        line = json.dumps(result.to_json(), sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, result.to_json())
 
     def read(self) -> list[Result]:
         """All complete records; a torn last line (a crash mid-write) is ignored."""
-        if not self.path.exists():
-            return []
-        results = []
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
+        return [Result.from_json(d) for d in read_lines(self.path)]
+
+
+def append_line(path: Path, obj: dict) -> None:
+    """One JSON record, durable before this returns."""
+    line = json.dumps(obj, sort_keys=True, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The complete JSON records of a ledger file; an unterminated, unparsable last line (a crash mid-write) is
+    ignored, a bad line anywhere else is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # only the unterminated tail can be torn
                 continue
-            try:
-                results.append(Result.from_json(json.loads(line)))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:  # only the unterminated tail can be torn
-                    continue
-                raise ValueError(f"{self.path}: line {i + 1} is not valid JSON") from None
-        return results
+            raise InvMMInputError(f"{path}: line {i + 1} is not valid JSON; the ledger was edited or corrupted "
+                                  "(restore it or start a new run folder)") from None
+    return records

@@ -67,7 +67,8 @@ class Scorer:
         raise NotImplementedError
 
     def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapter"}
+        # Fields with repr=False are state (the model, caches), not settings.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
 
     def to_json(self) -> dict:
         return {"name": self.name, "higher_is_better": self.higher_is_better, **self.settings()}

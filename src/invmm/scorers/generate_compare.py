@@ -8,7 +8,7 @@ The samples depend only on the seed and the caption, so images sharing a caption
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,8 @@ class GenerateCompareScorer(Scorer):
     guidance: float = 1.0
     similarity: str = "pixel"
     sscd_resize: int = 32
+    # Samples per (caption, seed), kept across calls so a dataset scored in batches generates them once.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     name = "generate_compare"
     higher_is_better = True
@@ -44,14 +46,14 @@ class GenerateCompareScorer(Scorer):
         adapter = self.adapter
         sim = build_similarity(self.similarity, sscd_resize=self.sscd_resize)
         captions = captions or [None] * len(ids)
-        cache: dict[str | None, torch.Tensor] = {}
         scores = []
         with torch.no_grad():
             side = _latent_side(adapter)
             for image, caption in zip(images, captions):
-                if caption not in cache:
-                    cache[caption] = self.samples(caption, seed, side)
-                scores.append(float(sim(cache[caption], image).max()))
+                key = (caption, seed)
+                if key not in self.cache:
+                    self.cache[key] = self.samples(caption, seed, side)
+                scores.append(float(sim(self.cache[key], image).max()))
         return scores
 
 

@@ -1,0 +1,112 @@
+"""A dataset as the user gives it: a folder of images, a folder per label, or a CSV/JSONL/Parquet manifest.
+
+Ids are stable: the manifest's `id` column, else the path relative to the folder or manifest, so the same
+dataset gives the same ids (and so the same per-image seeds) wherever it lies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from invmm.errors import InvMMInputError
+from invmm.images import IMAGE_SUFFIXES, ImageItem, collect_images
+
+MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
+
+
+def load_dataset(source: str | Path, *, labelled: bool = False) -> list[ImageItem]:
+    """Items (not yet decoded) of a folder or manifest. With `labelled`, a folder's subfolders are the labels."""
+    p = Path(source)
+    if not p.exists():
+        raise InvMMInputError(f"{p}: no such file or folder; give a folder of images or a CSV/JSONL/Parquet manifest")
+    if p.is_dir():
+        return _labelled_folder(p) if labelled else collect_images([str(p)])
+    if p.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise InvMMInputError(f"{p}: not a dataset manifest; expected a folder or a .csv, .jsonl or .parquet file "
+                              "with a 'path' column")
+    rows = _read_manifest(p)
+    items = _rows_to_items(p, rows)
+    if labelled:
+        unlabelled = [it.id for it in items if not it.label]
+        if unlabelled:
+            raise InvMMInputError(f"{p}: {len(unlabelled)} row(s) have no label (first: {unlabelled[0]}); "
+                                  "every row needs a 'label' for evaluation")
+    return items
+
+
+def _labelled_folder(root: Path) -> list[ImageItem]:
+    labels = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not labels:
+        raise InvMMInputError(f"{root}: a labelled folder needs one subfolder per label (e.g. member/, "
+                              "nonmember/); found none")
+    if loose:
+        raise InvMMInputError(f"{root}: images directly in the folder have no label ({loose[0]}, ...); "
+                              "move them into a label subfolder")
+    items = []
+    for d in labels:
+        for it in collect_images([str(d)]):
+            it.id = f"{d.name}/{it.id}"
+            it.label = d.name
+            items.append(it)
+    return items
+
+
+def _read_manifest(p: Path) -> list[dict]:
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with open(p, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames or "path" not in reader.fieldnames:
+                    raise InvMMInputError(f"{p}: the CSV header must name a 'path' column; it has "
+                                          f"{reader.fieldnames or 'no header'}")
+                return [dict(r) for r in reader]
+        if suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvMMInputError(f"{p}: line {n} is not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise InvMMInputError(f"{p}: line {n} must be a JSON object with a 'path' key")
+                rows.append(row)
+            return rows
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InvMMInputError(f"{p}: reading Parquet needs pyarrow; pip install 'invmm[parquet]' "
+                                  "or give a CSV/JSONL manifest") from None
+        return pq.read_table(p).to_pylist()
+    except UnicodeDecodeError:
+        raise InvMMInputError(f"{p}: not UTF-8 text; save the manifest as UTF-8") from None
+
+
+def _rows_to_items(p: Path, rows: list[dict]) -> list[ImageItem]:
+    base = p.parent
+    items, seen = [], {}
+    for n, row in enumerate(rows, 1):
+        raw = row.get("path")
+        if raw in (None, ""):
+            raise InvMMInputError(f"{p}: row {n} has no 'path'")
+        path = Path(str(raw))
+        path = path if path.is_absolute() else base / path
+        image_id = str(row.get("id") or "") or Path(str(raw)).as_posix()
+        if image_id in seen:
+            raise InvMMInputError(f"{p}: id {image_id!r} appears in rows {seen[image_id]} and {n}; ids must be unique")
+        seen[image_id] = n
+        caption = row.get("caption")
+        label = row.get("label")
+        it = ImageItem(id=image_id, path=str(path), caption=None if caption in (None, "") else str(caption),
+                       label=None if label in (None, "") else str(label))
+        if not path.is_file():
+            it.error = f"{path}: no such file (row {n} of {p})"
+        items.append(it)
+    if not items:
+        raise InvMMInputError(f"{p}: the manifest lists no images")
+    return items

@@ -1,0 +1,81 @@
+"""Figures as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: figures only ever go to files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str) -> Path:
+    """ROC curves {name: (fpr, tpr, auc)} on linear and log-log axes side by side."""
+    plt = _pyplot()
+    fig, (lin, log) = plt.subplots(1, 2, figsize=(10, 4.6))
+    floor = 1.0
+    for name, (fpr, tpr, auc) in curves.items():
+        label = f"{name} (AUC {auc:.3f})"
+        lin.plot(fpr, tpr, label=label)
+        # Log axes cannot show 0: keep the operating points with FPR, TPR > 0.
+        keep = (fpr > 0) & (tpr > 0)
+        log.plot(fpr[keep], tpr[keep], label=label, marker=".", markersize=3)
+        if keep.any():
+            floor = min(floor, float(fpr[keep].min()), float(tpr[keep].min()))
+    for ax in (lin, log):
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.grid(alpha=0.3)
+    lin.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    lin.set_title("ROC")
+    log.set_xscale("log")
+    log.set_yscale("log")
+    lo = 10 ** math.floor(math.log10(floor)) if floor < 1 else 1e-3
+    log.plot([lo, 1], [lo, 1], color="grey", lw=0.8, ls="--")
+    log.set_xlim(lo, 1.05)
+    log.set_ylim(lo, 1.05)
+    log.set_title("ROC, log-log (low-FPR regime)")
+    lin.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def histograms_png(scores: dict[str, dict[str, list[float]]], path: Path, title: str,
+                   directions: dict[str, str] | None = None) -> Path:
+    """One panel per scorer, a histogram per label of its finite scores; +inf counts go in the legend."""
+    plt = _pyplot()
+    names = list(scores)
+    cols = min(3, len(names)) or 1
+    rows = math.ceil(len(names) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        by_label = scores[name]
+        finite_all = [v for vs in by_label.values() for v in vs if math.isfinite(v)]
+        bins = np.histogram_bin_edges(finite_all, bins=20) if finite_all else 10
+        for label, values in by_label.items():
+            finite = [v for v in values if math.isfinite(v)]
+            n_inf = sum(1 for v in values if math.isinf(v))
+            text = f"{label} (n={len(values)}" + (f", {n_inf} inf)" if n_inf else ")")
+            ax.hist(finite, bins=bins, alpha=0.55, label=text)
+        sub = (directions or {}).get(name, "")
+        ax.set_title(f"{name}" + (f" ({sub})" if sub else ""), fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

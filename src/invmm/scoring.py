@@ -1,0 +1,157 @@
+"""Scores of a labelled dataset under several scorers, kept in a run folder and reused.
+
+The run folder holds run.json (model, seed, dataset, every scorer's settings) and scores.jsonl, one line
+per (image, scorer), appended durably as each batch finishes. Running again with the same folder skips
+what is there, so evaluation (evaluate.py) never recomputes a score, and an interrupted scoring resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from invmm.audit.ledger import RUN_FILE, append_line, atomic_write_json, read_lines
+from invmm.errors import InvMMInputError
+from invmm.images import ImageItem, load_image
+
+SCORES_FILE = "scores.jsonl"
+CHEAP_BATCH = 16  # images per call for the one-pass scorers
+
+
+@dataclass
+class ScoreRecord:
+    id: str
+    scorer: str
+    score: float  # +inf allowed (InvMM: not reproduced); NaN: no score (status "error")
+    label: str | None = None
+    path: str = ""
+    caption: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    seconds: float | None = None  # wall seconds per image of the batch it was scored in
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["score"] = self.score if math.isfinite(self.score) else None
+        d["score_is_inf"] = math.isinf(self.score) and self.score > 0
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> ScoreRecord:
+        d = dict(d)
+        inf = d.pop("score_is_inf", False)
+        score = d.get("score")
+        d["score"] = math.inf if inf else (math.nan if score is None else float(score))
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def read_scores(run_dir: Path) -> list[ScoreRecord]:
+    return [ScoreRecord.from_json(d) for d in read_lines(Path(run_dir) / SCORES_FILE)]
+
+
+def read_run(run_dir: Path) -> dict:
+    import json
+
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; not a scores run folder (give --model and --data to "
+                              "create one)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
+    """Create run.json, or check the existing one agrees and add the new scorers and images to it."""
+    from invmm.measure import package_versions
+
+    model = adapter.describe()
+    dataset = [{"id": it.id, "path": it.path, "label": it.label, "caption": it.caption} for it in items]
+    settings = {s.name: s.to_json() for s in scorers}
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        if run_dir.exists() and not run_dir.is_dir():
+            raise InvMMInputError(f"{run_dir} is a file; choose another --out")
+        info = {"kind": "scores", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "model": model, "seed": seed, "dataset": dataset, "scorers": settings,
+                "versions": package_versions()}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, info)
+        (run_dir / SCORES_FILE).touch()
+        return info
+    info = read_run(run_dir)
+    changed = []
+    if info.get("model", {}).get("source") != model.get("source"):
+        changed.append(f"model was {info.get('model', {}).get('source')!r}, now {model.get('source')!r}")
+    if info.get("seed") != seed:
+        changed.append(f"seed was {info.get('seed')}, now {seed}")
+    for name, s in settings.items():
+        old = info.get("scorers", {}).get(name)
+        if old is not None and _canonical(old) != _canonical(s):
+            diffs = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
+            changed.append(f"scorer {name!r} settings differ ({', '.join(diffs)})")
+    known = {d["id"]: d for d in info.get("dataset", [])}
+    for d in dataset:
+        if d["id"] in known and known[d["id"]].get("label") != d["label"]:
+            changed.append(f"image {d['id']!r} was labelled {known[d['id']].get('label')!r}, now {d['label']!r}")
+            break
+    if changed:
+        raise InvMMInputError(f"{run_dir} holds scores made differently: {'; '.join(changed)}. Reuse the same "
+                              "settings to add to it, or give another --out")
+    info["scorers"] = {**info.get("scorers", {}), **settings}
+    info["dataset"] = list(known.values()) + [d for d in dataset if d["id"] not in known]
+    atomic_write_json(path, info)
+    return info
+
+
+def _canonical(d: dict) -> str:
+    import json
+
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path, *, seed: int = 0,
+                  on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
+    """Score every (image, scorer) pair not yet in run_dir; returns all records of the run folder."""
+    run_dir = Path(run_dir)
+    _open_run(run_dir, adapter, items, scorers, seed)
+    ledger = run_dir / SCORES_FILE
+    done = {(r.id, r.scorer) for r in read_scores(run_dir)}
+    todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
+    needed = {it.id for its in todo.values() for it in its}
+    loaded = {it.id: load_image(it, mode=adapter.image_mode, size=adapter.image_size)
+              for it in items if it.id in needed}
+
+    for scorer in scorers:
+        pending = [loaded[it.id] for it in todo[scorer.name]]
+        for it in (it for it in pending if it.error):
+            append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
+                                            status="error", error=it.error).to_json())
+        good = [it for it in pending if not it.error]
+        size = getattr(scorer, "batch_images", CHEAP_BATCH)
+        for start in range(0, len(good), size):
+            chunk = good[start : start + size]
+            t0 = time.perf_counter()
+            scores = scorer.score(torch.stack([it.pixels for it in chunk]), [it.id for it in chunk],
+                                  [it.caption for it in chunk], seed=seed)
+            per_image = (time.perf_counter() - t0) / len(chunk)
+            for it, score in zip(chunk, scores):
+                details, status, error = {}, "ok", None
+                result = getattr(scorer, "results", {}).get(it.id)
+                if result is not None:
+                    details = {"success": result.success, "steps": result.steps,
+                               "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale}
+                    if result.status != "ok":
+                        status, error = "error", result.error
+                append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption,
+                                                status=status, error=error, seconds=round(per_image, 4),
+                                                details=details).to_json())
+            if on_batch:
+                on_batch(scorer.name, min(start + size, len(good)), len(good))
+    return read_scores(run_dir)
