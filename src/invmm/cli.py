@@ -163,6 +163,125 @@ def measure(
                 device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)
 
 
+@app.command()
+def audit(
+    model: str = typer.Argument(..., help="diffusers model folder"),
+    data: Path = typer.Argument(..., help="folder of images (recursive) or a CSV/JSONL/Parquet manifest with "
+                                          "path[,caption,id,label]"),
+    out: Path = typer.Option(..., help="run folder; an existing audit there is resumed"),
+    force_new: bool = typer.Option(False, help="if OUT holds an audit, start over in a new folder OUT-N"),
+    backend: str = typer.Option("local", help="local (default) or ray"),
+    address: str = typer.Option(None, help="Ray cluster address (auto or HOST:PORT); default: a local one"),
+    gpus_per_worker: float = typer.Option(1.0, help="GPUs per Ray actor"),
+    workers: int = typer.Option(None, help="at most this many Ray actors (default: one per GPU or CPU slot)"),
+    preset: str = typer.Option(None, help="ddpm | ldm | sd | sd3 (default: from the model family)"),
+    similarity: str = typer.Option(None, help="sscd | pixel"),
+    threshold: float = typer.Option(None, help="success threshold beta"),
+    seed: int = typer.Option(0, help="run seed; each image's random streams derive from it and its id"),
+    batch_images: int = typer.Option(8, "--batch-images", "-k", help="images inverted together"),
+    max_steps: int = typer.Option(None, help="optimisation budget per image (default 2000)"),
+    batch_size: int = typer.Option(None, help="noise samples per image per step (B)"),
+    check_every: int = typer.Option(None, help="steps between success checks (C)"),
+    sampler_steps: int = typer.Option(None, help="sampler steps of the success check"),
+    eta: float = typer.Option(None, help="DDIM eta of the check sampler"),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 autocast of the frozen model"),
+    device: str = typer.Option("cpu", help="torch device of the local backend"),
+    allow_pickle: bool = typer.Option(False, help="allow loading pickle weights; unsafe"),
+):
+    """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
+    from tqdm import tqdm
+
+    from invmm.audit.run import audit as run_audit
+    from invmm.datasets import load_dataset
+    from invmm.errors import InvMMInputError
+
+    if batch_images < 1:
+        _fail(f"--batch-images must be >= 1, got {batch_images}")
+    try:
+        items = load_dataset(data)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    adapter, config = _build_config(
+        model, preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
+        batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=None,
+        sscd_resize=None, device=device, allow_pickle=allow_pickle, hub=False, precision=precision, eta=eta,
+    )
+    bar = None
+    secs: list[float] = []
+
+    def on_start(total, done):
+        nonlocal bar
+        bar = tqdm(total=total, initial=done, unit="img", desc="audit", disable=not sys.stderr.isatty(),
+                   file=sys.stderr)
+
+    input_errors = []
+
+    def on_result(res):
+        if res.status != "ok" and res.error_kind == "input":
+            input_errors.append(res.id)
+        if res.seconds is not None:
+            secs.append(res.seconds)
+        if bar is not None:
+            if secs:
+                bar.set_postfix_str(f"median {statistics.median(secs):.1f} s/img", refresh=False)
+            bar.update(1)
+
+    try:
+        summary = run_audit(model, items, config, out, adapter=adapter, backend=backend, batch_images=batch_images,
+                            device=device, allow_pickle=allow_pickle, force_new=force_new, ray_address=address,
+                            gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data),
+                            on_start=on_start, on_result=on_result, run_extra={"argv": sys.argv})
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    finally:
+        if bar is not None:
+            bar.close()
+    s = summary
+    typer.echo(f"{s.run_dir}: {s.total} images; {s.already_done} already done, {s.scored} scored now "
+               f"({s.not_reproduced} not reproduced within the budget), {s.errors} errors, {s.seconds:.1f} s")
+    if s.torn_bytes:
+        typer.echo(f"resumed after a crash: cut a torn last ledger line ({s.torn_bytes} bytes)")
+    if s.errors:
+        typer.echo(f"errors are recorded in {s.run_dir}/results.jsonl (see `invmm report`)")
+    if input_errors:
+        raise typer.Exit(EXIT_INPUT)  # unusable files: everything else was scored, but say so in the exit code
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="audit or measure run folder"),
+    format: str = typer.Option("csv", "--format", help="csv or parquet"),
+    out: Path = typer.Option(None, help="output file (default: RUN/results.csv or .parquet)"),
+):
+    """Write the run's ledger as one table (one row per image)."""
+    from invmm.errors import InvMMInputError
+    from invmm.export import export_run
+
+    try:
+        path = export_run(run, format, out)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="audit or measure run folder"),
+    top_k: int = typer.Option(12, help="most memorized images shown with their check samples"),
+    positive: list[str] = typer.Option(None, help="label(s) counted as memorized, for the ROC when labels exist"),
+    out: Path = typer.Option(None, help="folder for index.html and the figures (default: RUN/report)"),
+):
+    """Write a self-contained HTML report of a run (offline: images inlined, no external scripts)."""
+    from invmm.errors import InvMMInputError
+    from invmm.report import build_report
+
+    try:
+        page = build_report(run, top_k=top_k, positive=positive or None, out=out)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {page}")
+
+
 DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
 
 
@@ -337,3 +456,7 @@ def export_digits_cmd(
 
 def main():  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

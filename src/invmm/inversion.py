@@ -133,19 +133,29 @@ class Inverter:
         return Outcome(res, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
 
     def run(self, targets: Iterable[Target], on_done: Callable[[Outcome], None] | None = None,
-            on_step: Callable[[list[int]], None] | None = None) -> list[Outcome]:
-        pending = list(targets)[::-1]
+            on_step: Callable[[list[int]], None] | None = None, *, keep: bool = True) -> list[Outcome]:
+        """Invert every target, refilling the batch as images finish. `targets` is consumed lazily (an audit
+        loads each image only when a slot frees up); with keep=False outcomes go only to on_done."""
+        source = iter(targets)
+        exhausted = False
         active: list[_State] = []
         outcomes: list[Outcome] = []
 
         def done(o: Outcome):
-            outcomes.append(o)
+            if keep:
+                outcomes.append(o)
             if on_done:
                 on_done(o)
 
-        while pending or active:
-            while pending and len(active) < self.batch_images:
-                active.append(self._start(pending.pop()))
+        while True:
+            while not exhausted and len(active) < self.batch_images:
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    active.append(self._start(nxt))
+            if not active:
+                break
             finished = self._step(active)
             for s, success, error in finished:
                 active.remove(s)

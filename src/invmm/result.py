@@ -28,6 +28,7 @@ class Result:
     resized: bool = False
     original_size: list[int] | None = None
     caption: str | None = None
+    label: str | None = None  # from the dataset manifest, when it has labels
     prompt_mode: str | None = None  # text-to-image: "caption" (given) or "inverted" (soft prompt learned)
     prompt: str | None = None  # the caption used, or the inverted soft prompt's argmax tokens as text
     guidance_scale: float | None = None  # the guidance scale at which the success check passed

@@ -66,6 +66,23 @@ class Ledger:
         return [Result.from_json(d) for d in read_lines(self.path)]
 
 
+def repair_tail(path: Path) -> int:
+    """Cut an unterminated last line (a crash mid-write) so the next append starts a fresh line; returns the
+    number of bytes removed. Complete lines are never touched."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return len(data) - keep
+
+
 def append_line(path: Path, obj: dict) -> None:
     """One JSON record, durable before this returns."""
     line = json.dumps(obj, sort_keys=True, allow_nan=False) + "\n"

@@ -1,0 +1,131 @@
+"""The Ray backend of `invmm audit`: one actor per GPU (or per CPU slot), each loading the model once.
+
+The driver keeps one batch in flight per actor, collects finished batches with `ray.wait`, and writes
+every result itself. A batch whose actor died is requeued (bounded per image), the actor replaced.
+Scores equal the local backend's: each image's random streams depend only on the run seed and its id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from invmm.config import InvMMConfig
+from invmm.inversion import Outcome, Target
+from invmm.result import Result
+
+
+class InversionWorker:
+    """Runs inside a Ray actor process."""
+
+    def __init__(self, model: str, device: str, config: dict, batch_images: int, allow_pickle: bool,
+                 threads: int | None):
+        import torch
+
+        from invmm.adapters.loading import load_adapter
+        from invmm.inversion import Inverter
+        from invmm.similarity import build_similarity
+
+        if threads:
+            torch.set_num_threads(threads)
+        cfg = InvMMConfig.from_json(config)
+        adapter = load_adapter(model, device=device, allow_pickle=allow_pickle)
+        sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
+        self.inverter = Inverter(adapter, cfg, sim, batch_images=batch_images)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def invert(self, targets: list[Target]) -> list[tuple[dict, object, object, object]]:
+        outs = self.inverter.run(targets)
+        return [(o.result.to_json(), o.mu, o.logvar, o.samples) for o in outs]
+
+
+def _cluster_slots(ray, gpus_per_worker: float, workers: int | None) -> tuple[int, dict, str]:
+    res = ray.cluster_resources()
+    gpus = res.get("GPU", 0)
+    if gpus >= gpus_per_worker > 0:
+        n = int(gpus // gpus_per_worker)
+        return (min(n, workers) if workers else n), {"num_gpus": gpus_per_worker, "num_cpus": 1}, "cuda"
+    n = int(res.get("CPU", 1))
+    return (min(n, workers) if workers else n), {"num_cpus": 1}, "cpu"
+
+
+def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, batch_images: int,
+               record: Callable[[Result, Outcome | None], None], address: str | None = None,
+               gpus_per_worker: float = 1.0, workers: int | None = None, max_retries: int = 2,
+               allow_pickle: bool = False, on_workers: Callable[[list], None] | None = None) -> tuple[int, str]:
+    """Runs every target; returns the number of actors and their device."""
+    try:
+        import ray
+    except ImportError:
+        from invmm.errors import InvMMInputError
+
+        raise InvMMInputError("--backend ray needs Ray: pip install 'invmm[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        n, resources, device = _cluster_slots(ray, gpus_per_worker, workers)
+        remote = ray.remote(**resources)(InversionWorker)
+        threads = 1 if device == "cpu" else None
+
+        def spawn():
+            return remote.remote(model, device, config.to_json(), batch_images, allow_pickle, threads)
+
+        actors = [spawn() for _ in range(max(1, n))]
+        if on_workers:
+            on_workers(actors)
+        queue: list[Target] = []  # retried targets go first
+        attempts: dict[str, int] = {}
+        source = iter(targets)
+        in_flight: dict = {}  # object ref -> (actor index, targets)
+
+        def next_batch() -> list[Target]:
+            batch = []
+            while queue and len(batch) < batch_images:
+                batch.append(queue.pop(0))
+            while len(batch) < batch_images:
+                t = next(source, None)
+                if t is None:
+                    break
+                batch.append(t)
+            return batch
+
+        def submit(i: int) -> None:
+            batch = next_batch()
+            if batch:
+                in_flight[actors[i].invert.remote(batch)] = (i, batch)
+
+        for i in range(len(actors)):
+            submit(i)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            i, batch = in_flight.pop(ref)
+            try:
+                outs = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                ray.kill(actors[i], no_restart=True)
+                actors[i] = spawn()
+                if on_workers:
+                    on_workers(actors)
+                for t in batch:
+                    attempts[t.id] = attempts.get(t.id, 0) + 1
+                    if attempts[t.id] > max_retries:
+                        record(Result(id=t.id, path=t.path, status="error", error_kind="worker",
+                                      error=f"the Ray worker died {attempts[t.id]} times on this image "
+                                            f"({type(exc).__name__}); not retried again"), None)
+                    else:
+                        queue.append(t)
+                submit(i)
+                continue
+            for res_json, mu, logvar, samples in outs:
+                res = Result.from_json(res_json)
+                record(res, Outcome(res, mu, logvar, samples))
+            submit(i)
+        return len(actors), device
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,54 @@
+"""A run's ledger as one flat table, CSV or Parquet (one row per image)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from invmm.audit.ledger import LEDGER_FILE, Ledger, atomic_write_bytes
+from invmm.errors import InvMMInputError
+from invmm.result import Result
+
+COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "steps", "min_similarity", "kl",
+           "final_lambda", "guidance_scale", "prompt_mode", "prompt", "seconds", "seed", "resized", "error_kind",
+           "error"]
+
+
+def rows(results: list[Result]) -> list[dict]:
+    return [{c: getattr(r, c) for c in COLUMNS} for r in results]
+
+
+def _csv_value(v):
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"  # InvMM's "not reproduced"; pandas and numpy read it back as float inf
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    return v
+
+
+def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / LEDGER_FILE).exists():
+        raise InvMMInputError(f"{run_dir}: no {LEDGER_FILE}; give a folder written by `invmm audit` or `measure`")
+    if fmt not in ("csv", "parquet"):
+        raise InvMMInputError(f"--format must be csv or parquet, got {fmt!r}")
+    out = Path(out) if out else run_dir / f"results.{fmt}"
+    table = rows(Ledger(run_dir).read())
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
+        atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
+        return out
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InvMMInputError("Parquet export needs pyarrow: pip install 'invmm[parquet]'") from None
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(table), sink)
+    atomic_write_bytes(out, sink.getvalue().to_pybytes())
+    return out

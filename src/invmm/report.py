@@ -1,0 +1,224 @@
+"""`invmm report RUN`: one self-contained offline HTML page (images inlined, no external scripts or fonts),
+the figures as PNG beside it, and the table of all images as CSV.
+
+Everything that comes from the user's data (ids, paths, captions, labels, errors) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from invmm.artifacts import safe_name
+from invmm.audit.ledger import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.errors import InvMMInputError
+from invmm.export import COLUMNS, _csv_value, rows
+from invmm.plots import histograms_png, roc_png
+from invmm.result import Result
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var asc = th.getAttribute('data-dir') !== 'asc';
+    table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('data-dir'); });
+    th.setAttribute('data-dir', asc ? 'asc' : 'desc');
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[col].getAttribute('data-v'), y = b.cells[col].getAttribute('data-v');
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+      return asc ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+document.body.setAttribute('data-ready', 'yes');
+"""
+
+CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: middle; }
+th { background: #f2f2f2; cursor: pointer; } th[data-dir=asc]::after { content: " \\25B2"; }
+th[data-dir=desc]::after { content: " \\25BC"; }
+.meta td:first-child { font-weight: bold; } img.grid { image-rendering: pixelated; max-width: 640px; }
+.err { color: #a00; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _e(v) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        if math.isnan(v):
+            return "-"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _sort_value(v) -> str:
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float) and math.isinf(v):
+        return "1e308"
+    return "" if v is None else str(v)
+
+
+def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | None = None,
+                 out: Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
+    info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    results = Ledger(run_dir).read()
+    out = Path(out) if out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    ok = [r for r in results if r.status == "ok"]
+    errors = [r for r in results if r.status != "ok"]
+    finite = [r for r in ok if math.isfinite(r.score)]
+    labels = sorted({r.label for r in ok if r.label is not None})
+
+    # Figures.
+    by_label = {lab: [r.score for r in ok if r.label == lab] for lab in labels} if labels else \
+        {"all images": [r.score for r in ok]}
+    figures = {"histogram": histograms_png({"InvMM score (lower = more memorized)": by_label},
+                                           out / "histogram.png", f"{len(finite)} reproduced, "
+                                           f"{len(ok) - len(finite)} not reproduced (inf, not drawn)")}
+    roc_section = ""
+    if len(labels) >= 2:
+        roc_section = _roc_section(ok, labels, positive, out, figures)
+
+    # Table CSV.
+    table = rows(results)
+    s = io.StringIO()
+    w = csv.DictWriter(s, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
+    atomic_write_bytes(out / "images.csv", s.getvalue().encode("utf-8"))
+
+    seconds = [r.seconds for r in ok if r.seconds is not None]
+    median_s = _fmt(statistics.median(seconds) if seconds else None)
+    sessions = info.get("sessions", [])
+    wall = sum(x.get("seconds", 0) for x in sessions)
+    device = info.get("device", "cpu")
+    unit = "GPU" if any("cuda" in str(x.get("device", device)) for x in sessions) else "CPU-worker"
+    worker_hours = sum(x.get("seconds", 0) * x.get("workers", 1) for x in sessions) / 3600
+    cfg = info.get("config", {})
+    data = info.get("dataset", {})
+    meta = [
+        ("model", info.get("model_path") or info.get("model", {}).get("source")),
+        ("model family", info.get("model", {}).get("family")),
+        ("weights fingerprint", (info.get("model_fingerprint") or "")[:16]),
+        ("created", info.get("created")),
+        ("seed", info.get("seed", cfg.get("seed"))),
+        ("preset / similarity / beta", f"{cfg.get('preset')} / {cfg.get('similarity')} / {cfg.get('beta')}"),
+        ("budget", f"{cfg.get('max_steps')} steps; a check every {cfg.get('check_every')} steps with "
+                   f"{cfg.get('n_check_samples')} samples, {cfg.get('sampler')} {cfg.get('sampler_steps')} steps"),
+        ("dataset", f"{data.get('source', '')} ({data.get('n', len(results))} images)"),
+        ("backend / device", f"{info.get('backend', 'local')} / {device}"),
+        ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
+                             f"not reproduced within the budget), {len(errors)} failed"),
+        ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} session(s), {worker_hours:.3f} {unit} hours; "
+                 f"median {median_s} s per image"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items() if k != "platform")),
+    ]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>InvMM audit report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>InvMM audit report: {_e(run_dir.name)}</h1>",
+             "<p class='note'>InvMM score: KL divergence of the fitted noise distribution from N(0, I) when its "
+             "samples first all reproduce the image. Lower = more strongly memorized; inf = not reproduced within the "
+             "budget.</p>",
+             "<h2>Run</h2><table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+                                                          for k, v in meta) + "</table>",
+             "<h2>Scores</h2>",
+             f"<p>{len(finite)} finite scores drawn; {len(ok) - len(finite)} images scored +inf (not reproduced) are "
+             "counted, not drawn.</p>",
+             f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>",
+             roc_section,
+             _top_section(run_dir, finite, top_k),
+             _table_section(results),
+             f"<script>{SORT_JS}</script></body></html>"]
+    page = out / "index.html"
+    atomic_write_bytes(page, "\n".join(parts).encode("utf-8"))
+    return page
+
+
+def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figures: dict) -> str:
+    from sklearn.metrics import roc_curve
+
+    from invmm.evaluate_run import choose_labels
+    from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
+
+    try:
+        cmp = choose_labels([r.label for r in ok if r.label is not None], positive, None)
+    except InvMMInputError as exc:
+        return f"<h2>Evaluation by label</h2><p class='note'>{_e(exc)}</p>"
+    use = [r for r in ok if r.label in cmp.positive + cmp.negative]
+    y = np.array([r.label in cmp.positive for r in use], dtype=int)
+    s = np.array([r.score for r in use])
+    if len(set(y.tolist())) < 2:
+        return ""
+    m = roc_metrics(y, s, higher_is_better=False)
+    ci = bootstrap_intervals(y, s, higher_is_better=False, n_boot=1000, seed=0)
+    fpr, tpr, _ = roc_curve(y, oriented(s, False))
+    title = f"{'+'.join(cmp.positive)} vs {'+'.join(cmp.negative)}"
+    figures["roc"] = roc_png({"InvMM": (fpr, tpr, m["auc"])}, out / "roc.png", title)
+    cells = "".join(f"<tr><td>{_e(k)}</td><td>{v:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]</td></tr>"
+                    for k, v in m.items() if k in ci)
+    return (f"<h2>Evaluation by label: {_e(title)}</h2><p>positives: {int(y.sum())}, negatives: "
+            f"{int(len(y) - y.sum())} (bootstrap 95% intervals)</p><table class='meta'>{cells}</table>"
+            f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
+
+
+def _top_section(run_dir: Path, finite: list[Result], k: int) -> str:
+    top = sorted(finite, key=lambda r: r.score)[:k]
+    if not top:
+        return "<h2>Most memorized</h2><p>No image was reproduced within the budget.</p>"
+    rows_html = []
+    for r in top:
+        png = run_dir / "images" / (safe_name(r.id) + ".png")
+        png = png if png.exists() else (run_dir / "images" / safe_name(r.id)).with_suffix(".png")
+        img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
+        rows_html.append(f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or '')}</span></td><td>{img}</td>"
+                         f"<td>{_fmt(r.score)}</td><td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
+    return (f"<h2>Most memorized ({len(top)})</h2><p class='note'>Each row: the target, then the samples of the "
+            "check that succeeded.</p><table><thead><tr><th>image</th><th>target | check samples</th><th>score</th>"
+            "<th>min similarity</th><th>steps</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
+
+
+def _table_section(results: list[Result]) -> str:
+    cols = ["id", "label", "score", "success", "steps", "min_similarity", "caption", "error"]
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = []
+    for r in results:
+        cells = []
+        for c in cols:
+            v = getattr(r, c)
+            if c == "score" and r.status != "ok":
+                v = None
+            cls = " class='err'" if c == "error" and v else ""
+            cells.append(f"<td data-v='{_e(_sort_value(v))}'{cls}>{_e(_fmt(v) if c != 'caption' else v or '')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<h2>All images ({len(results)})</h2><p class='note'>Click a column to sort. Also in images.csv.</p>"
+            f"<table class='sortable' id='all'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
