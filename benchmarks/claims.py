@@ -118,7 +118,7 @@ def section_scores(args):
         for r in rows:
             ci = f"{fmt(r['auc'])} [{fmt(r.get('auc_lo'))}, {fmt(r.get('auc_hi'))}]"
             lines.append(f"| {r['scorer']} | {r['n_positive']}/{r['n_negative']} | {ci} | {fmt(r['tpr@1%fpr'])} | "
-                         f"{fmt(r['tpr@0.1%fpr'])} | {fmt(r['seconds_per_image'])} |")
+                         f"{fmt(r['tpr@0.1%fpr'])} | {r['seconds_per_image']:.3g} |")
         lines.append("")
     return lines
 

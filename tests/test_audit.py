@@ -158,3 +158,47 @@ def test_report_is_self_contained_escaped_and_renders(tmp_path, toy_model, datas
     assert shot.stat().st_size > 20_000
     assert "data-ready=\"yes\"" in dom  # the sorting script ran to its end
     assert not [c for c in console if "error" in c.lower() or "uncaught" in c.lower()], console
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_model, dataset, ray_cluster):
+    from invmm.audit.run import audit
+    from invmm.config import preset
+    from invmm.datasets import load_dataset
+
+    ray = ray_cluster
+    cfg = preset("ddpm", similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
+    items = lambda: load_dataset(dataset / "data.csv")  # noqa: E731 (fresh items: audits free their pixels)
+    audit(str(toy_model), items(), cfg, tmp_path / "local", batch_images=4)
+
+    pids: list[int] = []
+    killed: list[int] = []
+
+    def on_workers(actors):
+        if not pids:  # the first pool; replacements are left alone
+            pids[:] = ray.get([a.pid.remote() for a in actors])
+
+    def on_result(res):
+        if not killed:  # kill every worker once, mid-run: their in-flight batches must be retried
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+
+    summary = audit(str(toy_model), items(), cfg, tmp_path / "ray", backend="ray", batch_images=4,
+                    on_workers=on_workers, on_result=on_result)
+    assert killed and summary.errors == 0 and summary.scored == 32
+    local, remote = scores(tmp_path / "local"), scores(tmp_path / "ray")
+    assert set(local) == set(remote)
+    for k, (status, score, steps) in local.items():
+        assert remote[k][0] == status and remote[k][2] == steps
+        assert remote[k][1] == pytest.approx(score, rel=1e-5)
+    info = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert info["sessions"][0]["workers"] == 2 and info["backend"] == "ray"

@@ -156,3 +156,17 @@ def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_p
     assert got[0] < float("inf") == got[1]  # the duplicated digit is reproduced, the held-out one is not
     assert not scorer.higher_is_better
     assert scorer.to_json()["config"]["max_steps"] == 300
+
+
+def test_secmi_inversion_step_is_diffusers_ddim_inverse_step(pixel):
+    from diffusers import DDIMInverseScheduler
+
+    from invmm.scorers.secmi import ddim_transfer
+
+    x = images(2, seed=6)
+    inv = DDIMInverseScheduler.from_config(pixel.scheduler_config, clip_sample=False)
+    inv.set_timesteps(10)  # stride 10 on the 100 training timesteps: a step at t goes from t - 10 to t
+    with torch.no_grad():
+        eps = pixel.unet(x, torch.full((2,), 10)).sample  # the model at the step's start, as SecMI does
+        ref = inv.step(eps, 20, x).prev_sample
+        torch.testing.assert_close(ddim_transfer(pixel, x, 10, 20, None), ref, rtol=1e-4, atol=1e-5)
