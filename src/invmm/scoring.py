@@ -8,6 +8,7 @@ what is there, so evaluation (evaluate.py) never recomputes a score, and an inte
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import time
 from collections.abc import Callable
@@ -58,8 +59,6 @@ def read_scores(run_dir: Path) -> list[ScoreRecord]:
 
 
 def read_run(run_dir: Path) -> dict:
-    import json
-
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; not a scores run folder (give --model and --data to "
@@ -111,8 +110,6 @@ def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int
 
 
 def _canonical(d: dict) -> str:
-    import json
-
     return json.dumps(d, sort_keys=True, default=str)
 
 
