@@ -22,14 +22,17 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path,
     plt = _pyplot()
     fig, (lin, log) = plt.subplots(1, 2, figsize=(10, 4.6))
     floor = 1.0
+    for fpr, tpr, _ in curves.values():
+        nz = np.concatenate([fpr[fpr > 0], tpr[tpr > 0]])
+        if nz.size:
+            floor = min(floor, float(nz.min()))
+    lo = 10 ** math.floor(math.log10(floor)) if floor < 1 else 1e-3
+    lo = min(lo, 1e-3)
     for name, (fpr, tpr, auc) in curves.items():
         label = f"{name} (AUC {auc:.3f})"
         lin.plot(fpr, tpr, label=label)
-        # Log axes cannot show 0: keep the operating points with FPR, TPR > 0.
-        keep = (fpr > 0) & (tpr > 0)
-        log.plot(fpr[keep], tpr[keep], label=label, marker=".", markersize=3)
-        if keep.any():
-            floor = min(floor, float(fpr[keep].min()), float(tpr[keep].min()))
+        # Log axes cannot show 0: operating points at FPR (or TPR) 0 are drawn on the axis floor.
+        log.plot(np.clip(fpr, lo, 1), np.clip(tpr, lo, 1), label=label, marker=".", markersize=3)
     for ax in (lin, log):
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
@@ -38,7 +41,6 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path,
     lin.set_title("ROC")
     log.set_xscale("log")
     log.set_yscale("log")
-    lo = 10 ** math.floor(math.log10(floor)) if floor < 1 else 1e-3
     log.plot([lo, 1], [lo, 1], color="grey", lw=0.8, ls="--")
     log.set_xlim(lo, 1.05)
     log.set_ylim(lo, 1.05)

@@ -119,10 +119,12 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
 
     seconds = [r.seconds for r in ok if r.seconds is not None]
     median_s = _fmt(statistics.median(seconds) if seconds else None)
+    scored_in_sessions = sum(x.get("scored", 0) + x.get("errors", 0) for x in info.get("sessions", []))
     sessions = info.get("sessions", [])
     wall = sum(x.get("seconds", 0) for x in sessions)
     device = info.get("device", "cpu")
     unit = "GPU" if any("cuda" in str(x.get("device", device)) for x in sessions) else "CPU-worker"
+    per_image = _fmt(wall / scored_in_sessions if scored_in_sessions else None, 3)
     worker_hours = sum(x.get("seconds", 0) * x.get("workers", 1) for x in sessions) / 3600
     cfg = info.get("config", {})
     data = info.get("dataset", {})
@@ -139,8 +141,9 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("backend / device", f"{info.get('backend', 'local')} / {device}"),
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
-        ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} session(s), {worker_hours:.3f} {unit} hours; "
-                 f"median {median_s} s per image"),
+        ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} finished session(s), {worker_hours:.3f} {unit} "
+                 f"hours, {per_image} s wall per image; median {median_s} s from an image's start to its result "
+                 "(images run in batches)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items() if k != "platform")),
     ]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>InvMM audit report</title>"
