@@ -7,6 +7,7 @@ what is there, so evaluation (evaluate.py) never recomputes a score, and an inte
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -121,34 +122,38 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
     ledger = run_dir / SCORES_FILE
     done = {(r.id, r.scorer) for r in read_scores(run_dir)}
     todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
-    needed = {it.id for its in todo.values() for it in its}
-    loaded = {it.id: load_image(it, mode=adapter.image_mode, size=adapter.image_size)
-              for it in items if it.id in needed}
 
     for scorer in scorers:
-        pending = [loaded[it.id] for it in todo[scorer.name]]
-        for it in (it for it in pending if it.error):
-            append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
-                                            status="error", error=it.error).to_json())
-        good = [it for it in pending if not it.error]
+        pending = todo[scorer.name]
         size = getattr(scorer, "batch_images", CHEAP_BATCH)
-        for start in range(0, len(good), size):
-            chunk = good[start : start + size]
-            t0 = time.perf_counter()
-            scores = scorer.score(torch.stack([it.pixels for it in chunk]), [it.id for it in chunk],
-                                  [it.caption for it in chunk], seed=seed)
-            per_image = (time.perf_counter() - t0) / len(chunk)
-            for it, score in zip(chunk, scores):
-                details, status, error = {}, "ok", None
-                result = getattr(scorer, "results", {}).get(it.id)
-                if result is not None:
-                    details = {"success": result.success, "steps": result.steps,
-                               "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale}
-                    if result.status != "ok":
-                        status, error = "error", result.error
-                append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption,
-                                                status=status, error=error, seconds=round(per_image, 4),
-                                                details=details).to_json())
+        for start in range(0, len(pending), size):
+            # Images are decoded per batch (copies, so the caller's items stay light): a large dataset
+            # never has to fit in memory.
+            loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size)
+                      for it in pending[start : start + size]]
+            for it in (it for it in loaded if it.error):
+                append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
+                                                status="error", error=it.error).to_json())
+            chunk = [it for it in loaded if not it.error]
+            if chunk:
+                _score_chunk(scorer, chunk, ledger, seed)
             if on_batch:
-                on_batch(scorer.name, min(start + size, len(good)), len(good))
+                on_batch(scorer.name, min(start + size, len(pending)), len(pending))
     return read_scores(run_dir)
+
+
+def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> None:
+    t0 = time.perf_counter()
+    scores = scorer.score(torch.stack([it.pixels for it in chunk]), [it.id for it in chunk],
+                          [it.caption for it in chunk], seed=seed)
+    per_image = (time.perf_counter() - t0) / len(chunk)
+    for it, score in zip(chunk, scores):
+        details, status, error = {}, "ok", None
+        result = getattr(scorer, "results", {}).pop(it.id, None)  # recorded: no need to keep it
+        if result is not None:
+            details = {"success": result.success, "steps": result.steps,
+                       "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale}
+            if result.status != "ok":
+                status, error = "error", result.error
+        append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
+                                        error=error, seconds=round(per_image, 4), details=details).to_json())
