@@ -7,10 +7,12 @@ Sections (each resumable: scores live in run folders under --out and are reused)
             and every scorer on one table (AUC, TPR@1%FPR, seconds per image).
   training  InvMM of the 64-copy images (and Loss/PIA/SecMI members vs non-members) at checkpoints.
   sampling  the same 64-copy images with the check sampler changed: DDIM 50 vs 200, eta 0 vs 1.
+  guidance  the toy text-to-image model's 64-copy pairs (known caption) checked at one guidance scale each.
 
     python benchmarks/claims.py --section scores --out bench-out/claims
     python benchmarks/claims.py --section training --checkpoints DIR/checkpoints --final DIR --out bench-out/claims
     python benchmarks/claims.py --section sampling --out bench-out/claims
+    python benchmarks/claims.py --section guidance --out bench-out/claims   # toy text-to-image model
 
 The checkpoints come from `invmm zoo train-digits --out DIR --seed 0 --steps 8000 --checkpoint-every 2000`
 (the shipped model is that run's final step). InvMM runs with --max-steps (default 1,000) and DDIM-50
@@ -174,9 +176,36 @@ def section_sampling(args):
     return lines
 
 
+def section_guidance(args):
+    """Toy text-to-image model, known caption: the eight 64-copy pairs with one fixed guidance scale each."""
+    from invmm.images import ImageItem
+    from invmm.zoo import shipped_digits_t2i_model
+
+    model = shipped_digits_t2i_model()
+    manifest = load_manifest(model)
+    chosen = [e for e in manifest["images"] if e["copies"] == 64][:8]
+    paths = export_images(manifest, args.out / "data" / "t2i", ids=[e["id"] for e in chosen])
+    adapter = load_adapter(str(model))
+    lines = ["| guidance | reproduced | median InvMM | median steps | scores | wall s |", "|---|---|---|---|---|---|"]
+    for scale in args.guidance:
+        items = [ImageItem(id=e["id"], path=str(p), caption=e["caption"], label="dup64")
+                 for e, p in zip(chosen, paths)]
+        run = args.out / f"guidance-{scale:g}"
+        wall = score(adapter, items, [invmm_spec(args)], run, args,
+                     preset("sd", similarity="pixel", guidance_scales=[scale]))
+        rs = sorted(invmm_by_label(run)["dup64"], key=lambda r: r.id)
+        s = [r.score for r in rs]
+        lines.append(f"| {scale:g} | {sum(map(math.isfinite, s))}/{len(s)} | {fmt(statistics.median(s))} | "
+                     f"{statistics.median(r.details['steps'] for r in rs):.0f} | {', '.join(fmt(x) for x in s)} | "
+                     f"{wall:.0f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--section", choices=("scores", "training", "sampling"), required=True)
+    ap.add_argument("--section", choices=("scores", "training", "sampling", "guidance"), required=True)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.0])
     ap.add_argument("--out", type=Path, default=Path("bench-out/claims"))
     ap.add_argument("--final", type=Path, default=None, help="final model (default: the shipped toy model)")
     ap.add_argument("--checkpoints", type=Path, default=None)
@@ -187,7 +216,9 @@ def main():
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     t0 = time.perf_counter()
-    lines = {"scores": section_scores, "training": section_training, "sampling": section_sampling}[args.section](args)
+    sections = {"scores": section_scores, "training": section_training, "sampling": section_sampling,
+                "guidance": section_guidance}
+    lines = sections[args.section](args)
     lines.append(f"\nsection {args.section}: {time.perf_counter() - t0:.0f} s wall, torch threads "
                  f"{torch.get_num_threads()}")
     text = "\n".join(lines)
