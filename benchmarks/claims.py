@@ -154,6 +154,15 @@ def section_training(args):
     return lines
 
 
+def variant_row(name: str, run: Path, wall: float) -> str:
+    """One table row for the 64-copy images scored under one setting: reproduced, median, each score."""
+    rs = sorted(invmm_by_label(run)["dup64"], key=lambda r: r.id)
+    s = [r.score for r in rs]
+    return (f"| {name} | {sum(map(math.isfinite, s))}/{len(s)} | {fmt(statistics.median(s))} | "
+            f"{statistics.median(r.details['steps'] for r in rs):.0f} | {', '.join(fmt(x) for x in s)} | "
+            f"{wall:.0f} |")
+
+
 def section_sampling(args):
     model = args.final or shipped_digits_model()
     manifest = load_manifest(model)
@@ -167,11 +176,7 @@ def section_sampling(args):
         run = args.out / f"sampling-ddim{steps}-eta{eta:g}"
         wall = score(adapter, items, [invmm_spec(args, sampler_steps=steps, eta=eta)], run, args,
                      preset("ddpm", similarity="pixel"))
-        rs = sorted(invmm_by_label(run)["dup64"], key=lambda r: r.id)
-        s = [r.score for r in rs]
-        lines.append(f"| DDIM {steps}, eta {eta:g} | {sum(map(math.isfinite, s))}/{len(s)} | "
-                     f"{fmt(statistics.median(s))} | {statistics.median(r.details['steps'] for r in rs):.0f} | "
-                     f"{', '.join(fmt(x) for x in s)} | {wall:.0f} |")
+        lines.append(variant_row(f"DDIM {steps}, eta {eta:g}", run, wall))
         print(lines[-1], flush=True)
     return lines
 
@@ -193,11 +198,7 @@ def section_guidance(args):
         run = args.out / f"guidance-{scale:g}"
         wall = score(adapter, items, [invmm_spec(args)], run, args,
                      preset("sd", similarity="pixel", guidance_scales=[scale]))
-        rs = sorted(invmm_by_label(run)["dup64"], key=lambda r: r.id)
-        s = [r.score for r in rs]
-        lines.append(f"| {scale:g} | {sum(map(math.isfinite, s))}/{len(s)} | {fmt(statistics.median(s))} | "
-                     f"{statistics.median(r.details['steps'] for r in rs):.0f} | {', '.join(fmt(x) for x in s)} | "
-                     f"{wall:.0f} |")
+        lines.append(variant_row(f"{scale:g}", run, wall))
         print(lines[-1], flush=True)
     return lines
 

@@ -4,7 +4,7 @@ from diffusers import DDPMScheduler
 
 from invmm.adapters.loading import load_adapter
 from invmm.functional import seed_from
-from invmm.scorers import LossScorer, PIAScorer, ScorerError, build_scorer
+from invmm.scorers import LossScorer, PIAScorer, ScorerError, build_scorer, split_specs
 from invmm.scorers.base import eps_prediction
 from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd3
 
@@ -170,3 +170,13 @@ def test_secmi_inversion_step_is_diffusers_ddim_inverse_step(pixel):
         eps = pixel.unet(x, torch.full((2,), 10)).sample  # the model at the step's start, as SecMI does
         ref = inv.step(eps, 20, x).prev_sample
         torch.testing.assert_close(ddim_transfer(pixel, x, 10, 20, None), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_scorer_specs_split_and_parse():
+    from invmm.scorers import parse_spec
+
+    assert split_specs("invmm,loss") == ["invmm", "loss"]
+    assert split_specs("loss;pia:t=100,p=2;invmm") == ["loss", "pia:t=100,p=2", "invmm"]
+    assert split_specs("invmm,pia:t=100") == ["invmm", "pia:t=100"]
+    assert parse_spec("pia:t=100,p=2") == ("pia", {"t": 100, "p": 2})
+    assert parse_spec("invmm:similarity=pixel") == ("invmm", {"similarity": "pixel"})

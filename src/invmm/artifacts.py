@@ -47,3 +47,17 @@ def grid_png(target: torch.Tensor, samples: torch.Tensor | None, min_px: int = 6
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def artifact_stem(run_dir: Path, image_id: str) -> Path:
+    """Where an image's files live in a run folder, without suffix (add .safetensors / .png)."""
+    return (Path(run_dir) / "images" / safe_name(image_id)).with_suffix("")
+
+
+def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, outcome) -> None:
+    """The fitted distribution and the target beside the last check's samples; each file is complete or absent."""
+    stem = artifact_stem(run_dir, image_id)
+    res = outcome.result
+    save_distribution(stem.with_suffix(".safetensors"), outcome.mu, outcome.logvar,
+                      {"id": image_id, "score": res.score, "steps": res.steps})
+    atomic_write_bytes(stem.with_suffix(".png"), grid_png(pixels, outcome.samples))

@@ -325,13 +325,13 @@ def _compute_scores(run, model, data, scorers, seed, batch_images, device, allow
     from invmm.adapters.loading import load_adapter
     from invmm.datasets import load_dataset
     from invmm.evaluate_run import choose_labels
-    from invmm.scorers import ScorerError, build_scorer
+    from invmm.scorers import ScorerError, build_scorer, split_specs
     from invmm.scoring import score_dataset
 
     items = load_dataset(data, labelled=True)
     choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
     adapter = load_adapter(model, device=device, allow_pickle=allow_pickle)
-    specs = [s for s in (scorers.split(";") if ";" in scorers or ":" in scorers else scorers.split(",")) if s.strip()]
+    specs = split_specs(scorers)
     try:
         bound = [build_scorer(s, adapter, batch_images=batch_images) for s in specs]
     except ScorerError as exc:

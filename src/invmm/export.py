@@ -28,6 +28,15 @@ def _csv_value(v):
     return v
 
 
+def write_table_csv(results: list[Result], path: Path) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows(results))
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
+    return Path(path)
+
+
 def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / LEDGER_FILE).exists():
@@ -35,20 +44,15 @@ def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = N
     if fmt not in ("csv", "parquet"):
         raise InvMMInputError(f"--format must be csv or parquet, got {fmt!r}")
     out = Path(out) if out else run_dir / f"results.{fmt}"
-    table = rows(Ledger(run_dir).read())
+    results = Ledger(run_dir).read()
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
-        atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
-        return out
+        return write_table_csv(results, out)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InvMMInputError("Parquet export needs pyarrow: pip install 'invmm[parquet]'") from None
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(table), sink)
+    pq.write_table(pa.Table.from_pylist(rows(results)), sink)
     atomic_write_bytes(out, sink.getvalue().to_pybytes())
     return out

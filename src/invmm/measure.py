@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from invmm.artifacts import grid_png, safe_name, save_distribution
-from invmm.audit.ledger import Ledger, atomic_write_bytes
+from invmm.artifacts import write_image_artifacts
+from invmm.audit.ledger import Ledger
 from invmm.config import InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, collect_images, load_image
@@ -37,6 +37,16 @@ def package_versions() -> dict:
 def default_similarity(adapter) -> str:
     # SSCD was trained on photos; on grayscale or tiny images its descriptor carries no copy signal.
     return "pixel" if adapter.image_mode == "L" or adapter.image_size < 32 else "sscd"
+
+
+def check_sampler_steps(adapter, config: InvMMConfig) -> None:
+    """A DDIM check cannot take more steps than the model has training timesteps: refuse it up front."""
+    n_train = getattr(adapter, "num_train_timesteps", None)
+    if n_train is not None and config.sampler_steps > n_train:
+        raise InvMMInputError(
+            f"sampler_steps {config.sampler_steps} exceeds the {n_train} timesteps the model was trained with; "
+            f"pass --sampler-steps {n_train} or fewer"
+        )
 
 
 def default_config(adapter, **overrides) -> InvMMConfig:
@@ -73,12 +83,7 @@ def measure(
         str(model), device=device, hub=hub, allow_pickle=allow_pickle
     )
     config = config or default_config(adapter)
-    n_train = getattr(adapter, "num_train_timesteps", None)
-    if n_train is not None and config.sampler_steps > n_train:
-        raise InvMMInputError(
-            f"sampler_steps {config.sampler_steps} exceeds the {n_train} timesteps the model was trained with; "
-            f"pass --sampler-steps {n_train} or fewer"
-        )
+    check_sampler_steps(adapter, config)
     similarity = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
     model_desc = adapter.describe()
 
@@ -122,10 +127,7 @@ def measure(
         res.model = model_desc.get("source")
         res.config = config.to_json()
         if ledger is not None and outcome is not None and outcome.mu is not None and it is not None:
-            stem = Path(ledger.run_dir) / "images" / safe_name(res.id)
-            save_distribution(stem.with_suffix(".safetensors"), outcome.mu, outcome.logvar,
-                              {"id": res.id, "score": res.score, "steps": res.steps})
-            atomic_write_bytes(stem.with_suffix(".png"), grid_png(it.pixels, outcome.samples))
+            write_image_artifacts(ledger.run_dir, res.id, it.pixels, outcome)
         if ledger is not None:
             ledger.append(res)
         results.append(res)

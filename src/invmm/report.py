@@ -7,9 +7,7 @@ Everything that comes from the user's data (ids, paths, captions, labels, errors
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import math
 import statistics
@@ -17,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from invmm.artifacts import safe_name
+from invmm.artifacts import artifact_stem
 from invmm.audit.ledger import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.errors import InvMMInputError
-from invmm.export import COLUMNS, _csv_value, rows
+from invmm.export import write_table_csv
 from invmm.plots import histograms_png, roc_png
 from invmm.result import Result
 
@@ -109,13 +107,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     if len(labels) >= 2:
         roc_section = _roc_section(ok, labels, positive, out, figures)
 
-    # Table CSV.
-    table = rows(results)
-    s = io.StringIO()
-    w = csv.DictWriter(s, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
-    atomic_write_bytes(out / "images.csv", s.getvalue().encode("utf-8"))
+    write_table_csv(results, out / "images.csv")
 
     seconds = [r.seconds for r in ok if r.seconds is not None]
     median_s = _fmt(statistics.median(seconds) if seconds else None)
@@ -200,8 +192,7 @@ def _top_section(run_dir: Path, finite: list[Result], k: int) -> str:
         return "<h2>Most memorized</h2><p>No image was reproduced within the budget.</p>"
     rows_html = []
     for r in top:
-        png = run_dir / "images" / (safe_name(r.id) + ".png")
-        png = png if png.exists() else (run_dir / "images" / safe_name(r.id)).with_suffix(".png")
+        png = artifact_stem(run_dir, r.id).with_suffix(".png")
         img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
         rows_html.append(f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or '')}</span></td><td>{img}</td>"
                          f"<td>{_fmt(r.score)}</td><td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")

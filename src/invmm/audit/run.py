@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invmm.artifacts import grid_png, safe_name, save_distribution
-from invmm.audit.ledger import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_bytes, atomic_write_json, repair_tail
+from invmm.artifacts import write_image_artifacts
+from invmm.audit.ledger import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, repair_tail
 from invmm.audit.lock import RunLock
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
@@ -119,17 +118,14 @@ def audit(
     run_extra: dict | None = None,
 ) -> AuditSummary:
     from invmm.adapters.loading import load_adapter
-    from invmm.measure import package_versions
+    from invmm.measure import check_sampler_steps, package_versions
     from invmm.similarity import build_similarity
 
     run_dir = Path(out)
     if force_new and (run_dir / RUN_FILE).exists():
         run_dir = next_free(run_dir)
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
-    n_train = getattr(adapter, "num_train_timesteps", None)
-    if n_train is not None and config.sampler_steps > n_train:
-        raise InvMMInputError(f"sampler_steps {config.sampler_steps} exceeds the model's {n_train} training "
-                              "timesteps; lower --sampler-steps")
+    check_sampler_steps(adapter, config)
     similarity = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
@@ -170,10 +166,7 @@ def audit(
             res.model = str(model)
             res.seed = config.seed
             if outcome is not None and outcome.mu is not None and it is not None and it.pixels is not None:
-                stem = run_dir / "images" / safe_name(res.id)
-                save_distribution(stem.with_suffix(".safetensors"), outcome.mu, outcome.logvar,
-                                  {"id": res.id, "score": res.score, "steps": res.steps})
-                atomic_write_bytes(stem.with_suffix(".png"), grid_png(it.pixels, outcome.samples))
+                write_image_artifacts(run_dir, res.id, it.pixels, outcome)
                 it.pixels = None  # the image is done; free its memory
             ledger.append(res)  # last: a line in the ledger means the image and its files are complete
             summary.scored += res.status == "ok"
@@ -217,7 +210,3 @@ def audit(
         atomic_write_json(run_dir / RUN_FILE, info)
     return summary
 
-
-def median_seconds(results: list[Result]) -> float | None:
-    secs = [r.seconds for r in results if r.seconds is not None]
-    return statistics.median(secs) if secs else None

@@ -18,6 +18,19 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 
 
+def split_specs(text: str) -> list[str]:
+    """"invmm,loss" or "loss;pia:t=100,p=2;invmm" -> one spec per scorer. ';' separates specs; inside a
+    chunk, names before the one carrying options may be comma-separated ("invmm,pia:t=100")."""
+    specs = []
+    for chunk in filter(None, (c.strip() for c in text.split(";"))):
+        head, sep, options = chunk.partition(":")
+        names = [n.strip() for n in head.split(",") if n.strip()]
+        if sep and names:
+            names[-1] += sep + options
+        specs += names
+    return specs
+
+
 def parse_spec(spec: str) -> tuple[str, dict]:
     """"pia" or "pia:t=100,p=2" -> ("pia", {"t": 100, "p": 2}); values are JSON where they parse as JSON."""
     name, _, rest = spec.strip().partition(":")
@@ -59,5 +72,5 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
 
 __all__ = [
     "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer", "PIAScorer", "Scorer",
-    "ScorerError", "SecMIScorer", "build_scorer", "parse_spec",
+    "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
 ]

@@ -15,7 +15,7 @@ import torch
 from invmm.config import InvMMConfig
 from invmm.inversion import Inverter, Target
 from invmm.result import Result
-from invmm.scorers.base import Scorer
+from invmm.scorers.base import Scorer, ScorerError
 from invmm.similarity import build_similarity
 
 
@@ -35,12 +35,13 @@ class InvMMScorer(Scorer):
             from invmm.measure import default_config
 
             self.config = default_config(self.adapter)
-        n_train = getattr(self.adapter, "num_train_timesteps", None)
-        if n_train is not None and self.config.sampler_steps > n_train:
-            from invmm.scorers.base import ScorerError
+        from invmm.errors import InvMMInputError
+        from invmm.measure import check_sampler_steps
 
-            raise ScorerError(f"invmm: sampler_steps {self.config.sampler_steps} exceeds the model's {n_train} "
-                              "training timesteps; lower it")
+        try:
+            check_sampler_steps(self.adapter, self.config)
+        except InvMMInputError as exc:
+            raise ScorerError(f"invmm: {exc}") from None
 
     def score(self, images: torch.Tensor, ids: list[str], captions=None, seed: int = 0) -> list[float]:
         cfg = self.config if seed == self.config.seed else self.config.replace(seed=seed)
