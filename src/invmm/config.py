@@ -13,6 +13,11 @@ SIMILARITIES = ("sscd", "pixel")
 # (benchmarks/calibrate_pixel_similarity.py, recorded in docs/BENCHMARKS.md).
 PIXEL_THRESHOLD = 0.985
 SSCD_THRESHOLD = 0.5
+CHECK_SCHEDULES = ("paper", "model")
+
+# The authors invert SD3.5 at 512 x 512 (latent 16 x 64 x 64), not at the model's native 1024: a family
+# listed here is measured at this side by default when its native side is larger (--resolution overrides).
+FAMILY_MAX_RESOLUTION = {"flow": 512}
 
 
 @dataclass
@@ -30,6 +35,9 @@ class InvMMConfig:
     n_check_samples: int = 8
     sampler: str = "ddim"
     sampler_steps: int = 200
+    # "paper": the authors' DDIM grid (trailing, ends at alpha_bar = 1, no clipping between steps);
+    # "model": the grid of the model's own scheduler config. Flow matching has only its own.
+    check_schedule: str = "paper"
     eta: float = 0.0
     guidance_scales: list[float] = field(default_factory=lambda: [1.0])
     invert_prompt: bool | None = None  # text-to-image: learn soft prompts; None = when no caption is given
@@ -56,6 +64,10 @@ class InvMMConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):
             problems.append(f"sampler must be 'ddim' (DDPM family) or 'euler' (flow matching), got {self.sampler!r}")
+        if self.check_schedule not in CHECK_SCHEDULES:
+            problems.append(f"check_schedule must be one of {CHECK_SCHEDULES}, got {self.check_schedule!r}")
+        elif self.check_schedule == "paper" and self.sampler == "euler":
+            problems.append("check_schedule 'paper' is a DDIM grid; the flow-matching Euler sampler uses 'model'")
         if not 0.0 <= self.eta <= 1.0:
             problems.append(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like ancestral), got {self.eta}")
         if self.eta > 0 and self.sampler == "euler":
@@ -100,6 +112,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 16,
         "sampler": "euler",
         "sampler_steps": 50,
+        "check_schedule": "model",
         "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
         "sscd_resize": 320,
     },

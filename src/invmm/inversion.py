@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_cat, cond_expand
+from invmm.conditioning import cond_cat
 from invmm.config import InvMMConfig
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.result import Result
@@ -72,6 +72,12 @@ def apply_memory_options(adapter, config: InvMMConfig) -> None:
         denoiser.set_attention_slice("auto")
 
 
+def check_grid(adapter, config: InvMMConfig) -> dict:
+    """What run.json records of the success check's sampler grid."""
+    ts = adapter.check_timesteps(config.sampler_steps, config.check_schedule)
+    return {"schedule": config.check_schedule, "steps": len(ts), "first": ts[0], "last": ts[-1]}
+
+
 class Inverter:
     def __init__(self, adapter, config: InvMMConfig, similarity, *, batch_images: int = 8):
         if batch_images < 1:
@@ -91,7 +97,9 @@ class Inverter:
         image_seed = seed_from(cfg.seed, target.id)
         gen = torch.Generator().manual_seed(image_seed)
         with torch.no_grad():
-            x0 = self.adapter.encode(target.pixels[None])[0]
+            # A VAE posterior is sampled once per image, from the image's own stream.
+            vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
+            x0 = self.adapter.encode(target.pixels[None], generator=vae_gen)[0]
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)
         cond = None
@@ -239,6 +247,8 @@ class Inverter:
             noise[id(s)] = reparameterize(s.mu[None], s.logvar[None], z)
         conditional = checking[0].cond is not None
         scales = cfg.guidance_scales if conditional else [1.0]
+        # Each image's check prompt is drawn once and used at every guidance scale.
+        check_cond = {id(s): s.cond.for_check(n) for s in checking} if conditional else {}
         best: dict[int, tuple[float, list[float], torch.Tensor]] = {}
         succeeded: dict[int, float] = {}
         remaining = list(checking)
@@ -246,12 +256,12 @@ class Inverter:
             if not remaining:
                 break
             with self._autocast():
-                cond = cond_cat([cond_expand(s.cond.for_check(), n) for s in remaining]) if conditional else None
+                cond = cond_cat([check_cond[id(s)] for s in remaining]) if conditional else None
                 # Stochastic sampling draws each image's noise from its own generator (see generate).
                 gens = [s.sampler_gen for s in remaining for _ in range(n)] if cfg.eta > 0 else None
                 images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]),
                                                steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=scale,
-                                               generator=gens)
+                                               generator=gens, schedule=cfg.check_schedule)
             images = images.float()
             still = []
             for i, s in enumerate(remaining):

@@ -16,7 +16,7 @@ from invmm.audit.ledger import Ledger
 from invmm.config import InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, collect_images, load_image
-from invmm.inversion import Inverter, Outcome, Target
+from invmm.inversion import Inverter, Outcome, Target, check_grid
 from invmm.result import Result
 from invmm.similarity import build_similarity
 
@@ -104,6 +104,7 @@ def measure(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": model_desc,
             "config": config.to_json(),
+            "check_grid": check_grid(adapter, config),
             "similarity": similarity.describe(),
             "batch_images": batch_images,
             "device": str(adapter.device),

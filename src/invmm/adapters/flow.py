@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.latent import LatentAdapter, resolve_latent_scale
+from invmm.adapters.pixel import check_resolution
 from invmm.adapters.text2image import encode_soft_tokens
 from invmm.conditioning import KnownPrompt, SoftPrompt, cond_cat
 from invmm.functional import x0_from_flow_velocity
+
+# The authors invert SD3.5 at 512 x 512 (latent 16 x 64 x 64), not at its native 1024: models whose native
+# side is larger are measured at this side unless the user asks for another.
+PAPER_RESOLUTION = 512
 
 
 class FlowAdapter:
     family = "flow"
     conditional = True
+    # The authors' SD3 check gives each of its samples its own Gumbel-softmax draw of the soft prompt.
+    check_prompt_draws = "per_sample"
 
     def __init__(self, transformer, vae, text_encoders, tokenizers, scheduler_config: dict, *,
-                 device: str | torch.device = "cpu", source: str = "", max_sequence_length: int = 256):
+                 device: str | torch.device = "cpu", source: str = "", max_sequence_length: int = 256,
+                 resolution: int | None = None, vae_saved_config: dict | None = None,
+                 latent_scale: float | None = None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.device = torch.device(device)
@@ -40,12 +49,16 @@ class FlowAdapter:
         # Training sigmas (shifted as the model was trained) and the matching model timesteps.
         self.sigmas = scheduler.sigmas[: len(scheduler.timesteps)].to(self.device, torch.float32)
         self.timesteps = scheduler.timesteps.to(self.device, torch.float32)
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.scaling_factor, self.scale_source = resolve_latent_scale(vae, vae_saved_config, latent_scale)
         self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
         self.channels = int(self.transformer.config.in_channels)
         self.image_mode = "RGB"
-        size = self.transformer.config.sample_size
-        self.image_size = int(size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.native_resolution = int(self.transformer.config.sample_size) * vae_factor
+        if resolution is None:
+            resolution = min(self.native_resolution, PAPER_RESOLUTION)
+        self.image_size = check_resolution(resolution, self.native_resolution,
+                                           vae_factor * int(self.transformer.config.patch_size))
         self.source = source
         clip_l = self.text_encoders[0]
         self.max_length = int(self.tokenizers[0].model_max_length)
@@ -78,13 +91,24 @@ class FlowAdapter:
         v = self._velocity(x_t, self.timesteps[idx.to(self.device)], cond)
         return x0_from_flow_velocity(v, x_t, self._sigma(idx, x_t.ndim))
 
-    @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None, guidance: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def sampler(self, steps: int, schedule: str = "model"):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        if schedule != "model":
+            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
+        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None, guidance: float = 1.0,
+                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
+        if eta:
+            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
+        scheduler = self.sampler(steps, schedule)
         x = noise.to(self.device, torch.float32)
         for t in scheduler.timesteps:
             tt = t.expand(len(x))
@@ -147,8 +171,10 @@ class FlowAdapter:
     def describe(self) -> dict:
         return {
             "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
-            "sample_size": self.image_size, "latent_channels": self.channels, "vae_class": type(self.vae).__name__,
-            "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor,
+            "resolution": self.image_size, "native_resolution": self.native_resolution,
+            "latent_channels": self.channels, "vae_class": type(self.vae).__name__,
+            "scaling_factor": self.scaling_factor, "scaling_factor_source": self.scale_source,
+            "shift_factor": self.shift_factor, "vae_encoding": "posterior sample",
             "t5": self.text_encoders[2] is not None, "vocab_size": self.vocab_size,
             "scheduler_class": self.scheduler_config.get("_class_name"),
             "shift": self.scheduler_config.get("shift"),

@@ -77,8 +77,13 @@ def _load_component(cls, directory: Path, allow_pickle: bool, root: Path, **extr
 VAE_CLASSES = ("AutoencoderKL", "VQModel")
 
 
-def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pickle: bool = False):
-    """Detect the model family from the folder's components and build its adapter."""
+def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pickle: bool = False,
+                 resolution: int | None = None, latent_scale: float | None = None):
+    """Detect the model family from the folder's components and build its adapter.
+
+    `resolution`: the image side to measure at (default: the model's native side; SD3 at most 512, as the
+    authors do). `latent_scale`: the VAE latent factor, overriding the one from the VAE's saved config.
+    """
     import diffusers
 
     root = resolve_model_path(model, hub=hub, allow_pickle=allow_pickle)
@@ -93,7 +98,8 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
         )
     scheduler_config = _read_json(scheduler_cfg_path, f"model {root}")
     if (root / "transformer" / "config.json").exists():
-        return _load_flow(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle, source=str(model))
+        return _load_flow(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle, source=str(model),
+                          resolution=resolution, latent_scale=latent_scale)
     if not (root / "unet" / "config.json").exists():
         raise InvMMInputError(
             f"model {root}: no denoiser (unet/config.json is missing; found: {listing}). Supported: "
@@ -103,7 +109,7 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
     cls_name = unet_config.get("_class_name")
     if cls_name == "UNet2DConditionModel":
         return _load_text2image(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle,
-                                source=str(model))
+                                source=str(model), resolution=resolution, latent_scale=latent_scale)
     if cls_name != "UNet2DModel":
         raise InvMMInputError(
             f"model {root}: unet/config.json declares {cls_name!r}; supported denoisers are UNet2DModel (pixel "
@@ -115,14 +121,25 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
     from invmm.adapters.pixel import PixelAdapter
 
     if vae_dir is None:
-        return _build(PixelAdapter, root, unet, scheduler_config, device=device, source=str(model))
-    vae_cls = _read_json(vae_dir / "config.json", f"model {root}").get("_class_name")
+        if latent_scale is not None:
+            raise InvMMInputError(f"model {root}: --latent-scale needs a VAE, and this pixel-space model has none")
+        return _build(PixelAdapter, root, unet, scheduler_config, device=device, source=str(model),
+                      resolution=resolution)
+    vae_saved = _read_json(vae_dir / "config.json", f"model {root}")
+    vae_cls = vae_saved.get("_class_name")
     if vae_cls not in VAE_CLASSES:
         raise InvMMInputError(
             f"model {root}: {vae_dir.name}/config.json declares {vae_cls!r}; expected one of {VAE_CLASSES}"
         )
     vae = _load_component(getattr(diffusers, vae_cls), vae_dir, allow_pickle, root)
-    return _build(LatentAdapter, root, unet, vae, scheduler_config, device=device, source=str(model))
+    return _build(LatentAdapter, root, unet, vae, scheduler_config, device=device, source=str(model),
+                  resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
+
+
+def load_options(adapter) -> dict:
+    """The load_adapter arguments that rebuild `adapter` as it was loaded (for workers in other processes)."""
+    scale_from_user = getattr(adapter, "scale_source", None) == "user"
+    return {"resolution": adapter.image_size, "latent_scale": adapter.scaling_factor if scale_from_user else None}
 
 
 def _build(cls, root: Path, *args, **kwargs):
@@ -132,7 +149,8 @@ def _build(cls, root: Path, *args, **kwargs):
         raise InvMMInputError(f"model {root}: {exc}") from exc
 
 
-def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source):
+def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+                     resolution=None, latent_scale=None):
     import diffusers
     import transformers
 
@@ -149,19 +167,23 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
         raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a CLIP text model")
     unet = _load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
     # No VAE: a pixel-space text-to-image model.
-    vae = None
+    vae, vae_saved = None, None
     if (root / "vae").is_dir():
         vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+        vae_saved = _read_json(root / "vae" / "config.json", f"model {root}")
+    elif latent_scale is not None:
+        raise InvMMInputError(f"model {root}: --latent-scale needs a VAE, and this pixel-space model has none")
     text_encoder = _load_component(getattr(transformers, arch), root / "text_encoder", allow_pickle, root)
     try:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
     except Exception as exc:
         raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
     return _build(Text2ImageAdapter, root, unet, vae, text_encoder, tokenizer, scheduler_config, device=device,
-                  source=source)
+                  source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
 
 
-def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source):
+def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+               resolution=None, latent_scale=None):
     import diffusers
     import transformers
 
@@ -196,4 +218,5 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
     except Exception as exc:
         raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
     return _build(FlowAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
-                  source=source)
+                  source=source, resolution=resolution, latent_scale=latent_scale,
+                  vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))

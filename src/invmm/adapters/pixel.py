@@ -11,11 +11,33 @@ import torch
 from invmm.conditioning import cond_cat
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
+# The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
+# for 200 steps), the last step landing on alpha_bar = 1, and no clipping of x0 between steps. "model" keeps
+# whatever the model's scheduler config says (often a leading grid, and clip_sample=True for pixel DDPMs).
+DDIM_GRIDS = {
+    "paper": {"timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False,
+              "thresholding": False, "steps_offset": 0},
+    "model": {},
+}
+
+
+def check_resolution(resolution: int | None, native: int, multiple: int) -> int:
+    """The side images are measured at: the native one, or a user's choice the denoiser can take."""
+    if resolution is None:
+        return native
+    if resolution < multiple or resolution % multiple:
+        raise ValueError(
+            f"resolution {resolution} does not fit this model: it must be a positive multiple of {multiple} "
+            f"(the model's native side is {native})"
+        )
+    return int(resolution)
+
 
 class PixelAdapter:
     family = "pixel"
 
-    def __init__(self, unet, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = ""):
+    def __init__(self, unet, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = "",
+                 resolution: int | None = None):
         from diffusers import DDIMScheduler
 
         self.device = torch.device(device)
@@ -35,7 +57,13 @@ class PixelAdapter:
         self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
         self.channels = int(self.unet.config.in_channels)
         self._setup_images()
+        self.native_resolution = self.image_size
+        self.image_size = check_resolution(resolution, self.native_resolution, self._size_multiple())
         self.source = source
+
+    def _size_multiple(self) -> int:
+        """Image sides must be multiples of this: the UNet halves the size once per down block but the last."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def _setup_images(self) -> None:
         """What images look like to this model: mode and side length."""
@@ -47,8 +75,8 @@ class PixelAdapter:
         size = self.unet.config.sample_size
         self.image_size = int(size if isinstance(size, int) else size[0])
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, torch.float32)
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return images.to(self.device, torch.float32)  # pixels are their own x0: nothing to draw
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-1, 1)
@@ -82,19 +110,29 @@ class PixelAdapter:
         u, c = out.chunk(2)
         return u + guidance * (c - u)
 
+    def sampler(self, steps: int, schedule: str = "model"):
+        """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS)."""
+        from diffusers import DDIMScheduler
+
+        if schedule not in DDIM_GRIDS:
+            raise ValueError(f"unknown check schedule {schedule!r}; expected one of {tuple(DDIM_GRIDS)}")
+        scheduler = DDIMScheduler.from_config(self.scheduler_config, **DDIM_GRIDS[schedule])
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def check_timesteps(self, steps: int, schedule: str = "model") -> list[int]:
+        return [int(t) for t in self.sampler(steps, schedule).timesteps]
+
     @torch.no_grad()
     def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond: torch.Tensor | None = None,
-                 guidance: float = 1.0, generator: torch.Generator | list[torch.Generator] | None = None
-                 ) -> torch.Tensor:
+                 guidance: float = 1.0, generator: torch.Generator | list[torch.Generator] | None = None,
+                 schedule: str = "model") -> torch.Tensor:
         """DDIM from `noise`; eta > 0 adds the stochastic term (eta = 1: DDPM's posterior variance).
 
         With eta > 0, `generator` may be a list of one generator per sample, so that each sample's noise
         does not depend on which other samples share the batch.
         """
-        from diffusers import DDIMScheduler
-
-        scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
+        scheduler = self.sampler(steps, schedule)
         x = noise.to(self.device, torch.float32)
         for t in scheduler.timesteps:
             out = self._guided_output(x, t.expand(len(x)), cond, guidance)
@@ -106,7 +144,8 @@ class PixelAdapter:
             "family": self.family,
             "source": self.source,
             "unet_class": type(self.unet).__name__,
-            "sample_size": self.image_size,
+            "resolution": self.image_size,
+            "native_resolution": self.native_resolution,
             "channels": self.channels,
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,

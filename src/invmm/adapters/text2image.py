@@ -20,12 +20,14 @@ from invmm.conditioning import KnownPrompt, SoftPrompt
 class Text2ImageAdapter(LatentAdapter):
     family = "text2image"
     conditional = True
+    # The authors' SD 1.x check draws one soft prompt and gives it to all samples at every guidance scale.
+    check_prompt_draws = "shared"
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, *,
-                 device: str | torch.device = "cpu", source: str = ""):
+                 device: str | torch.device = "cpu", source: str = "", **latent_options):
         self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        super().__init__(unet, vae, scheduler_config, device=device, source=source)
+        super().__init__(unet, vae, scheduler_config, device=device, source=source, **latent_options)
         self.max_length = int(tokenizer.model_max_length)
         self.n_soft_tokens = self.max_length - 2
         self.token_embedding = self.text_encoder.get_input_embeddings()
@@ -39,8 +41,11 @@ class Text2ImageAdapter(LatentAdapter):
         else:
             super()._setup_images()
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return PixelAdapter.encode(self, images) if self.vae is None else super().encode(images)
+    def _size_multiple(self) -> int:
+        return PixelAdapter._size_multiple(self) if self.vae is None else super()._size_multiple()
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return PixelAdapter.encode(self, images) if self.vae is None else super().encode(images, generator)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return PixelAdapter.decode(self, x0) if self.vae is None else super().decode(x0)

@@ -19,7 +19,7 @@ class InversionWorker:
     """Runs inside a Ray actor process."""
 
     def __init__(self, model: str, device: str, config: dict, batch_images: int, allow_pickle: bool,
-                 threads: int | None):
+                 threads: int | None, load_options: dict | None = None):
         import torch
 
         from invmm.adapters.loading import load_adapter
@@ -29,7 +29,7 @@ class InversionWorker:
         if threads:
             torch.set_num_threads(threads)
         cfg = InvMMConfig.from_json(config)
-        adapter = load_adapter(model, device=device, allow_pickle=allow_pickle)
+        adapter = load_adapter(model, device=device, allow_pickle=allow_pickle, **(load_options or {}))
         sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
         self.inverter = Inverter(adapter, cfg, sim, batch_images=batch_images)
 
@@ -54,7 +54,8 @@ def _cluster_slots(ray, gpus_per_worker: float, workers: int | None) -> tuple[in
 def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, batch_images: int,
                record: Callable[[Result, Outcome | None], None], address: str | None = None,
                gpus_per_worker: float = 1.0, workers: int | None = None, max_retries: int = 2,
-               allow_pickle: bool = False, on_workers: Callable[[list], None] | None = None) -> tuple[int, str]:
+               allow_pickle: bool = False, on_workers: Callable[[list], None] | None = None,
+               load_options: dict | None = None) -> tuple[int, str]:
     """Runs every target; returns the number of actors and their device."""
     try:
         import ray
@@ -72,7 +73,7 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
         threads = 1 if device == "cpu" else None
 
         def spawn():
-            return remote.remote(model, device, config.to_json(), batch_images, allow_pickle, threads)
+            return remote.remote(model, device, config.to_json(), batch_images, allow_pickle, threads, load_options)
 
         actors = [spawn() for _ in range(max(1, n))]
         if on_workers:

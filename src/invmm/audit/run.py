@@ -21,7 +21,7 @@ from invmm.audit.lock import RunLock
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
-from invmm.inversion import Outcome, Target
+from invmm.inversion import Outcome, Target, check_grid
 from invmm.result import Result
 
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model"}
@@ -66,6 +66,9 @@ class AuditSummary:
     error_ids: list[str] = field(default_factory=list)
 
 
+MODEL_SETTINGS = ("resolution", "scaling_factor")  # from --resolution and --latent-scale
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -81,6 +84,11 @@ def open_run(run_dir: Path, run_info: dict) -> tuple[Ledger, int]:
         diff = _config_diff(old.get("config", {}), run_info["config"])
         if diff:
             changed.append("config " + "; ".join(diff))
+        # How the model was loaded changes every score as much as the config does.
+        diff = _config_diff({k: old.get("model", {}).get(k) for k in MODEL_SETTINGS},
+                            {k: run_info["model"].get(k) for k in MODEL_SETTINGS})
+        if diff:
+            changed.append("model settings " + "; ".join(diff))
         if changed:
             raise InvMMInputError(f"{run_dir} holds an audit made differently: {'; '.join(changed)}. Rerun with "
                                   "the same settings to resume, or add --force-new to start over in a new folder")
@@ -138,6 +146,7 @@ def audit(
         "model_path": str(model),
         "model_fingerprint": model_fingerprint(model) if Path(model).is_dir() else str(model),
         "config": config.to_json(),
+        "check_grid": check_grid(adapter, config),
         "similarity": similarity.describe(),
         "seed": config.seed,
         "dataset": {"source": data_source, "n": len(items), "hash": dataset_hash(items)},
@@ -193,12 +202,13 @@ def audit(
             Inverter(adapter, config, similarity, batch_images=batch_images).run(
                 targets(), on_done=lambda o: record(o.result, o), keep=False)
         elif backend == "ray":
+            from invmm.adapters.loading import load_options
             from invmm.audit.ray_backend import run_on_ray
 
             n_workers, worker_device = run_on_ray(
                 targets(), str(model), config, batch_images=batch_images, record=record, address=ray_address,
                 gpus_per_worker=gpus_per_worker, workers=workers, max_retries=max_retries,
-                allow_pickle=allow_pickle, on_workers=on_workers)
+                allow_pickle=allow_pickle, on_workers=on_workers, load_options=load_options(adapter))
         else:
             raise InvMMInputError(f"unknown backend {backend!r}; use local or ray")
         summary.seconds = time.perf_counter() - t0
