@@ -263,3 +263,14 @@ def test_kl_posterior_is_drawn_from_the_image_stream(sd3_model):
         dist = adapter.vae.encode(img).latent_dist
         ref = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, (ref - adapter.shift_factor) * adapter.scaling_factor)
+
+
+def test_audit_resume_refuses_another_resolution(tmp_path, toy_model, toy_images):
+    data = next(iter(toy_images.values()))[0].parent
+    common = ["--similarity", "pixel", "--max-steps", "2", "--check-every", "2", "--sampler-steps", "2"]
+    args = ["audit", str(toy_model), str(data), "--out", str(tmp_path / "run"), *common]
+    assert runner.invoke(app, [*args, "--resolution", "16"]).exit_code == 0
+    before = (tmp_path / "run" / "results.jsonl").read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "resolution: 16 -> 8" in res.output
+    assert (tmp_path / "run" / "results.jsonl").read_text() == before
