@@ -106,8 +106,8 @@ def _build_config(adapter_model, *, preset, similarity, threshold, seed, max_ste
                   precision="fp32", gradient_checkpointing=False, attention_slicing=False, eta=None,
                   check_schedule=None, resolution=None, latent_scale=None):
     from invmm.adapters.loading import load_adapter
+    from invmm.config import default_config
     from invmm.errors import InvMMInputError
-    from invmm.measure import default_config
 
     try:
         adapter = load_adapter(adapter_model, device=device, hub=hub, allow_pickle=allow_pickle,
@@ -205,7 +205,7 @@ def audit(
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
     from tqdm import tqdm
 
-    from invmm.audit.run import audit as run_audit
+    from invmm.audit import audit as run_audit
     from invmm.datasets import load_dataset
     from invmm.errors import InvMMInputError
 

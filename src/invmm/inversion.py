@@ -16,6 +16,7 @@ import torch
 
 from invmm.conditioning import cond_cat
 from invmm.config import InvMMConfig
+from invmm.errors import InvMMInputError
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.result import Result
 
@@ -66,7 +67,8 @@ def apply_memory_options(adapter, config: InvMMConfig) -> None:
     denoiser = getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)
     if config.gradient_checkpointing and denoiser is not None:
         if not getattr(denoiser, "_supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(denoiser).__name__} does not support gradient checkpointing")
+            raise InvMMInputError(f"--gradient-checkpointing: {type(denoiser).__name__} does not support it; "
+                                  "leave the option out for this model")
         denoiser.enable_gradient_checkpointing()
     if config.attention_slicing and hasattr(denoiser, "set_attention_slice"):
         denoiser.set_attention_slice("auto")
