@@ -23,6 +23,7 @@ from invmm.result import score_from_json, score_to_json
 from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
 from invmm.run.info import run_info
 from invmm.run.lock import RunLock
+from invmm.scorers import build_scorer, split_specs
 
 SCORES_FILE = "scores.jsonl"
 CHEAP_BATCH = 16  # images per call for the one-pass scorers
@@ -155,3 +156,13 @@ def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> Non
                 status, error = "error", result.error
         append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
                                         error=error, seconds=round(per_image, 4), details=details).to_json())
+
+
+def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,
+                     batch_images: int = 8, invmm_config=None,
+                     on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
+    """score_dataset with scorers given as specs ("invmm,loss;pia:t=100"); every scorer is built (and a
+    scorer the model cannot run refused) before any image is scored."""
+    bound = [build_scorer(spec, adapter, invmm_config=invmm_config, batch_images=batch_images)
+             for spec in split_specs(scorers)]
+    return score_dataset(adapter, items, bound, run_dir, seed=seed, on_batch=on_batch)

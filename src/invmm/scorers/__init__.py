@@ -14,6 +14,7 @@ from invmm.scorers.noise_norm import NoiseNormScorer
 from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
 
+DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
 }
@@ -70,6 +71,6 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
 
 
 __all__ = [
-    "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer", "PIAScorer", "Scorer",
-    "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
+    "DEFAULT_SCORERS", "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer",
+    "PIAScorer", "Scorer", "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
 ]
