@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from invmm.audit.ledger import Ledger
-from invmm.audit.lock import RunLock
 from invmm.cli import app
+from invmm.run.files import Ledger
+from invmm.run.lock import RunLock
 
 runner = CliRunner()
 FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "-k", "4"]
@@ -170,7 +170,7 @@ def ray_cluster():
 
 
 def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_model, dataset, ray_cluster):
-    from invmm.audit.run import audit
+    from invmm.audit import audit
     from invmm.config import preset
     from invmm.datasets import load_dataset
 

@@ -31,7 +31,7 @@ def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, 
     ok = [r for r in results.values() if r.status == "ok"]
     assert len(ok) == 2
     for r in ok:
-        assert r.steps in (10, 20) and r.seed == 3 and r.config["similarity"] == "pixel"
+        assert r.steps in (10, 20) and r.seed == 3 and r.model == str(toy_model)
         assert r.id in res.output and (r.success or math.isinf(r.score))
         assert len(r.similarities) == 8 and r.seconds > 0
         stem = out / "images" / r.id.replace(".png", "")
@@ -40,7 +40,9 @@ def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, 
         assert (stem.parent / (stem.name + ".png")).stat().st_size > 100
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["family"] == "pixel" and run["model"]["prediction_type"] == "epsilon"
-    assert run["config"]["max_steps"] == 20 and run["versions"]["torch"]
+    assert run["config"]["max_steps"] == 20 and run["config"]["similarity"] == "pixel" and run["versions"]["torch"]
+    # One record schema for measure and audit: the config lives in run.json, the cost in its sessions.
+    assert run["kind"] == "measure" and run["sessions"][0]["scored"] == 2 and run["sessions"][0]["errors"] == 2
     assert str(toy_model) in run["model"]["source"]
 
 
@@ -52,7 +54,8 @@ def test_sscd_similarity_end_to_end(tmp_path, toy_model, toy_images):
                               "--sampler-steps", "5"])
     assert res.exit_code == 0, res.output
     (r,) = read_results(out).values()
-    assert r.config["similarity"] == "sscd" and r.config["beta"] == 0.5
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["similarity"] == "sscd" and config["beta"] == 0.5
     assert all(-1.0 <= s <= 1.0 for s in r.similarities) and len(set(r.similarities)) > 1
 
 

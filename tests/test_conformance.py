@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from invmm import measure, preset
+from invmm import inversion, measure, preset
+from invmm.adapters.codecs import resolve_latent_scale
 from invmm.adapters.flow import FlowAdapter
-from invmm.adapters.latent import resolve_latent_scale
 from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.conditioning import SoftPrompt
@@ -37,7 +37,7 @@ def test_vq_model_without_a_saved_scale_uses_unscaled_latents(tmp_path):
     adapter = load_adapter(str(model))
     # diffusers fills in 0.18215; the LDM code (and the authors') use VQ latents as they are.
     assert adapter.vae.config.scaling_factor == pytest.approx(0.18215)
-    assert (adapter.scaling_factor, adapter.scale_source) == (1.0, "default")
+    assert (adapter.codec.scaling_factor, adapter.codec.scale_source) == (1.0, "default")
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(adapter.encode(img), adapter.vae.encode(img).latents)
@@ -50,12 +50,12 @@ def test_vq_model_with_a_saved_scale_and_a_user_scale(tmp_path):
     path = model / "vqvae" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "scaling_factor": 0.5}))
     adapter = load_adapter(str(model))
-    assert (adapter.scaling_factor, adapter.scale_source) == (0.5, "config")
+    assert (adapter.codec.scaling_factor, adapter.codec.scale_source) == (0.5, "config")
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(adapter.encode(img), adapter.vae.encode(img).latents * 0.5)
     user = load_adapter(str(model), latent_scale=2.0)
-    assert (user.scaling_factor, user.scale_source) == (2.0, "user")
+    assert (user.codec.scaling_factor, user.codec.scale_source) == (2.0, "user")
 
 
 def test_latent_scale_without_a_saved_config_asks_diffusers_what_was_stated():
@@ -167,12 +167,12 @@ def test_check_prompt_is_one_draw_per_sample_on_sd3(sd3_model):
     assert (embeds[0] - embeds[1]).abs().max() > 1e-4
 
 
-def test_inverter_check_draws_once_per_check_from_the_image_stream(sd):
+def test_inverter_check_draws_once_per_check_from_the_image_stream(sd, monkeypatch):
     """The check's prompt comes from the image's Gumbel stream and is the same at every guidance scale."""
     cfg = preset("sd", similarity="pixel", max_steps=2, check_every=2, sampler_steps=2,
                  guidance_scales=[1.0, 3.0], threshold=2.0, invert_prompt=True)  # never succeeds: both scales
     seen, prompts = [], []
-    real_generate, real_conditioner = sd.generate, sd.conditioner
+    real_generate, real_conditioner = sd.generate, inversion.conditioner
 
     def spy(noise, **kw):
         seen.append(kw["cond"].clone())
@@ -182,12 +182,10 @@ def test_inverter_check_draws_once_per_check_from_the_image_stream(sd):
         prompts.append(real_conditioner(*args, **kw))
         return prompts[-1]
 
-    sd.generate, sd.conditioner = spy, keep
-    try:
-        pix = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        out = Inverter(sd, cfg, build_similarity("pixel"), batch_images=1).run([Target(id="x", pixels=pix)])
-    finally:
-        del sd.generate, sd.conditioner
+    monkeypatch.setattr(sd, "generate", spy)
+    monkeypatch.setattr(inversion, "conditioner", keep)
+    pix = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = Inverter(sd, cfg, build_similarity("pixel"), batch_images=1).run([Target(id="x", pixels=pix)])
     assert out[0].result.steps == 2 and len(seen) == 2 and out[0].result.prompt_mode == "inverted"
     torch.testing.assert_close(seen[0], seen[1])
     # Replay the image's stream: the 2 optimisation steps draw [B, L, V] each, then the check draws [1, L, V].
@@ -262,7 +260,7 @@ def test_kl_posterior_is_drawn_from_the_image_stream(sd3_model):
     with torch.no_grad():
         dist = adapter.vae.encode(img).latent_dist
         ref = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(a, (ref - adapter.shift_factor) * adapter.scaling_factor)
+    torch.testing.assert_close(a, (ref - adapter.codec.shift_factor) * adapter.codec.scaling_factor)
 
 
 def test_audit_resume_refuses_another_resolution(tmp_path, toy_model, toy_images):

@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from invmm.audit.ledger import Ledger
 from invmm.config import InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.result import Result
+from invmm.run.files import Ledger
 
 
 def test_inf_survives_json():

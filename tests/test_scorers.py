@@ -5,7 +5,6 @@ from diffusers import DDPMScheduler
 from invmm.adapters.loading import load_adapter
 from invmm.functional import seed_from
 from invmm.scorers import LossScorer, PIAScorer, ScorerError, build_scorer, split_specs
-from invmm.scorers.base import eps_prediction
 from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd3
 
 
@@ -51,7 +50,7 @@ def test_eps_from_v_prediction(tmp_path):
     with torch.no_grad():
         v = a.unet(x_t, t).sample
         abar = a.alphas_cumprod[t].view(-1, 1, 1, 1)
-        torch.testing.assert_close(eps_prediction(a, x_t, t, None), abar.sqrt() * v + (1 - abar).sqrt() * x_t,
+        torch.testing.assert_close(a.eps_prediction(x_t, t, None), abar.sqrt() * v + (1 - abar).sqrt() * x_t,
                                    rtol=1e-4, atol=1e-5)
 
 

@@ -52,9 +52,9 @@ def test_classifier_free_guidance_combines_two_calls(sd):
     t = torch.tensor([10, 50])
     cond = sd.prompt_embeddings(["a seven", "a two"])
     with torch.no_grad():
-        u = sd._model_output(x, t, sd.uncond_embeddings(2))
-        c = sd._model_output(x, t, cond)
-        torch.testing.assert_close(sd._guided_output(x, t, cond, 3.0), u + 3.0 * (c - u), rtol=1e-4, atol=1e-5)
+        u = sd.guided_output(x, t, sd.uncond_embeddings(2))
+        c = sd.guided_output(x, t, cond)
+        torch.testing.assert_close(sd.guided_output(x, t, cond, 3.0), u + 3.0 * (c - u), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["caption", "inverted"])

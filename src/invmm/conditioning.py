@@ -26,6 +26,21 @@ def cond_expand(cond, n: int):
     return cond.expand(n, *cond.shape[1:])
 
 
+def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, uncond, scale: float):
+    """u + scale (c - u) from one batched call on [uncond; cond]; a single plain call at scale 1 or without a
+    prompt (model_fn(x, t, None) is the model's own unconditional output)."""
+    if cond is None or scale == 1.0:
+        return model_fn(x, t, cond)
+    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
+    u, c = out.chunk(2)
+    return u + scale * (c - u)
+
+
+def conditioner(adapter, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
+    """What a text-conditional model is conditioned on while one image is inverted."""
+    return SoftPrompt(adapter, tau, caption, seed) if invert_prompt else KnownPrompt(adapter, caption or "")
+
+
 class KnownPrompt:
     def __init__(self, adapter, text: str):
         self.text = text
@@ -69,4 +84,6 @@ class SoftPrompt:
                                                                self.context), n)
 
     def describe(self) -> dict:
-        return {"prompt_mode": "inverted", "prompt": self.adapter.decode_tokens(self.logits.argmax(-1).tolist())}
+        ids = self.logits.argmax(-1).tolist()
+        return {"prompt_mode": "inverted",
+                "prompt": self.adapter.soft_tokenizer.decode(ids, skip_special_tokens=True).strip()}

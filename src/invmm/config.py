@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
+
+from invmm.errors import InvMMInputError
 
 SIMILARITIES = ("sscd", "pixel")
 
@@ -127,5 +128,36 @@ def preset(name: str, **overrides) -> InvMMConfig:
     return InvMMConfig(**values)
 
 
-def dumps(config: InvMMConfig) -> str:
-    return json.dumps(config.to_json(), sort_keys=True)
+# --- defaults that depend on the model ---
+
+FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd", "flow": "sd3"}
+FAMILY_SAMPLER = {"pixel": "ddim", "latent": "ddim", "text2image": "ddim", "flow": "euler"}
+
+
+def default_similarity(adapter) -> str:
+    # SSCD was trained on photos; on grayscale or tiny images its descriptor carries no copy signal.
+    return "pixel" if adapter.image_mode == "L" or adapter.image_size < 32 else "sscd"
+
+
+def default_config(adapter, **overrides) -> InvMMConfig:
+    """The family's preset with the similarity that suits the model's images; `overrides` win (None = default)."""
+    similarity = overrides.pop("similarity", None) or default_similarity(adapter)
+    name = overrides.pop("preset", None) or FAMILY_PRESET[adapter.family]
+    return preset(name, similarity=similarity, **overrides)
+
+
+def check_config_for_model(adapter, config: InvMMConfig) -> None:
+    """Refuse up front a config the model cannot run: the wrong sampler for its family, or a DDIM check with
+    more steps than the model has training timesteps."""
+    expected = FAMILY_SAMPLER.get(adapter.family)
+    if expected and config.sampler != expected:
+        raise InvMMInputError(
+            f"the {config.preset} preset samples with {config.sampler!r}, but a {adapter.family} model's check "
+            f"samples with {expected!r}; use --preset {FAMILY_PRESET[adapter.family]}"
+        )
+    n_train = getattr(adapter, "num_train_timesteps", None)
+    if n_train is not None and config.sampler_steps > n_train:
+        raise InvMMInputError(
+            f"sampler_steps {config.sampler_steps} exceeds the {n_train} timesteps the model was trained with; "
+            f"pass --sampler-steps {n_train} or fewer"
+        )

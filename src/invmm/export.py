@@ -7,9 +7,9 @@ import io
 import math
 from pathlib import Path
 
-from invmm.audit.ledger import LEDGER_FILE, Ledger, atomic_write_bytes
 from invmm.errors import InvMMInputError
 from invmm.result import Result
+from invmm.run.files import LEDGER_FILE, Ledger, atomic_write_bytes
 
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "steps", "min_similarity", "kl",
            "final_lambda", "guidance_scale", "prompt_mode", "prompt", "seconds", "seed", "resized", "error_kind",

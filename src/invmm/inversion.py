@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_cat
+from invmm.conditioning import cond_cat, conditioner
 from invmm.config import InvMMConfig
+from invmm.errors import InvMMInputError
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.result import Result
 
@@ -66,7 +67,8 @@ def apply_memory_options(adapter, config: InvMMConfig) -> None:
     denoiser = getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)
     if config.gradient_checkpointing and denoiser is not None:
         if not getattr(denoiser, "_supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(denoiser).__name__} does not support gradient checkpointing")
+            raise InvMMInputError(f"--gradient-checkpointing: {type(denoiser).__name__} does not support it; "
+                                  "leave the option out for this model")
         denoiser.enable_gradient_checkpointing()
     if config.attention_slicing and hasattr(denoiser, "set_attention_slice"):
         denoiser.set_attention_slice("auto")
@@ -105,8 +107,8 @@ class Inverter:
         cond = None
         if getattr(self.adapter, "conditional", False):
             invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
-            cond = self.adapter.conditioner(target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
-                                            seed=seed_from(image_seed, "gumbel"))
+            cond = conditioner(self.adapter, target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
+                               seed=seed_from(image_seed, "gumbel"))
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the
         # optimisation's noise: the same fit is judged by both samplers.

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from invmm.artifacts import artifact_stem
-from invmm.audit.ledger import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.errors import InvMMInputError
 from invmm.export import write_table_csv
 from invmm.plots import histograms_png, roc_png
 from invmm.result import Result
+from invmm.run.artifacts import artifact_stem
+from invmm.run.files import RUN_FILE, Ledger, atomic_write_bytes
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {

@@ -33,24 +33,25 @@ class Result:
     prompt: str | None = None  # the caption used, or the inverted soft prompt's argmax tokens as text
     guidance_scale: float | None = None  # the guidance scale at which the success check passed
     model: str | None = None
-    config: dict | None = None
-
-    @property
-    def memorized_within_budget(self) -> bool:
-        return self.status == "ok" and self.success
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        # JSON has no infinity: write null plus an explicit flag, so readers never mistake it for 0.
-        d["score_is_inf"] = self.status == "ok" and math.isinf(self.score)
-        if math.isinf(self.score) or math.isnan(self.score) or self.status != "ok":
-            d["score"] = None
+        d["score"], d["score_is_inf"] = score_to_json(self.score if self.status == "ok" else math.nan)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> Result:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in names}
-        if values.get("score") is None:
-            values["score"] = math.inf if d.get("score_is_inf") else math.nan
+        values["score"] = score_from_json(d.get("score"), d.get("score_is_inf", False))
         return cls(**values)
+
+
+def score_to_json(score: float) -> tuple[float | None, bool]:
+    """(value, is_inf) for a JSON record. JSON has no infinity: +inf is written as null plus an explicit flag,
+    so readers never mistake it for 0; NaN (no score) is null without the flag."""
+    return (score if math.isfinite(score) else None), (math.isinf(score) and score > 0)
+
+
+def score_from_json(value: float | None, is_inf: bool) -> float:
+    return math.inf if is_inf else (math.nan if value is None else float(value))

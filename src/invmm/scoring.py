@@ -8,7 +8,6 @@ what is there, so evaluation (evaluate.py) never recomputes a score, and an inte
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import time
@@ -18,9 +17,13 @@ from pathlib import Path
 
 import torch
 
-from invmm.audit.ledger import RUN_FILE, append_line, atomic_write_json, read_lines
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
+from invmm.result import score_from_json, score_to_json
+from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
+from invmm.run.info import run_info
+from invmm.run.lock import RunLock
+from invmm.scorers import build_scorer, split_specs
 
 SCORES_FILE = "scores.jsonl"
 CHEAP_BATCH = 16  # images per call for the one-pass scorers
@@ -41,16 +44,13 @@ class ScoreRecord:
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
-        d["score"] = self.score if math.isfinite(self.score) else None
-        d["score_is_inf"] = math.isinf(self.score) and self.score > 0
+        d["score"], d["score_is_inf"] = score_to_json(self.score)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> ScoreRecord:
         d = dict(d)
-        inf = d.pop("score_is_inf", False)
-        score = d.get("score")
-        d["score"] = math.inf if inf else (math.nan if score is None else float(score))
+        d["score"] = score_from_json(d.get("score"), d.pop("score_is_inf", False))
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -69,8 +69,6 @@ def read_run(run_dir: Path) -> dict:
 
 def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
     """Create run.json, or check the existing one agrees and add the new scorers and images to it."""
-    from invmm.measure import package_versions
-
     model = adapter.describe()
     dataset = [{"id": it.id, "path": it.path, "label": it.label, "caption": it.caption} for it in items]
     settings = {s.name: s.to_json() for s in scorers}
@@ -78,9 +76,7 @@ def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int
     if not path.exists():
         if run_dir.exists() and not run_dir.is_dir():
             raise InvMMInputError(f"{run_dir} is a file; choose another --out")
-        info = {"kind": "scores", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "model": model, "seed": seed, "dataset": dataset, "scorers": settings,
-                "versions": package_versions()}
+        info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers=settings)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, info)
         (run_dir / SCORES_FILE).touch()
@@ -118,28 +114,31 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
                   on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
     """Score every (image, scorer) pair not yet in run_dir; returns all records of the run folder."""
     run_dir = Path(run_dir)
-    _open_run(run_dir, adapter, items, scorers, seed)
-    ledger = run_dir / SCORES_FILE
-    done = {(r.id, r.scorer) for r in read_scores(run_dir)}
-    todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InvMMInputError(f"{run_dir} is a file; choose another --out")
+    with RunLock(run_dir):  # one writer per run folder, as for measure and audit
+        _open_run(run_dir, adapter, items, scorers, seed)
+        ledger = run_dir / SCORES_FILE
+        done = {(r.id, r.scorer) for r in read_scores(run_dir)}
+        todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
 
-    for scorer in scorers:
-        pending = todo[scorer.name]
-        size = getattr(scorer, "batch_images", CHEAP_BATCH)
-        for start in range(0, len(pending), size):
-            # Images are decoded per batch (copies, so the caller's items stay light): a large dataset
-            # never has to fit in memory.
-            loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size)
-                      for it in pending[start : start + size]]
-            for it in (it for it in loaded if it.error):
-                append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
-                                                status="error", error=it.error).to_json())
-            chunk = [it for it in loaded if not it.error]
-            if chunk:
-                _score_chunk(scorer, chunk, ledger, seed)
-            if on_batch:
-                on_batch(scorer.name, min(start + size, len(pending)), len(pending))
-    return read_scores(run_dir)
+        for scorer in scorers:
+            pending = todo[scorer.name]
+            size = getattr(scorer, "batch_images", CHEAP_BATCH)
+            for start in range(0, len(pending), size):
+                # Images are decoded per batch (copies, so the caller's items stay light): a large dataset
+                # never has to fit in memory.
+                loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size)
+                          for it in pending[start : start + size]]
+                for it in (it for it in loaded if it.error):
+                    append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
+                                                    status="error", error=it.error).to_json())
+                chunk = [it for it in loaded if not it.error]
+                if chunk:
+                    _score_chunk(scorer, chunk, ledger, seed)
+                if on_batch:
+                    on_batch(scorer.name, min(start + size, len(pending)), len(pending))
+        return read_scores(run_dir)
 
 
 def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> None:
@@ -157,3 +156,13 @@ def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> Non
                 status, error = "error", result.error
         append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
                                         error=error, seconds=round(per_image, 4), details=details).to_json())
+
+
+def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,
+                     batch_images: int = 8, invmm_config=None,
+                     on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
+    """score_dataset with scorers given as specs ("invmm,loss;pia:t=100"); every scorer is built (and a
+    scorer the model cannot run refused) before any image is scored."""
+    bound = [build_scorer(spec, adapter, invmm_config=invmm_config, batch_images=batch_images)
+             for spec in split_specs(scorers)]
+    return score_dataset(adapter, items, bound, run_dir, seed=seed, on_batch=on_batch)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.latent import LatentAdapter, resolve_latent_scale
-from invmm.adapters.pixel import check_resolution
+from invmm.adapters.codecs import VAECodec, check_resolution
 from invmm.adapters.text2image import encode_soft_tokens
-from invmm.conditioning import KnownPrompt, SoftPrompt, cond_cat
+from invmm.conditioning import classifier_free_guidance
 from invmm.functional import x0_from_flow_velocity
 
 # The authors invert SD3.5 at 512 x 512 (latent 16 x 64 x 64), not at its native 1024: models whose native
@@ -28,6 +27,7 @@ PAPER_RESOLUTION = 512
 class FlowAdapter:
     family = "flow"
     conditional = True
+    capabilities = frozenset({"text"})
     # The authors' SD3 check gives each of its samples its own Gumbel-softmax draw of the soft prompt.
     check_prompt_draws = "per_sample"
 
@@ -39,7 +39,8 @@ class FlowAdapter:
 
         self.device = torch.device(device)
         self.transformer = transformer.to(self.device).eval().requires_grad_(False)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale)
+        self.vae = self.codec.vae
         self.text_encoders = [e.to(self.device).eval().requires_grad_(False) if e is not None else None
                               for e in text_encoders]
         self.tokenizers = list(tokenizers)
@@ -49,27 +50,33 @@ class FlowAdapter:
         # Training sigmas (shifted as the model was trained) and the matching model timesteps.
         self.sigmas = scheduler.sigmas[: len(scheduler.timesteps)].to(self.device, torch.float32)
         self.timesteps = scheduler.timesteps.to(self.device, torch.float32)
-        self.scaling_factor, self.scale_source = resolve_latent_scale(vae, vae_saved_config, latent_scale)
-        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
         self.channels = int(self.transformer.config.in_channels)
-        self.image_mode = "RGB"
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.native_resolution = int(self.transformer.config.sample_size) * vae_factor
+        self.image_mode = self.codec.image_mode
+        self.native_resolution = int(self.transformer.config.sample_size) * self.codec.factor
         if resolution is None:
             resolution = min(self.native_resolution, PAPER_RESOLUTION)
         self.image_size = check_resolution(resolution, self.native_resolution,
-                                           vae_factor * int(self.transformer.config.patch_size))
+                                           self.codec.factor * int(self.transformer.config.patch_size))
         self.source = source
         clip_l = self.text_encoders[0]
+        self.soft_tokenizer = self.tokenizers[0]
         self.max_length = int(self.tokenizers[0].model_max_length)
         self.n_soft_tokens = self.max_length - 2
         self.vocab_size = int(clip_l.get_input_embeddings().weight.shape[0])
         self._empty_ids = self._tokenize(0, [""])
         self._uncond = self.prompt_embeddings([""])
 
-    # --- images <-> model space (the same VAE scaling as latent.py) ---
-    encode = LatentAdapter.encode
-    decode = LatentAdapter.decode
+    # --- images <-> model space ---
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size // self.codec.factor
+        return (self.channels, side, side)
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.codec.encode(images, generator)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(x0)
 
     # --- forward process and x0 ---
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,6 +98,10 @@ class FlowAdapter:
         v = self._velocity(x_t, self.timesteps[idx.to(self.device)], cond)
         return x0_from_flow_velocity(v, x_t, self._sigma(idx, x_t.ndim))
 
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+        """The velocity at model timesteps t (not training indices), with classifier-free guidance."""
+        return classifier_free_guidance(self._velocity, x, t, cond, self.uncond_embeddings(len(x)), guidance)
+
     def sampler(self, steps: int, schedule: str = "model"):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -111,15 +122,7 @@ class FlowAdapter:
         scheduler = self.sampler(steps, schedule)
         x = noise.to(self.device, torch.float32)
         for t in scheduler.timesteps:
-            tt = t.expand(len(x))
-            if cond is None or guidance == 1.0:
-                v = self._velocity(x, tt, cond)
-            else:
-                both = self._velocity(torch.cat([x, x]), torch.cat([tt, tt]),
-                                      cond_cat([self.uncond_embeddings(len(x)), cond]))
-                u, c = both.chunk(2)
-                v = u + guidance * (c - u)
-            x = scheduler.step(v, t, x).prev_sample
+            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
         return self.decode(x)
 
     # --- text conditioning ---
@@ -162,19 +165,11 @@ class FlowAdapter:
         g_hidden, g_pooled, t5 = (c.expand(n, *c.shape[1:]) for c in context)
         return self._join(out.hidden_states[-2], out[0], g_hidden, g_pooled, t5)
 
-    def decode_tokens(self, token_ids: list[int]) -> str:
-        return self.tokenizers[0].decode(token_ids, skip_special_tokens=True).strip()
-
-    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
-        return SoftPrompt(self, tau, caption, seed) if invert_prompt else KnownPrompt(self, caption or "")
-
     def describe(self) -> dict:
         return {
             "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
             "resolution": self.image_size, "native_resolution": self.native_resolution,
-            "latent_channels": self.channels, "vae_class": type(self.vae).__name__,
-            "scaling_factor": self.scaling_factor, "scaling_factor_source": self.scale_source,
-            "shift_factor": self.shift_factor, "vae_encoding": "posterior sample",
+            "latent_channels": self.channels, **self.codec.describe(),
             "t5": self.text_encoders[2] is not None, "vocab_size": self.vocab_size,
             "scheduler_class": self.scheduler_config.get("_class_name"),
             "shift": self.scheduler_config.get("shift"),

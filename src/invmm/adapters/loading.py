@@ -138,8 +138,9 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
 
 def load_options(adapter) -> dict:
     """The load_adapter arguments that rebuild `adapter` as it was loaded (for workers in other processes)."""
-    scale_from_user = getattr(adapter, "scale_source", None) == "user"
-    return {"resolution": adapter.image_size, "latent_scale": adapter.scaling_factor if scale_from_user else None}
+    codec = getattr(adapter, "codec", None)
+    scale_from_user = getattr(codec, "scale_source", None) == "user"
+    return {"resolution": adapter.image_size, "latent_scale": codec.scaling_factor if scale_from_user else None}
 
 
 def _build(cls, root: Path, *args, **kwargs):

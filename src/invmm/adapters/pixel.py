@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from invmm.conditioning import cond_cat
+from invmm.adapters.codecs import PixelCodec, check_resolution
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 # The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
@@ -21,27 +21,26 @@ DDIM_GRIDS = {
 }
 
 
-def check_resolution(resolution: int | None, native: int, multiple: int) -> int:
-    """The side images are measured at: the native one, or a user's choice the denoiser can take."""
-    if resolution is None:
-        return native
-    if resolution < multiple or resolution % multiple:
-        raise ValueError(
-            f"resolution {resolution} does not fit this model: it must be a positive multiple of {multiple} "
-            f"(the model's native side is {native})"
-        )
-    return int(resolution)
-
-
 class PixelAdapter:
+    """The DDPM-family numerical path for a `UNet2DModel`; pixel space, or another codec's (latent.py)."""
+
     family = "pixel"
+    conditional = False
+    capabilities = frozenset({"noise_schedule"})
 
     def __init__(self, unet, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = "",
-                 resolution: int | None = None):
+                 resolution: int | None = None, codec=None):
         from diffusers import DDIMScheduler
 
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.channels = int(self.unet.config.in_channels)
+        self.codec = codec or PixelCodec(self.channels, self.device)
+        if self.codec.channels != self.channels:
+            raise ValueError(f"the {self.codec.kind} codec makes {self.codec.channels}-channel inputs but the "
+                             f"denoiser takes {self.channels}")
+        self.vae = getattr(self.codec, "vae", None)
+        self.image_mode = self.codec.image_mode
         self.scheduler_config = dict(scheduler_config)
         prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         if prediction_type not in PREDICTION_TYPES:
@@ -55,37 +54,33 @@ class PixelAdapter:
         self._ddim = DDIMScheduler.from_config(self.scheduler_config)
         self.alphas_cumprod = self._ddim.alphas_cumprod.to(self.device, torch.float32)
         self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
-        self.channels = int(self.unet.config.in_channels)
-        self._setup_images()
-        self.native_resolution = self.image_size
-        self.image_size = check_resolution(resolution, self.native_resolution, self._size_multiple())
+        size = self.unet.config.sample_size
+        self.native_resolution = int(size if isinstance(size, int) else size[0]) * self.codec.factor
+        # The UNet halves the side once per down block but the last; the codec shrinks it by its factor.
+        multiple = self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.image_size = check_resolution(resolution, self.native_resolution, multiple)
         self.source = source
 
-    def _size_multiple(self) -> int:
-        """Image sides must be multiples of this: the UNet halves the size once per down block but the last."""
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    def _setup_images(self) -> None:
-        """What images look like to this model: mode and side length."""
-        if self.channels not in (1, 3):
-            raise ValueError(
-                f"the UNet takes {self.channels} input channels; pixel models must take 1 (grayscale) or 3 (RGB)"
-            )
-        self.image_mode = "L" if self.channels == 1 else "RGB"
-        size = self.unet.config.sample_size
-        self.image_size = int(size if isinstance(size, int) else size[0])
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size // self.codec.factor
+        return (self.channels, side, side)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return images.to(self.device, torch.float32)  # pixels are their own x0: nothing to draw
+        return self.codec.encode(images, generator)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return x0.clamp(-1, 1)
+        return self.codec.decode(x0)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
 
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at integer timesteps t (any shape)."""
+        return self.alphas_cumprod[torch.as_tensor(t).to(self.device)]
+
     def _abar(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        return self.alphas_cumprod[t.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
+        return self.alpha_bar(t).reshape(-1, *([1] * (ndim - 1)))
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return add_noise(x0, eps, self._abar(t, x0.ndim))
@@ -101,14 +96,14 @@ class PixelAdapter:
         out = self._model_output(x_t, t, cond)
         return x0_from_prediction(out, x_t, self._abar(t, x_t.ndim), self.prediction_type)
 
-    def _guided_output(self, x: torch.Tensor, t: torch.Tensor, cond, guidance: float) -> torch.Tensor:
-        if cond is None or guidance == 1.0:
-            return self._model_output(x, t, cond)
-        # Classifier-free guidance against the empty prompt, in one batched call.
-        uncond = self.uncond_embeddings(len(x))
-        out = self._model_output(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
-        u, c = out.chunk(2)
-        return u + guidance * (c - u)
+    def eps_prediction(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """The model's noise estimate, whatever it predicts: eps = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)."""
+        abar = self._abar(t, x_t.ndim)
+        return (x_t - abar.sqrt() * self.predict_x0(x_t, t, cond)) / (1 - abar).sqrt()
+
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+        """The raw model output a sampler steps with (text-conditional models add classifier-free guidance)."""
+        return self._model_output(x, t, cond)
 
     def sampler(self, steps: int, schedule: str = "model"):
         """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS)."""
@@ -135,7 +130,7 @@ class PixelAdapter:
         scheduler = self.sampler(steps, schedule)
         x = noise.to(self.device, torch.float32)
         for t in scheduler.timesteps:
-            out = self._guided_output(x, t.expand(len(x)), cond, guidance)
+            out = self.guided_output(x, t.expand(len(x)), cond, guidance)
             x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
         return self.decode(x)
 
@@ -147,6 +142,7 @@ class PixelAdapter:
             "resolution": self.image_size,
             "native_resolution": self.native_resolution,
             "channels": self.channels,
+            **self.codec.describe(),
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
             "scheduler_class": self.scheduler_config.get("_class_name"),

@@ -2,53 +2,44 @@
 
 Without a VAE the same model runs in pixel space (as the toy text-to-image model in the zoo does).
 
-The forward process, x0 conversion and DDIM sampler are those of latent.py / pixel.py; this file adds the
-text conditioning: fixed prompt embeddings, soft prompts (token-embedding mixtures substituted for
-positions 1..L-2 of the tokenized empty prompt, the start token and the last position kept), and
-classifier-free guidance against the empty prompt for the success check.
+The forward process, x0 conversion and DDIM sampler are those of pixel.py (through a VAE codec, or in pixel
+space); this file adds the text conditioning: fixed prompt embeddings, soft prompts (token-embedding
+mixtures substituted for positions 1..L-2 of the tokenized empty prompt, the start token and the last
+position kept), and classifier-free guidance against the empty prompt for the success check.
 """
 
 from __future__ import annotations
 
 import torch
 
-from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
-from invmm.conditioning import KnownPrompt, SoftPrompt
+from invmm.conditioning import classifier_free_guidance
 
 
-class Text2ImageAdapter(LatentAdapter):
+class Text2ImageAdapter(PixelAdapter):
     family = "text2image"
     conditional = True
+    capabilities = frozenset({"noise_schedule", "text"})
     # The authors' SD 1.x check draws one soft prompt and gives it to all samples at every guidance scale.
     check_prompt_draws = "shared"
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, *,
-                 device: str | torch.device = "cpu", source: str = "", **latent_options):
-        self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+                 device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
+                 vae_saved_config: dict | None = None, latent_scale: float | None = None):
+        codec = None  # without a VAE, pixel space
+        if vae is not None:
+            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+        super().__init__(unet, scheduler_config, device=device, source=source, resolution=resolution, codec=codec)
+        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        super().__init__(unet, vae, scheduler_config, device=device, source=source, **latent_options)
+        self.soft_tokenizer = tokenizer  # the one prompt inversion learns tokens of
         self.max_length = int(tokenizer.model_max_length)
         self.n_soft_tokens = self.max_length - 2
         self.token_embedding = self.text_encoder.get_input_embeddings()
         self.vocab_size = int(self.token_embedding.weight.shape[0])
         self._empty_ids = self.tokenize([""])
         self._uncond = self.prompt_embeddings([""])
-
-    def _setup_images(self) -> None:
-        if self.vae is None:
-            PixelAdapter._setup_images(self)
-        else:
-            super()._setup_images()
-
-    def _size_multiple(self) -> int:
-        return PixelAdapter._size_multiple(self) if self.vae is None else super()._size_multiple()
-
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return PixelAdapter.encode(self, images) if self.vae is None else super().encode(images, generator)
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return PixelAdapter.decode(self, x0) if self.vae is None else super().decode(x0)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
@@ -68,17 +59,14 @@ class Text2ImageAdapter(LatentAdapter):
         """Encode [n, L-2, V] token distributions: their embedding mixtures replace positions 1..L-2."""
         return encode_soft_tokens(self.text_encoder, self._empty_ids, probs)[0]
 
-    def decode_tokens(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-
-    def conditioner(self, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
-        return SoftPrompt(self, tau, caption, seed) if invert_prompt else KnownPrompt(self, caption or "")
-
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
             cond = self.uncond_embeddings(len(x_t))
         out = self.unet(x_t, t.to(self.device), encoder_hidden_states=cond).sample
         return out[:, : self.channels]
+
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+        return classifier_free_guidance(self._model_output, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
     def describe(self) -> dict:
         d = super().describe()

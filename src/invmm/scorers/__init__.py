@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from invmm.config import default_config
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.scorers.generate_compare import GenerateCompareScorer
 from invmm.scorers.invmm_score import InvMMScorer
@@ -13,6 +14,7 @@ from invmm.scorers.noise_norm import NoiseNormScorer
 from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
 
+DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
 }
@@ -53,8 +55,6 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
         raise ScorerError(f"unknown scorer {name!r}; available: {', '.join(SCORERS)}")
     cls = SCORERS[name]
     if cls is InvMMScorer:
-        from invmm.measure import default_config
-
         batch = options.pop("batch_images", invmm_options.pop("batch_images", 8))
         base = invmm_config or default_config(adapter, **{k: v for k, v in invmm_options.items() if k == "preset"})
         try:
@@ -71,6 +71,6 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
 
 
 __all__ = [
-    "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer", "PIAScorer", "Scorer",
-    "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
+    "DEFAULT_SCORERS", "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer",
+    "PIAScorer", "Scorer", "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
 ]

@@ -13,7 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from invmm.adapters.base import NOISE_SCHEDULE, TEXT
 from invmm.functional import seed_from
+
+CAPABILITY_NAMES = {NOISE_SCHEDULE: "a DDPM-style noise schedule (epsilon/v/sample prediction)",
+                    TEXT: "text conditioning"}
 
 
 class ScorerError(ValueError):
@@ -29,18 +33,14 @@ class Scorer:
 
     name = "scorer"
     higher_is_better = False
-    # "noise_schedule": a DDPM-family alphas_cumprod; "text": a text-conditional model
+    # capabilities the model must declare (adapters/base.py): NOISE_SCHEDULE, TEXT
     requires: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.check(self.adapter)
 
     def check(self, adapter) -> None:
-        missing = []
-        if "noise_schedule" in self.requires and not hasattr(adapter, "alphas_cumprod"):
-            missing.append("a DDPM-style noise schedule (epsilon/v/sample prediction)")
-        if "text" in self.requires and not getattr(adapter, "conditional", False):
-            missing.append("text conditioning")
+        missing = [CAPABILITY_NAMES[c] for c in self.requires if c not in adapter.capabilities]
         if missing:
             raise ScorerError(
                 f"scorer {self.name!r} needs {' and '.join(missing)}; the {adapter.family} model "
@@ -59,7 +59,7 @@ class Scorer:
         with torch.no_grad():
             x0 = adapter.encode(images)
             cond = None
-            if getattr(adapter, "conditional", False):
+            if adapter.conditional:
                 cond = adapter.prompt_embeddings([c or "" for c in captions])
             return [float(v) for v in self._score(adapter, x0, ids, cond, seed)]
 
@@ -73,9 +73,3 @@ class Scorer:
     def to_json(self) -> dict:
         return {"name": self.name, "higher_is_better": self.higher_is_better, **self.settings()}
 
-
-def eps_prediction(adapter, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-    """The model's noise estimate, whatever it predicts: eps = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)."""
-    abar = adapter.alphas_cumprod[t.to(adapter.device)].reshape(-1, *([1] * (x_t.ndim - 1)))
-    x0_hat = adapter.predict_x0(x_t, t, cond)
-    return (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()

@@ -32,33 +32,24 @@ class GenerateCompareScorer(Scorer):
     higher_is_better = True
     requires = ()
 
-    def samples(self, caption: str | None, seed: int, size: int | None = None) -> torch.Tensor:
+    def samples(self, caption: str | None, seed: int) -> torch.Tensor:
         adapter = self.adapter
         g = torch.Generator().manual_seed(seed_from(seed, self.name, caption or ""))
-        size = size or _latent_side(adapter)
-        noise = torch.randn((self.n_samples, adapter.channels, size, size), generator=g)
+        noise = torch.randn((self.n_samples, *adapter.latent_shape), generator=g)
         cond = None
-        if getattr(adapter, "conditional", False):
+        if adapter.conditional:
             cond = cond_expand(adapter.prompt_embeddings([caption or ""]), self.n_samples)
         return adapter.generate(noise, steps=self.sampler_steps, cond=cond, guidance=self.guidance).cpu()
 
     def score(self, images, ids, captions=None, seed=0):
-        adapter = self.adapter
         sim = build_similarity(self.similarity, sscd_resize=self.sscd_resize)
         captions = captions or [None] * len(ids)
         scores = []
         with torch.no_grad():
-            side = _latent_side(adapter)
             for image, caption in zip(images, captions):
                 key = (caption, seed)
                 if key not in self.cache:
-                    self.cache[key] = self.samples(caption, seed, side)
+                    self.cache[key] = self.samples(caption, seed)
                 scores.append(float(sim(self.cache[key], image).max()))
         return scores
 
-
-def _latent_side(adapter) -> int:
-    """Side of the model-space tensor the noise must have (pixels, or latents for VAE models)."""
-    with torch.no_grad():
-        probe = torch.zeros(1, 1 if adapter.image_mode == "L" else 3, adapter.image_size, adapter.image_size)
-        return int(adapter.encode(probe).shape[-1])

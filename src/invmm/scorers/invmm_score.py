@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.config import InvMMConfig
+from invmm.config import InvMMConfig, check_config_for_model, default_config
+from invmm.errors import InvMMInputError
 from invmm.inversion import Inverter, Target
 from invmm.result import Result
 from invmm.scorers.base import Scorer, ScorerError
@@ -32,14 +33,9 @@ class InvMMScorer(Scorer):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.config is None:
-            from invmm.measure import default_config
-
             self.config = default_config(self.adapter)
-        from invmm.errors import InvMMInputError
-        from invmm.measure import check_sampler_steps
-
         try:
-            check_sampler_steps(self.adapter, self.config)
+            check_config_for_model(self.adapter, self.config)
         except InvMMInputError as exc:
             raise ScorerError(f"invmm: {exc}") from None
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from invmm.adapters.base import NOISE_SCHEDULE
 from invmm.conditioning import cond_expand
-from invmm.scorers.base import Scorer, eps_prediction
+from invmm.scorers.base import Scorer
 
 
 @dataclass
@@ -22,7 +23,7 @@ class LossScorer(Scorer):
 
     name = "loss"
     higher_is_better = False
-    requires = ("noise_schedule",)
+    requires = (NOISE_SCHEDULE,)
 
     def _score(self, adapter, x0, ids, cond, seed):
         scores = []
@@ -32,6 +33,6 @@ class LossScorer(Scorer):
             t = torch.full((self.n_draws,), self.t, dtype=torch.long)
             x_t = adapter.add_noise(x0[i : i + 1].expand_as(eps), eps, t)
             c = cond_expand(cond[i : i + 1], self.n_draws) if cond is not None else None
-            err = (eps - eps_prediction(adapter, x_t, t, c)).pow(2).flatten(1).sum(1)
+            err = (eps - adapter.eps_prediction(x_t, t, c)).pow(2).flatten(1).sum(1)
             scores.append(err.mean())
         return torch.stack(scores)

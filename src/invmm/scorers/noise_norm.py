@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from invmm.adapters.base import NOISE_SCHEDULE, TEXT
 from invmm.conditioning import cond_expand
 from invmm.functional import seed_from
-from invmm.scorers.base import Scorer, eps_prediction
+from invmm.scorers.base import Scorer
 
 
 @dataclass
@@ -26,25 +27,22 @@ class NoiseNormScorer(Scorer):
 
     name = "noise_norm"
     higher_is_better = True
-    requires = ("noise_schedule", "text")
+    requires = (NOISE_SCHEDULE, TEXT)
 
     def _score(self, adapter, x0, ids, cond, seed):
-        from diffusers import DDIMScheduler
-
         scores = []
         for i, image_id in enumerate(ids):
             g = torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
             x = torch.randn((self.n_generations, *x0.shape[1:]), generator=g).to(adapter.device)
             c = cond_expand(cond[i : i + 1], self.n_generations)
             u = adapter.uncond_embeddings(self.n_generations)
-            scheduler = DDIMScheduler.from_config(adapter.scheduler_config)
-            scheduler.set_timesteps(self.sampler_steps)
+            scheduler = adapter.sampler(self.sampler_steps)
             norms = []
             for t in scheduler.timesteps[: self.n_steps]:
                 tt = t.expand(self.n_generations)
-                diff = eps_prediction(adapter, x, tt, c) - eps_prediction(adapter, x, tt, u)
+                diff = adapter.eps_prediction(x, tt, c) - adapter.eps_prediction(x, tt, u)
                 norms.append(diff.flatten(1).norm(dim=1))
                 # Follow the guided sampling trajectory to the next step.
-                x = scheduler.step(adapter._guided_output(x, tt, c, self.guidance), t, x).prev_sample
+                x = scheduler.step(adapter.guided_output(x, tt, c, self.guidance), t, x).prev_sample
             scores.append(torch.stack(norms).mean())
         return torch.stack(scores)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.scorers.base import Scorer, eps_prediction
+from invmm.adapters.base import NOISE_SCHEDULE
+from invmm.scorers.base import Scorer
 
 
 @dataclass
@@ -22,12 +23,12 @@ class PIAScorer(Scorer):
 
     name = "pia"
     higher_is_better = False
-    requires = ("noise_schedule",)
+    requires = (NOISE_SCHEDULE,)
 
     def _score(self, adapter, x0, ids, cond, seed):
         n = len(x0)
-        eps0 = eps_prediction(adapter, x0, torch.zeros(n, dtype=torch.long), cond)
+        eps0 = adapter.eps_prediction(x0, torch.zeros(n, dtype=torch.long), cond)
         t = torch.full((n,), self.t, dtype=torch.long)
         x_t = adapter.add_noise(x0, eps0, t)
-        diff = (eps0 - eps_prediction(adapter, x_t, t, cond)).flatten(1)
+        diff = (eps0 - adapter.eps_prediction(x_t, t, cond)).flatten(1)
         return diff.norm(p=self.p, dim=1)

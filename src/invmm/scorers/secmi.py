@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.scorers.base import Scorer, eps_prediction
+from invmm.adapters.base import NOISE_SCHEDULE
+from invmm.scorers.base import Scorer
 
 
 def ddim_transfer(adapter, x: torch.Tensor, t_from: int, t_to: int, cond) -> torch.Tensor:
@@ -23,10 +24,10 @@ def ddim_transfer(adapter, x: torch.Tensor, t_from: int, t_to: int, cond) -> tor
     """
     n = len(x)
     t = torch.full((n,), max(t_from, 0), dtype=torch.long)
-    eps = eps_prediction(adapter, x, t, cond)
-    abar_from = adapter.alphas_cumprod[t_from] if t_from >= 0 else torch.tensor(1.0)
+    eps = adapter.eps_prediction(x, t, cond)
+    abar_from = adapter.alpha_bar(t_from) if t_from >= 0 else torch.tensor(1.0)
     x0_hat = (x - (1 - abar_from).sqrt() * eps) / abar_from.sqrt()
-    abar_to = adapter.alphas_cumprod[t_to]
+    abar_to = adapter.alpha_bar(t_to)
     return abar_to.sqrt() * x0_hat + (1 - abar_to).sqrt() * eps
 
 
@@ -37,7 +38,7 @@ class SecMIScorer(Scorer):
 
     name = "secmi"
     higher_is_better = False
-    requires = ("noise_schedule",)
+    requires = (NOISE_SCHEDULE,)
 
     def _score(self, adapter, x0, ids, cond, seed):
         x, t = x0, -1

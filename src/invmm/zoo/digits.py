@@ -219,3 +219,22 @@ def demo_images(manifest: dict, per_group: int) -> list[dict]:
     """The first `per_group` images of the most duplicated level, of the single-copy level and held out."""
     top = max(e["copies"] for e in manifest["images"])
     return select_images(manifest, {top: per_group, 1: per_group, 0: per_group})
+
+
+def group_name(entry: dict) -> str:
+    """"64 copies", "1 copy" or "held out": how the demo groups a manifest entry."""
+    if entry["split"] == "heldout":
+        return "held out"
+    return f"{entry['copies']} cop{'y' if entry['copies'] == 1 else 'ies'}"
+
+
+def write_manifest_csv(manifest: dict, paths: list[Path], out: Path) -> Path:
+    """manifest.csv beside exported images: path, id, source index, copies, split."""
+    import csv
+
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "id", "source_index", "copies", "split"])
+        for p, e in zip(paths, manifest["images"]):
+            w.writerow([p.name, e["id"], e["source_index"], e["copies"], e["split"]])
+    return out / "manifest.csv"

@@ -18,6 +18,7 @@ import torch
 
 from invmm.functional import seed_from
 from invmm.zoo.digits import DigitsTrainConfig, digits_uint8, plan_dataset, to_model_space, train_denoiser
+from invmm.zoo.tokenizer import build_clip_tokenizer
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -65,8 +66,6 @@ def build_unet(cfg: DigitsT2IConfig):
 
 def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
     from diffusers import DDPMScheduler
-
-    from invmm.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(cfg.seed)
     entries = plan_dataset(cfg)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invmm.audit.ledger import atomic_write_bytes
 from invmm.images import to_uint8
+from invmm.run.files import atomic_write_bytes
 
 
 def safe_name(image_id: str) -> str:

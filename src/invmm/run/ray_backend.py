@@ -1,4 +1,4 @@
-"""The Ray backend of `invmm audit`: one actor per GPU (or per CPU slot), each loading the model once.
+"""The Ray backend of the run engine: one actor per GPU (or per CPU slot), each loading the model once.
 
 The driver keeps one batch in flight per actor, collects finished batches with `ray.wait`, and writes
 every result itself. A batch whose actor died is requeued (bounded per image), the actor replaced.
@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
+import torch
+
+from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig
-from invmm.inversion import Outcome, Target
+from invmm.errors import InvMMInputError
+from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
+from invmm.similarity import build_similarity
 
 
 class InversionWorker:
@@ -20,12 +25,6 @@ class InversionWorker:
 
     def __init__(self, model: str, device: str, config: dict, batch_images: int, allow_pickle: bool,
                  threads: int | None, load_options: dict | None = None):
-        import torch
-
-        from invmm.adapters.loading import load_adapter
-        from invmm.inversion import Inverter
-        from invmm.similarity import build_similarity
-
         if threads:
             torch.set_num_threads(threads)
         cfg = InvMMConfig.from_json(config)
@@ -60,8 +59,6 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
     try:
         import ray
     except ImportError:
-        from invmm.errors import InvMMInputError
-
         raise InvMMInputError("--backend ray needs Ray: pip install 'invmm[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:

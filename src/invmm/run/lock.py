@@ -1,7 +1,7 @@
 """One writer per run folder: an exclusive, non-blocking flock on RUN/.lock.
 
 The kernel drops the lock when the process dies (kill -9 included), so a crashed audit never leaves a
-stale lock behind; a second live audit on the same folder is refused.
+stale lock behind; a second live run on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class RunLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise InvMMInputError(
-                f"{self.path.parent} is in use by another audit (pid {holder}); wait for it to finish or give "
-                "another --out"
+                f"{self.path.parent} is in use by another audit or measure run (pid {holder}); wait for it to "
+                "finish or give another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

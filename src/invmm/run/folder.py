@@ -1,0 +1,64 @@
+"""Opening a run folder: create it, or, to resume, check that it was made the same way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from invmm.errors import InvMMInputError
+from invmm.run.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, repair_tail
+
+# How the model was loaded (--resolution, --latent-scale) changes every score as much as the config does.
+MODEL_SETTINGS = ("resolution", "scaling_factor")
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def next_free(run_dir: Path) -> Path:
+    n = 2
+    while (run_dir.parent / f"{run_dir.name}-{n}").exists():
+        n += 1
+    return run_dir.parent / f"{run_dir.name}-{n}"
+
+
+def read_run_info(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+
+
+def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
+    """Create the run; or, with resume, check an existing one matches and reopen it. Returns the ledger and
+    the bytes cut from a torn last line. Without resume an existing run is never touched."""
+    if not (resume and (run_dir / RUN_FILE).exists()):
+        if resume and (run_dir / LEDGER_FILE).exists():
+            raise InvMMInputError(f"{run_dir} has {LEDGER_FILE} but no {RUN_FILE}; it is not a run folder this "
+                                  "tool wrote. Give another --out")
+        return Ledger.create(run_dir, info), 0
+    old = read_run_info(run_dir)
+    changed = []
+    if old.get("model_fingerprint") != info["model_fingerprint"]:
+        changed.append(f"model weights ({old.get('model_path')} fingerprint {old.get('model_fingerprint', '')[:12]}"
+                       f" -> {info['model_path']} {info['model_fingerprint'][:12]})")
+    diff = settings_diff(old.get("config", {}), info["config"])
+    if diff:
+        changed.append("config " + "; ".join(diff))
+    diff = settings_diff({k: old.get("model", {}).get(k) for k in MODEL_SETTINGS},
+                         {k: info["model"].get(k) for k in MODEL_SETTINGS})
+    if diff:
+        changed.append("model settings " + "; ".join(diff))
+    if changed:
+        raise InvMMInputError(f"{run_dir} holds a run made differently: {'; '.join(changed)}. Rerun with "
+                              "the same settings to resume, or add --force-new to start over in a new folder")
+    torn = repair_tail(run_dir / LEDGER_FILE)
+    old.setdefault("resumed", []).append({"at": info["created"], "dataset_hash": info["dataset"]["hash"],
+                                          "backend": info["backend"]})
+    atomic_write_json(run_dir / RUN_FILE, old)
+    return Ledger(run_dir), torn
+
+
+def add_session(run_dir: Path, session: dict) -> None:
+    """Cost accounting for the report: a session that was killed is missing, never double counted."""
+    info = read_run_info(run_dir)
+    info.setdefault("sessions", []).append(session)
+    atomic_write_json(Path(run_dir) / RUN_FILE, info)
