@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from invmm.errors import InvMMInputError
+from invmm.evaluate_run import choose_labels
+from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
 from invmm.export import write_table_csv
 from invmm.plots import histograms_png, roc_png
 from invmm.result import Result
@@ -161,9 +163,6 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
 
 def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figures: dict) -> str:
     from sklearn.metrics import roc_curve
-
-    from invmm.evaluate_run import choose_labels
-    from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
 
     try:
         cmp = choose_labels([r.label for r in ok if r.label is not None], positive, None)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from invmm.adapters.flow import FlowAdapter
+from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.pixel import PixelAdapter
+from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.errors import InvMMInputError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -117,8 +121,6 @@ def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pi
         )
     unet = _load_component(diffusers.UNet2DModel, root / "unet", allow_pickle, root)
     vae_dir = next((root / n for n in ("vae", "vqvae") if (root / n / "config.json").exists()), None)
-    from invmm.adapters.latent import LatentAdapter
-    from invmm.adapters.pixel import PixelAdapter
 
     if vae_dir is None:
         if latent_scale is not None:
@@ -155,7 +157,6 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
     import diffusers
     import transformers
 
-    from invmm.adapters.text2image import Text2ImageAdapter
 
     missing = [c for c in ("text_encoder", "tokenizer") if not (root / c).is_dir()]
     if missing:
@@ -188,7 +189,6 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import diffusers
     import transformers
 
-    from invmm.adapters.flow import FlowAdapter
 
     cls_name = _read_json(root / "transformer" / "config.json", f"model {root}").get("_class_name")
     if cls_name != "SD3Transformer2DModel":
