@@ -1,6 +1,6 @@
 """Render an HTML file in headless Chromium: a screenshot, the DOM after scripts ran, the console output.
 
-Used to check the report in a real browser (tests and benchmarks/report_screenshot.py). Chromium comes from
+Used to check the report in a real browser (tests and benchmarks/audit_scale.py). Chromium comes from
 the system (Debian package `chromium`); nothing here touches the network.
 """
 

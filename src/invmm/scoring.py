@@ -2,7 +2,7 @@
 
 The run folder holds run.json (model, seed, dataset, every scorer's settings) and scores.jsonl, one line
 per (image, scorer), appended durably as each batch finishes. Running again with the same folder skips
-what is there, so evaluation (evaluate.py) never recomputes a score, and an interrupted scoring resumes.
+what is there, so evaluation (evaluate_run.py) never recomputes a score, and an interrupted scoring resumes.
 """
 
 from __future__ import annotations
