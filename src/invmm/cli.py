@@ -138,7 +138,7 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
-def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None):
+def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, backend="local"):
     """Measure with a progress bar, print the table, exit 2 on unusable input and 1 on a diverged image."""
     bar = None
 
@@ -156,7 +156,7 @@ def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, p
 
     t0 = time.perf_counter()
     try:
-        results = run_measure_images(adapter, inputs, config, out=out, batch_images=batch_images,
+        results = run_measure_images(adapter, inputs, config, out=out, batch_images=batch_images, backend=backend,
                                      on_result=on_result, on_step=on_step, on_start=on_start, run_extra=run_extra,
                                      prompt=prompt)
     except InvMMInputError as exc:
@@ -181,6 +181,7 @@ def measure(
     prompt: Annotated[str, typer.Option(help="text-to-image: the images' training caption (known-caption "
                                              "mode)")] = None,
     hub: Annotated[bool, typer.Option(help="treat MODEL as a Hugging Face Hub id and download it")] = False,
+    backend: Annotated[str, typer.Option(help="local (default) or ray (a local Ray cluster)")] = "local",
     batch_images: BatchImages = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
@@ -210,7 +211,7 @@ def measure(
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, hub=hub,
                             resolution=resolution, latent_scale=latent_scale)
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
-                run_extra={"argv": sys.argv}, prompt=prompt)
+                run_extra={"argv": sys.argv}, prompt=prompt, backend=backend)
 
 
 @app.command()
