@@ -109,3 +109,19 @@ def check_resolution(resolution: int | None, native: int, multiple: int) -> int:
             f"(the model's native side is {native})"
         )
     return int(resolution)
+
+
+class CodecImages:
+    """The contract's images <-> model-space members, for an adapter holding `codec`, `channels` and
+    `image_size`."""
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size // self.codec.factor
+        return (self.channels, side, side)
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.codec.encode(images, generator)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(x0)

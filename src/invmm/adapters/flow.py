@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.codecs import VAECodec, check_resolution
+from invmm.adapters.codecs import CodecImages, VAECodec, check_resolution
 from invmm.adapters.text2image import encode_soft_tokens
 from invmm.conditioning import classifier_free_guidance
 from invmm.functional import x0_from_flow_velocity
@@ -24,7 +24,7 @@ from invmm.functional import x0_from_flow_velocity
 PAPER_RESOLUTION = 512
 
 
-class FlowAdapter:
+class FlowAdapter(CodecImages):
     family = "flow"
     conditional = True
     capabilities = frozenset({"text"})
@@ -65,18 +65,6 @@ class FlowAdapter:
         self.vocab_size = int(clip_l.get_input_embeddings().weight.shape[0])
         self._empty_ids = self._tokenize(0, [""])
         self._uncond = self.prompt_embeddings([""])
-
-    # --- images <-> model space ---
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.image_size // self.codec.factor
-        return (self.channels, side, side)
-
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.codec.encode(images, generator)
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return self.codec.decode(x0)
 
     # --- forward process and x0 ---
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.codecs import PixelCodec, check_resolution
+from invmm.adapters.codecs import CodecImages, PixelCodec, check_resolution
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 # The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
@@ -21,7 +21,7 @@ DDIM_GRIDS = {
 }
 
 
-class PixelAdapter:
+class PixelAdapter(CodecImages):
     """The DDPM-family numerical path for a `UNet2DModel`; pixel space, or another codec's (latent.py)."""
 
     family = "pixel"
@@ -60,17 +60,6 @@ class PixelAdapter:
         multiple = self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.image_size = check_resolution(resolution, self.native_resolution, multiple)
         self.source = source
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.image_size // self.codec.factor
-        return (self.channels, side, side)
-
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.codec.encode(images, generator)
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return self.codec.decode(x0)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
