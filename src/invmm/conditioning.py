@@ -78,7 +78,7 @@ class SoftPrompt:
         """The prompts of an n-sample success check: Gumbel-softmax draws, as the authors' check takes them
         (not the mean mixture softmax(logits / tau)), from the same stream as the optimisation's draws.
         One draw shared by all samples, or one per sample, as the adapter's family does it."""
-        per_sample = getattr(self.adapter, "check_prompt_draws", "shared") == "per_sample"
+        per_sample = self.adapter.check_prompt_draws == "per_sample"
         g = gumbel_noise((n if per_sample else 1, *self.logits.shape), self.gen)
         return cond_expand(self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau),
                                                                self.context), n)

@@ -16,10 +16,6 @@ PIXEL_THRESHOLD = 0.985
 SSCD_THRESHOLD = 0.5
 CHECK_SCHEDULES = ("paper", "model")
 
-# The authors invert SD3.5 at 512 x 512 (latent 16 x 64 x 64), not at the model's native 1024: a family
-# listed here is measured at this side by default when its native side is larger (--resolution overrides).
-FAMILY_MAX_RESOLUTION = {"flow": 512}
-
 
 @dataclass
 class InvMMConfig:
