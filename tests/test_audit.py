@@ -40,19 +40,22 @@ def audit_cmd(toy_model, data, out, *extra):
 
 
 def scores(run):
-    return {r.id: (r.status, r.score, r.steps) for r in Ledger(run).read()}
+    return {(r.id, r.repeat): (r.status, r.score, r.steps) for r in Ledger(run).read()}
 
 
-def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, dataset):
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, dataset, repeats):
+    rep = ["--repeats", str(repeats)]
     ref = tmp_path / "ref"
-    res = runner.invoke(app, ["audit", str(toy_model), str(dataset / "data.csv"), "--out", str(ref), *FAST])
+    res = runner.invoke(app, ["audit", str(toy_model), str(dataset / "data.csv"), "--out", str(ref), *FAST, *rep])
     assert res.exit_code == 0, res.output
     expected = scores(ref)
-    assert len(expected) == 32
+    n = 32 * repeats
+    assert len(expected) == n
 
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(audit_cmd(toy_model, dataset / "data.csv", run), env=env,
+    proc = subprocess.Popen(audit_cmd(toy_model, dataset / "data.csv", run, *rep), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = run / "results.jsonl"
     deadline = time.time() + 120
@@ -62,16 +65,17 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_m
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = ledger.read_text().count("\n")
-    assert 6 <= written < 32, "the audit must be killed mid-run"
+    assert 6 <= written < n, "the audit must be killed mid-run"
     with open(ledger, "a") as f:  # what a crash mid-write leaves: a torn, unterminated line
         f.write('{"id": "images/digit-')
 
-    res = subprocess.run(audit_cmd(toy_model, dataset / "data.csv", run), env=env, capture_output=True, text=True)
+    res = subprocess.run(audit_cmd(toy_model, dataset / "data.csv", run, *rep), env=env, capture_output=True,
+                         text=True)
     assert res.returncode == 0, res.stderr
     assert f"{written} already done" in res.stdout and "torn" in res.stdout
     records = Ledger(run).read()
-    ids = [r.id for r in records]
-    assert len(ids) == len(set(ids)) == 32  # none lost, none duplicated
+    keys = [(r.id, r.repeat) for r in records]
+    assert len(keys) == len(set(keys)) == n  # no repeat lost, none duplicated
     assert scores(run) == expected  # equal to the uninterrupted run
     assert len(json.loads((run / "run.json").read_text())["sessions"]) == 1  # the killed one never finished
 

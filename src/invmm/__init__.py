@@ -3,7 +3,8 @@
 from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.measure import measure
+from invmm.repeats import compare_scores
 from invmm.result import Result
 
-__all__ = ["InvMMConfig", "InvMMInputError", "PRESETS", "Result", "measure", "preset"]
+__all__ = ["InvMMConfig", "InvMMInputError", "PRESETS", "Result", "compare_scores", "measure", "preset"]
 __version__ = "0.1.0"

@@ -52,6 +52,9 @@ Resolution = Annotated[int, typer.Option(help="image side to measure at (default
 LatentScale = Annotated[float, typer.Option(help="VAE latent scale factor (default: the VAE's saved config; 1.0 "
                                                  "for a VQ autoencoder that states none)")]
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
+Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
+                                                  "median, with successes k/R and an interval (3 or more "
+                                                  "recommended to rank images; see the README)")]
 
 # InvMM (measure, audit, evaluate's invmm scorer): None = the preset's value
 Preset = Annotated[str, typer.Option(help="ddpm | ldm | sd | sd3 (default: from the model family)")]
@@ -112,17 +115,24 @@ def _fmt_score(r) -> str:
     return "inf" if math.isinf(r.score) else f"{r.score:.4f}"
 
 
+def _fmt_bound(v) -> str:
+    return "-" if v is None else ("inf" if math.isinf(v) else f"{v:.4f}")
+
+
 def format_table(results) -> str:
-    rows = [("image", "score", "success", "steps", "min sim", "seconds")]
+    """One row per image; with repeats, the score is the median and the row shows k/R and the interval."""
+    repeated = any(r.n_repeats > 1 for r in results)
+    head = ("image", "score", "success", "steps", "min sim", "seconds")
+    rows = [head[:2] + ("reproduced", "interval (coverage)") + head[3:] if repeated else head]
     for r in results:
-        rows.append((
-            r.id,
-            _fmt_score(r),
-            "yes" if r.success else "no",
-            str(r.steps),
-            "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
-            "-" if r.seconds is None else f"{r.seconds:.1f}",
-        ))
+        row = [r.id, _fmt_score(r), "yes" if r.success else "no", str(r.steps),
+               "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
+               "-" if r.seconds is None else f"{r.seconds:.1f}"]
+        if repeated:
+            interval = "-" if r.score_low is None else \
+                f"[{_fmt_bound(r.score_low)}, {_fmt_bound(r.score_high)}] ({r.interval_coverage:.0%})"
+            row[2:3] = [f"{r.successes or 0}/{r.n_repeats}", interval]
+        rows.append(tuple(row))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -135,16 +145,21 @@ def format_table(results) -> str:
     if errors:
         lines.append("")
         lines += [f"error: {r.id}: {r.error}" for r in errors]
+    if repeated:
+        lines += ["", "score: median over the repeats (inf ordered last); steps, min sim: the median repeat's; "
+                      "interval: order-statistic interval of the median, with its coverage"]
     return "\n".join(lines)
 
 
-def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, backend="local"):
+def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, backend="local",
+                repeats=1):
     """Measure with a progress bar, print the table, exit 2 on unusable input and 1 on a diverged image."""
     bar = None
 
     def on_start(n):
         nonlocal bar
-        bar = tqdm(total=n, unit="img", desc="InvMM", disable=not sys.stderr.isatty(), file=sys.stderr)
+        bar = tqdm(total=n, unit="inv" if repeats > 1 else "img", desc="InvMM", disable=not sys.stderr.isatty(),
+                   file=sys.stderr)
 
     def on_step(steps):
         if bar is not None and steps:
@@ -156,7 +171,8 @@ def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, p
 
     t0 = time.perf_counter()
     try:
-        results = run_measure_images(adapter, inputs, config, out=out, batch_images=batch_images, backend=backend,
+        results = run_measure_images(adapter, inputs, config, out=out, batch_images=batch_images, repeats=repeats,
+                                     backend=backend,
                                      on_result=on_result, on_step=on_step, on_start=on_start, run_extra=run_extra,
                                      prompt=prompt)
     except InvMMInputError as exc:
@@ -182,6 +198,7 @@ def measure(
                                              "mode)")] = None,
     hub: Annotated[bool, typer.Option(help="treat MODEL as a Hugging Face Hub id and download it")] = False,
     backend: Annotated[str, typer.Option(help="local (default) or ray (a local Ray cluster)")] = "local",
+    repeats: Repeats = 1,
     batch_images: BatchImages = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
@@ -211,7 +228,7 @@ def measure(
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, hub=hub,
                             resolution=resolution, latent_scale=latent_scale)
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
-                run_extra={"argv": sys.argv}, prompt=prompt, backend=backend)
+                run_extra={"argv": sys.argv}, prompt=prompt, backend=backend, repeats=repeats)
 
 
 @app.command()
@@ -227,6 +244,8 @@ def audit(
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray actor")] = 1.0,
     workers: Annotated[int, typer.Option(help="at most this many Ray actors (default: one per GPU or CPU "
                                               "slot)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="independent inversions per image (R); resuming with a "
+                                                     "larger R adds the missing repeats")] = 1,
     batch_images: BatchImages = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
@@ -265,8 +284,8 @@ def audit(
 
     def on_start(total, done):
         nonlocal bar
-        bar = tqdm(total=total, initial=done, unit="img", desc="audit", disable=not sys.stderr.isatty(),
-                   file=sys.stderr)
+        bar = tqdm(total=total, initial=done, unit="inv" if repeats > 1 else "img", desc="audit",
+                   disable=not sys.stderr.isatty(), file=sys.stderr)
 
     def on_result(res):
         if res.status != "ok" and res.error_kind == "input":
@@ -280,6 +299,7 @@ def audit(
 
     try:
         s = run_audit(model, items, config, out, adapter=adapter, backend=backend, batch_images=batch_images,
+                      repeats=repeats,
                       allow_pickle=allow_pickle, force_new=force_new, ray_address=address,
                       gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=on_start,
                       on_result=on_result, run_extra={"argv": sys.argv})
@@ -288,7 +308,8 @@ def audit(
     finally:
         if bar is not None:
             bar.close()
-    typer.echo(f"{s.run_dir}: {s.total} images; {s.already_done} already done, {s.scored} scored now "
+    what = f"{s.images} images x {s.repeats} repeats = {s.total} inversions" if s.repeats > 1 else f"{s.total} images"
+    typer.echo(f"{s.run_dir}: {what}; {s.already_done} already done, {s.scored} scored now "
                f"({s.not_reproduced} not reproduced within the budget), {s.errors} errors, {s.seconds:.1f} s")
     if s.torn_bytes:
         typer.echo(f"resumed after a crash: cut a torn last ledger line ({s.torn_bytes} bytes)")
@@ -303,10 +324,12 @@ def export_cmd(
     run: Annotated[Path, typer.Argument(help="audit or measure run folder")],
     format: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
     out: Annotated[Path, typer.Option(help="output file (default: RUN/results.csv or .parquet)")] = None,
+    per_repeat: Annotated[bool, typer.Option(help="one row per repeat (as the ledger holds them) instead of one "
+                                                  "per image")] = False,
 ):
-    """Write the run's ledger as one table (one row per image)."""
+    """Write the run's ledger as one table (one row per image: with repeats, its median, k/R and interval)."""
     try:
-        path = export_run(run, format, out)
+        path = export_run(run, format, out, per_repeat=per_repeat)
     except InvMMInputError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}")
@@ -342,6 +365,8 @@ def evaluate(
     negative: Annotated[list[str], typer.Option(help="label(s) counted as the rest (default: every other "
                                                      "label)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    repeats: Annotated[int, typer.Option(min=1, help="the invmm scorer's independent inversions per image; its "
+                                                     "score is their median")] = 1,
     batch_images: BatchImages = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
@@ -387,7 +412,7 @@ def evaluate(
                 bar.refresh()
 
             try:
-                score_with_specs(adapter, items, scorers, run, seed=seed, batch_images=batch_images,
+                score_with_specs(adapter, items, scorers, run, seed=seed, batch_images=batch_images, repeats=repeats,
                                  invmm_config=config, on_batch=progress)
             except ScorerError as exc:
                 _fail(str(exc))

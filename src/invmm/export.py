@@ -1,4 +1,5 @@
-"""A run's ledger as one flat table, CSV or Parquet (one row per image)."""
+"""A run's ledger as one flat table, CSV or Parquet: one row per image (its summary over the repeats), or
+with per_repeat one row per inversion as the ledger holds them."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import math
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
+from invmm.repeats import combine
 from invmm.result import Result
 from invmm.run.files import LEDGER_FILE, Ledger, atomic_write_bytes
 
-COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "steps", "min_similarity", "kl",
-           "final_lambda", "guidance_scale", "prompt_mode", "prompt", "seconds", "seed", "resized", "error_kind",
-           "error"]
+COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
+           "score_high", "interval_coverage", "steps", "min_similarity", "kl", "final_lambda", "guidance_scale",
+           "prompt_mode", "prompt", "seconds", "seed", "resized", "error_kind", "error"]
+# One inversion per row: the image's summary columns give way to the repeat's index and stream.
+REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
+                                                  "interval_coverage")] + ["repeat", "image_seed"]
 
 
-def rows(results: list[Result]) -> list[dict]:
-    return [{c: getattr(r, c) for c in COLUMNS} for r in results]
+def rows(results: list[Result], columns: list[str] = COLUMNS) -> list[dict]:
+    return [{c: getattr(r, c) for c in columns} for r in results]
 
 
 def _csv_value(v):
@@ -28,31 +33,33 @@ def _csv_value(v):
     return v
 
 
-def write_table_csv(results: list[Result], path: Path) -> Path:
+def write_table_csv(results: list[Result], path: Path, columns: list[str] = COLUMNS) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
-    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows(results))
+    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows(results, columns))
     atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
     return Path(path)
 
 
-def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
+def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, *,
+               per_repeat: bool = False) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / LEDGER_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {LEDGER_FILE}; give a folder written by `invmm audit` or `measure`")
     if fmt not in ("csv", "parquet"):
         raise InvMMInputError(f"--format must be csv or parquet, got {fmt!r}")
     out = Path(out) if out else run_dir / f"results.{fmt}"
-    results = Ledger(run_dir).read()
+    lines = Ledger(run_dir).read()
+    results, columns = (lines, REPEAT_COLUMNS) if per_repeat else (combine(lines), COLUMNS)
     if fmt == "csv":
-        return write_table_csv(results, out)
+        return write_table_csv(results, out, columns)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InvMMInputError("Parquet export needs pyarrow: pip install 'invmm[parquet]'") from None
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows(results)), sink)
+    pq.write_table(pa.Table.from_pylist(rows(results, columns)), sink)
     atomic_write_bytes(out, sink.getvalue().to_pybytes())
     return out

@@ -18,6 +18,7 @@ from invmm.conditioning import cond_cat, conditioner
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
+from invmm.repeats import repeat_seed
 from invmm.result import Result
 
 
@@ -27,6 +28,7 @@ class Target:
     pixels: torch.Tensor  # [C, S, S] in [-1, 1], as the model sees it
     path: str = ""
     caption: str | None = None
+    repeat: int = 0  # which independent inversion of this image (its random streams follow from it)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Inverter:
 
     def _start(self, target: Target) -> _State:
         cfg = self.config
-        image_seed = seed_from(cfg.seed, target.id)
+        image_seed = repeat_seed(cfg.seed, target.id, target.repeat)
         gen = torch.Generator().manual_seed(image_seed)
         with torch.no_grad():
             # A VAE posterior is sampled once per image, from the image's own stream.
@@ -137,6 +139,7 @@ class Inverter:
             image_seed=s.image_seed,
             seconds=round(time.perf_counter() - s.started, 3),
             caption=s.target.caption,
+            repeat=s.target.repeat,
             guidance_scale=s.guidance_scale,
             **(s.cond.describe() if s.cond else {}),
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig, default_config
 from invmm.images import ImageItem, collect_images
+from invmm.repeats import combine
 from invmm.result import Result
 from invmm.run.engine import run_images
 
@@ -22,6 +23,7 @@ def measure(
     *,
     out: str | Path | None = None,
     batch_images: int = 8,
+    repeats: int = 1,
     device: str = "cpu",
     allow_pickle: bool = False,
     hub: bool = False,
@@ -37,7 +39,9 @@ def measure(
     Images that cannot be used get a Result with status "error" and a message; the others are measured.
     With `out`, the run folder gets run.json, results.jsonl (a line per image, as it finishes), and per
     image its fitted mu/logvar (safetensors) and a PNG of the target beside the last check's samples.
-    Results come back in the order of `images`.
+    With `repeats` R > 1 every image is inverted R times from independent streams (as more rows of the same
+    batches); each returned Result then summarises its image (median score, successes out of R, interval,
+    and every repeat in `repeats`; see invmm.repeats). Results come back in the order of `images`.
     """
     adapter = model if hasattr(model, "predict_x0") else load_adapter(
         str(model), device=device, hub=hub, allow_pickle=allow_pickle
@@ -51,8 +55,9 @@ def measure(
             it.caption = it.caption if it.caption is not None else prompt
     summary = run_images(
         adapter, items, config, out, kind="measure", resume=False, backend=backend, batch_images=batch_images,
+        repeats=repeats,
         allow_pickle=allow_pickle, keep_results=True, on_result=on_result, on_step=on_step,
         on_start=(lambda total, done: on_start(total)) if on_start else None, run_extra=run_extra,
     )
     order = {it.id: i for i, it in enumerate(items)}
-    return sorted(summary.results, key=lambda r: order.get(r.id, len(order)))
+    return sorted(combine(summary.results), key=lambda r: order.get(r.id, len(order)))

@@ -81,3 +81,60 @@ def histograms_png(scores: dict[str, dict[str, list[float]]], path: Path, title:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def intervals_png(names: list[str], medians: list[float], lows: list[float | None], highs: list[float | None],
+                  path: Path, title: str) -> Path:
+    """Median score per image with its interval as an error bar, most memorized on top. An interval that
+    reaches +inf (some repeats not reproduced) is drawn to the right edge with an arrow."""
+    plt = _pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * n))
+    finite = [v for v in [*medians, *(x for x in lows if x is not None), *(x for x in highs if x is not None)]
+              if math.isfinite(v)]
+    right = (max(finite) if finite else 1.0) * 1.15 or 1.0
+    for i, (m, lo, hi) in enumerate(zip(medians, lows, highs)):
+        y = n - 1 - i
+        if lo is not None and hi is not None:
+            ax.plot([lo, min(hi, right)], [y, y], color="tab:blue", lw=2, alpha=0.6)
+            if math.isinf(hi):
+                ax.annotate("", xy=(right, y), xytext=(right * 0.97, y),
+                            arrowprops={"arrowstyle": "->", "color": "tab:blue"})
+        ax.plot([m], [y], "o", color="tab:red")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(list(reversed(names)), fontsize=7)
+    ax.set_xlim(0, right)
+    ax.set_xlabel("InvMM score (median over repeats; lower = more memorized)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def check_curves_png(runs: list[tuple[str, list[list[float]]]], beta: float, path: Path, title: str) -> Path:
+    """Per repeat, the worst check sample's similarity and the KL at every success check against steps:
+    how close an image that was not reproduced came to the threshold, and what the KL was doing."""
+    plt = _pyplot()
+    fig, (sim, kl) = plt.subplots(1, 2, figsize=(7.5, 2.4))
+    for label, checks in runs:
+        if not checks:
+            continue
+        steps = [c[0] for c in checks]
+        sim.plot(steps, [c[3] for c in checks], marker=".", markersize=3, lw=1, label=label)
+        kl.plot(steps, [c[1] for c in checks], marker=".", markersize=3, lw=1, label=label)
+    sim.axhline(beta, color="grey", ls="--", lw=0.8)
+    sim.set_ylabel("min similarity", fontsize=8)
+    kl.set_ylabel("KL to N(0, I)", fontsize=8)
+    for ax in (sim, kl):
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        kl.legend(fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

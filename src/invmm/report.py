@@ -19,7 +19,8 @@ from invmm.errors import InvMMInputError
 from invmm.evaluate_run import choose_labels
 from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
 from invmm.export import write_table_csv
-from invmm.plots import histograms_png, roc_png
+from invmm.plots import check_curves_png, histograms_png, intervals_png, roc_png
+from invmm.repeats import combine, compare_scores, rep_score
 from invmm.result import Result
 from invmm.run.artifacts import artifact_stem
 from invmm.run.files import RUN_FILE, Ledger, atomic_write_bytes
@@ -90,7 +91,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
     info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    results = Ledger(run_dir).read()
+    results = combine(Ledger(run_dir).read())  # one row per image, summarised over its repeats
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -135,6 +136,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("backend / device", f"{info.get('backend', 'local')} / {device}"),
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
+        ("repeats per image", _repeats_text(results, info)),
         ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} finished session(s), {worker_hours:.3f} {unit} "
                  f"hours, {per_image} s wall per image; median {median_s} s from an image's start to its result "
                  "(images run in batches)"),
@@ -153,7 +155,8 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "counted, not drawn.</p>",
              f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>",
              roc_section,
-             _top_section(run_dir, finite, top_k),
+             _top_section(run_dir, finite, top_k, out, cfg.get("beta")),
+             _misses_section(ok, top_k, out, cfg.get("beta")),
              _table_section(results),
              f"<script>{SORT_JS}</script></body></html>"]
     page = out / "index.html"
@@ -185,23 +188,94 @@ def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figur
             f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
 
 
-def _top_section(run_dir: Path, finite: list[Result], k: int) -> str:
-    top = sorted(finite, key=lambda r: r.score)[:k]
+def _repeats_text(results: list[Result], info: dict) -> str:
+    counts = sorted({r.n_repeats for r in results})
+    planned = info.get("repeats", 1)
+    text = ", ".join(str(c) for c in counts) or str(planned)
+    if planned > 1:
+        text += (f" (asked for {planned}); the score of an image is the median over its repeats (inf ordered last), "
+                 "shown with the number of repeats that reproduced it and an order-statistic interval of the median")
+    return text
+
+
+def _curves(out: Path, r: Result, beta, name: str) -> str:
+    runs = [(f"repeat {rep['repeat']}", rep.get("checks") or []) for rep in r.repeats] or [("", r.checks)]
+    if not any(c for _, c in runs) or beta is None:
+        return ""
+    path = check_curves_png(runs, float(beta), out / "curves" / f"{name}.png",
+                            "worst check sample's similarity (dashed: threshold) and KL, per check")
+    return f"<img alt='similarity and KL against steps' src='{_png(path)}' style='max-width:560px'>"
+
+
+def _interval_text(r: Result) -> str:
+    if r.score_low is None:
+        return "-"
+    return f"[{_fmt(r.score_low)}, {_fmt(r.score_high)}] ({r.interval_coverage:.0%})"
+
+
+def _top_section(run_dir: Path, finite: list[Result], k: int, out: Path, beta) -> str:
+    top = sorted(finite, key=lambda r: (r.score, r.id))[:k]
     if not top:
         return "<h2>Most memorized</h2><p>No image was reproduced within the budget.</p>"
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    repeated = any(r.n_repeats > 1 for r in top)
+    bars = ""
+    if repeated:
+        fig = intervals_png([r.id for r in top], [r.score for r in top], [r.score_low for r in top],
+                            [r.score_high for r in top], out / "top_intervals.png",
+                            "median and order-statistic interval of the median")
+        bars = f"<img alt='median scores with intervals' src='{_png(fig)}' style='max-width:760px'>"
     rows_html = []
-    for r in top:
-        png = artifact_stem(run_dir, r.id).with_suffix(".png")
+    for i, r in enumerate(top):
+        png = Path(f"{artifact_stem(run_dir, r.id, r.repeat)}.png")
         img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
-        rows_html.append(f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or '')}</span></td><td>{img}</td>"
-                         f"<td>{_fmt(r.score)}</td><td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
-    return (f"<h2>Most memorized ({len(top)})</h2><p class='note'>Each row: the target, then the samples of the "
-            "check that succeeded.</p><table><thead><tr><th>image</th><th>target | check samples</th><th>score</th>"
-            "<th>min similarity</th><th>steps</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
+        below = f"{compare_scores(r, top[i + 1]):.2f}" if i + 1 < len(top) else "-"
+        rows_html.append(
+            f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or '')}</span></td><td>{img}<br>"
+            f"{_curves(out, r, beta, f'top-{i}')}</td><td>{_fmt(r.score)}</td>"
+            f"<td>{r.successes or 0}/{r.n_repeats}</td><td>{_interval_text(r)}</td><td>{below}</td>"
+            f"<td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
+    return (f"<h2>Most memorized ({len(top)})</h2><p class='note'>Ranked by the median score over the repeats. Each "
+            "row: the target, then the samples of the check that succeeded (in the median repeat); below, the worst "
+            "check sample's similarity and the KL at every check. <b>P(lower than next)</b>: the probability that a "
+            "repeat of this image scores below a repeat of the next image in the list (0.5: the repeats cannot tell "
+            "them apart; see invmm.compare_scores).</p>" + bars +
+            "<table><thead><tr><th>image</th><th>target | check samples</th><th>score</th><th>reproduced</th>"
+            "<th>interval (coverage)</th><th>P(lower than next)</th><th>min similarity</th><th>steps</th></tr></thead>"
+            "<tbody>" + "".join(rows_html) + "</tbody></table>")
+
+
+def _best_similarity(r: Result) -> float:
+    checks = [c for rep in r.repeats for c in (rep.get("checks") or [])] or r.checks
+    return max((c[3] for c in checks), default=-math.inf)
+
+
+def _misses_section(ok: list[Result], k: int, out: Path, beta) -> str:
+    """The images not reproduced (median +inf) that came closest to the threshold: a larger budget, or a
+    check at another guidance scale, would reproduce these first."""
+    misses = sorted((r for r in ok if math.isinf(r.score)), key=lambda r: (-_best_similarity(r), r.id))[:k]
+    if not misses:
+        return ""
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    rows_html = []
+    for i, r in enumerate(misses):
+        reps = [rep_score(x) for x in r.repeats] or [r.score]
+        finite = sorted(x for x in reps if math.isfinite(x))
+        rows_html.append(
+            f"<tr><td>{_e(r.id)}</td><td>{_fmt(_best_similarity(r), 3)}</td><td>{r.successes or 0}/{r.n_repeats}"
+            f"{' (' + ', '.join(_fmt(x) for x in finite) + ')' if finite else ''}</td><td>{r.steps}</td>"
+            f"<td>{_curves(out, r, beta, f'miss-{i}')}</td></tr>")
+    return (f"<h2>Closest to reproduced ({len(misses)} of {sum(math.isinf(r.score) for r in ok)} not reproduced)"
+            f"</h2><p class='note'>Images whose median score is inf, by the best worst-sample similarity any check "
+            f"reached (threshold {_e(beta)}). A curve still rising at the budget's end means a larger budget may "
+            "reproduce the image; a flat one far below the threshold means it is not memorized at this budget.</p>"
+            "<table><thead><tr><th>image</th><th>best min similarity</th><th>reproduced (scores)</th><th>steps</th>"
+            "<th>similarity and KL per check</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
 
 
 def _table_section(results: list[Result]) -> str:
-    cols = ["id", "label", "score", "success", "steps", "min_similarity", "caption", "error"]
+    cols = ["id", "label", "score", "success", "successes", "n_repeats", "score_low", "score_high", "steps",
+            "min_similarity", "caption", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []
     for r in results:

@@ -33,10 +33,24 @@ class Result:
     prompt: str | None = None  # the caption used, or the inverted soft prompt's argmax tokens as text
     guidance_scale: float | None = None  # the guidance scale at which the success check passed
     model: str | None = None
+    repeat: int = 0  # which of the image's independent inversions (streams) this is
+    # An image's summary over its repeats (repeats.combine); a ledger line holds one repeat and none of these.
+    n_repeats: int = 1
+    successes: int | None = None  # repeats that reproduced the image
+    score_low: float | None = None  # order-statistic interval of the median score; +inf allowed
+    score_high: float | None = None
+    interval_coverage: float | None = None
+    repeats: list[dict] = field(default_factory=list)  # per repeat: score (None = inf), success, steps, checks...
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["score"], d["score_is_inf"] = score_to_json(self.score if self.status == "ok" else math.nan)
+        if not self.repeats:
+            for name in SUMMARY_FIELDS:
+                d.pop(name)
+        for name in ("score_low", "score_high"):
+            if d.get(name) is not None:
+                d[name], d[f"{name}_is_inf"] = score_to_json(d[name])
         return d
 
     @classmethod
@@ -44,7 +58,13 @@ class Result:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in names}
         values["score"] = score_from_json(d.get("score"), d.get("score_is_inf", False))
+        for name in ("score_low", "score_high"):
+            if d.get(name) is not None or d.get(f"{name}_is_inf"):
+                values[name] = score_from_json(d.get(name), d.get(f"{name}_is_inf", False))
         return cls(**values)
+
+
+SUMMARY_FIELDS = ("n_repeats", "successes", "score_low", "score_high", "interval_coverage", "repeats")
 
 
 def score_to_json(score: float) -> tuple[float | None, bool]:

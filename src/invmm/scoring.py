@@ -151,7 +151,10 @@ def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> Non
         result = getattr(scorer, "results", {}).pop(it.id, None)  # recorded: no need to keep it
         if result is not None:
             details = {"success": result.success, "steps": result.steps,
-                       "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale}
+                       "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale,
+                       "repeats": result.n_repeats, "successes": result.successes,
+                       # None = +inf (not reproduced in that repeat)
+                       "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats]}
             if result.status != "ok":
                 status, error = "error", result.error
         append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
@@ -159,10 +162,10 @@ def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> Non
 
 
 def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,
-                     batch_images: int = 8, invmm_config=None,
+                     batch_images: int = 8, repeats: int = 1, invmm_config=None,
                      on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
     """score_dataset with scorers given as specs ("invmm,loss;pia:t=100"); every scorer is built (and a
     scorer the model cannot run refused) before any image is scored."""
-    bound = [build_scorer(spec, adapter, invmm_config=invmm_config, batch_images=batch_images)
+    bound = [build_scorer(spec, adapter, invmm_config=invmm_config, batch_images=batch_images, repeats=repeats)
              for spec in split_specs(scorers)]
     return score_dataset(adapter, items, bound, run_dir, seed=seed, on_batch=on_batch)

@@ -49,15 +49,17 @@ def grid_png(target: torch.Tensor, samples: torch.Tensor | None, min_px: int = 6
     return buf.getvalue()
 
 
-def artifact_stem(run_dir: Path, image_id: str) -> Path:
-    """Where an image's files live in a run folder, without suffix (add .safetensors / .png)."""
-    return (Path(run_dir) / "images" / safe_name(image_id)).with_suffix("")
+def artifact_stem(run_dir: Path, image_id: str, repeat: int = 0) -> Path:
+    """Where an image's files live in a run folder, without suffix (add .safetensors / .png). Repeat 0 keeps
+    the name a run without repeats has always used; repeat r > 0 adds ".rR"."""
+    stem = (Path(run_dir) / "images" / safe_name(image_id)).with_suffix("")
+    return stem.with_name(stem.name + f".r{repeat}") if repeat else stem
 
 
-def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, outcome) -> None:
+def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, outcome, repeat: int = 0) -> None:
     """The fitted distribution and the target beside the last check's samples; each file is complete or absent."""
-    stem = artifact_stem(run_dir, image_id)
+    stem = artifact_stem(run_dir, image_id, repeat)
     res = outcome.result
-    save_distribution(stem.with_suffix(".safetensors"), outcome.mu, outcome.logvar,
-                      {"id": image_id, "score": res.score, "steps": res.steps})
-    atomic_write_bytes(stem.with_suffix(".png"), grid_png(pixels, outcome.samples))
+    save_distribution(Path(f"{stem}.safetensors"), outcome.mu, outcome.logvar,
+                      {"id": image_id, "repeat": repeat, "score": res.score, "steps": res.steps})
+    atomic_write_bytes(Path(f"{stem}.png"), grid_png(pixels, outcome.samples))

@@ -3,8 +3,9 @@
 `invmm measure` is a run without resume (a new folder, or none), `invmm audit` a run with resume. The
 driver alone writes the folder: run.json once, then one ledger line per finished image (flushed and
 fsync'd) after that image's artifacts were moved into place, and a session line with its cost at the end.
-Resuming skips ids already in the ledger, cuts a torn last line, and refuses a folder whose config, model
-weights or model settings differ. Images are decoded only when a batch slot frees up.
+Resuming skips (id, repeat) pairs already in the ledger, cuts a torn last line, and refuses a folder whose
+config, model weights or model settings differ; a resume with more --repeats adds the missing repeats.
+Images are decoded only when a batch slot frees up; an image's repeats are more rows of the same batches.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ BACKENDS = ("local", "ray")
 @dataclass
 class RunSummary:
     run_dir: Path | None
-    total: int
+    total: int  # inversions asked for: images x repeats
     already_done: int = 0
     scored: int = 0
     errors: int = 0
@@ -43,7 +44,9 @@ class RunSummary:
     seconds: float = 0.0
     torn_bytes: int = 0
     error_ids: list[str] = field(default_factory=list)
-    results: list[Result] = field(default_factory=list)  # this session's, when asked to keep them
+    results: list[Result] = field(default_factory=list)  # this session's ledger lines, when asked to keep them
+    images: int = 0
+    repeats: int = 1
 
 
 def run_images(
@@ -56,6 +59,7 @@ def run_images(
     resume: bool,
     backend: str = "local",
     batch_images: int = 8,
+    repeats: int = 1,
     force_new: bool = False,
     allow_pickle: bool = False,
     ray_address: str | None = None,
@@ -70,11 +74,14 @@ def run_images(
     on_workers: Callable[[list], None] | None = None,
     run_extra: dict | None = None,
 ) -> RunSummary:
-    """InvMM for every item not yet in the run folder `out` (None: no folder, results in memory only)."""
+    """InvMM `repeats` times for every item not yet in the run folder `out` (None: no folder, results in
+    memory only). Every session's ledger lines are per repeat; repeats.combine summarises them per image."""
     if backend not in BACKENDS:
         raise InvMMInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if batch_images < 1:
         raise InvMMInputError(f"--batch-images must be >= 1, got {batch_images}")
+    if repeats < 1:
+        raise InvMMInputError(f"--repeats must be >= 1, got {repeats}")
     check_config_for_model(adapter, config)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
@@ -91,14 +98,18 @@ def run_images(
             info = run_info(kind, adapter, seed=config.seed, config=config.to_json(),
                             check_grid=check_grid(adapter, config), similarity=similarity.describe(),
                             dataset={"source": data_source, "n": len(items), "hash": dataset_hash(items)},
-                            backend=backend, batch_images=batch_images, **(run_extra or {}))
+                            backend=backend, batch_images=batch_images, repeats=repeats, **(run_extra or {}))
             ledger, torn = open_run(run_dir, info, resume=resume)
-        done = {r.id for r in ledger.read()} if ledger is not None else set()
-        todo = [it for it in items if it.id not in done]
-        summary = RunSummary(run_dir, total=len(items), already_done=len(items) - len(todo), torn_bytes=torn)
+        done = {(r.id, r.repeat) for r in ledger.read()} if ledger is not None else set()
+        missing = {it.id: [r for r in range(repeats) if (it.id, r) not in done] for it in items}
+        todo = [it for it in items if missing[it.id]]
+        total = len(items) * repeats
+        summary = RunSummary(run_dir, total=total, already_done=total - sum(map(len, missing.values())),
+                             torn_bytes=torn, images=len(items), repeats=repeats)
         if on_start:
-            on_start(len(items), summary.already_done)
+            on_start(total, summary.already_done)
         by_id = {it.id: it for it in todo}
+        left = {it.id: len(missing[it.id]) for it in todo}  # an image's pixels are freed after its last repeat
         model_path = adapter.describe().get("source")
 
         def record(res: Result, outcome: Outcome | None = None) -> None:
@@ -111,28 +122,34 @@ def run_images(
             res.seed = config.seed
             if ledger is not None:
                 if outcome is not None and outcome.mu is not None and it is not None and it.pixels is not None:
-                    write_image_artifacts(run_dir, res.id, it.pixels, outcome)
-                ledger.append(res)  # last: a line in the ledger means the image and its files are complete
+                    write_image_artifacts(run_dir, res.id, it.pixels, outcome, repeat=res.repeat)
+                ledger.append(res)  # last: a line in the ledger means the repeat and its files are complete
             if it is not None:
-                it.pixels = None  # the image is done; free its memory
+                left[res.id] -= 1
+                if left[res.id] == 0:
+                    it.pixels = None  # the image is done; free its memory
             summary.scored += res.status == "ok"
             summary.not_reproduced += res.status == "ok" and not res.success
             if res.status != "ok":
                 summary.errors += 1
-                summary.error_ids.append(res.id)
+                if res.id not in summary.error_ids:  # one entry per image, whatever its repeats
+                    summary.error_ids.append(res.id)
             if keep_results:
                 summary.results.append(res)
             if on_result:
                 on_result(res)
 
         def targets() -> Iterator[Target]:
-            # An image is decoded when a slot frees up; an unusable one is recorded and skipped.
+            # An image is decoded when a slot frees up; an unusable one is recorded (once per repeat, so a
+            # resume does not retry it) and skipped. Its repeats follow it as more rows of the batch.
             for it in todo:
                 load_image(it, mode=adapter.image_mode, size=adapter.image_size)
-                if it.error:
-                    record(Result(id=it.id, path=it.path, status="error", error=it.error, error_kind="input"))
-                    continue
-                yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption)
+                for rep in missing[it.id]:
+                    if it.error:
+                        record(Result(id=it.id, path=it.path, status="error", error=it.error, error_kind="input",
+                                      repeat=rep))
+                    else:
+                        yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption, repeat=rep)
 
         t0 = time.perf_counter()
         n_workers, worker_device = 1, str(adapter.device)

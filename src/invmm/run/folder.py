@@ -52,7 +52,9 @@ def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
                               "the same settings to resume, or add --force-new to start over in a new folder")
     torn = repair_tail(run_dir / LEDGER_FILE)
     old.setdefault("resumed", []).append({"at": info["created"], "dataset_hash": info["dataset"]["hash"],
-                                          "backend": info["backend"]})
+                                          "backend": info["backend"], "repeats": info.get("repeats", 1)})
+    # A resume may ask for more repeats (they are added) or fewer (the ledger keeps what it has).
+    old["repeats"] = max(old.get("repeats", 1), info.get("repeats", 1))
     atomic_write_json(run_dir / RUN_FILE, old)
     return Ledger(run_dir), torn
 

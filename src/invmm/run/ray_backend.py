@@ -76,7 +76,7 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
         if on_workers:
             on_workers(actors)
         queue: list[Target] = []  # retried targets go first
-        attempts: dict[str, int] = {}
+        attempts: dict[tuple[str, int], int] = {}  # per (image, repeat)
         source = iter(targets)
         in_flight: dict = {}  # object ref -> (actor index, targets)
 
@@ -110,10 +110,11 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
                 if on_workers:
                     on_workers(actors)
                 for t in batch:
-                    attempts[t.id] = attempts.get(t.id, 0) + 1
-                    if attempts[t.id] > max_retries:
-                        record(Result(id=t.id, path=t.path, status="error", error_kind="worker",
-                                      error=f"the Ray worker died {attempts[t.id]} times on this image "
+                    key = (t.id, t.repeat)
+                    attempts[key] = attempts.get(key, 0) + 1
+                    if attempts[key] > max_retries:
+                        record(Result(id=t.id, path=t.path, status="error", error_kind="worker", repeat=t.repeat,
+                                      error=f"the Ray worker died {attempts[key]} times on this image "
                                             f"({type(exc).__name__}); not retried again"), None)
                     else:
                         queue.append(t)

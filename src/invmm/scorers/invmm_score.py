@@ -2,7 +2,8 @@
 Diffusion Models", ICCV 2025).
 
 The score is the KL of the fitted noise distribution at the first all-copies check, +inf when the image
-was not reproduced within the budget. Lower = more memorized, so `higher_is_better` is False.
+was not reproduced within the budget; with repeats, the median over the image's independent inversions.
+Lower = more memorized, so `higher_is_better` is False.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from invmm.config import InvMMConfig, check_config_for_model, default_config
 from invmm.errors import InvMMInputError
 from invmm.inversion import Inverter, Target
+from invmm.repeats import combine
 from invmm.result import Result
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.similarity import build_similarity
@@ -24,6 +26,7 @@ from invmm.similarity import build_similarity
 class InvMMScorer(Scorer):
     config: InvMMConfig | None = None  # None: the family's preset with the default similarity
     batch_images: int = 8
+    repeats: int = 1  # independent inversions per image; the score is their median (+inf last)
     results: dict[str, Result] = field(default_factory=dict, repr=False, compare=False)
 
     name = "invmm"
@@ -32,6 +35,8 @@ class InvMMScorer(Scorer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.repeats < 1:
+            raise ScorerError(f"invmm: repeats must be >= 1, got {self.repeats}")
         if self.config is None:
             self.config = default_config(self.adapter)
         try:
@@ -43,13 +48,15 @@ class InvMMScorer(Scorer):
         cfg = self.config if seed == self.config.seed else self.config.replace(seed=seed)
         sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
         captions = captions or [None] * len(ids)
-        targets = [Target(id=i, pixels=x, caption=c) for i, x, c in zip(ids, images, captions)]
-        done: dict[str, Result] = {}
+        targets = [Target(id=i, pixels=x, caption=c, repeat=r) for i, x, c in zip(ids, images, captions)
+                   for r in range(self.repeats)]
+        lines: list[Result] = []
         Inverter(self.adapter, cfg, sim, batch_images=self.batch_images).run(
-            targets, on_done=lambda o: done.__setitem__(o.result.id, o.result))
+            targets, on_done=lambda o: lines.append(o.result))
+        done = {r.id: r for r in combine(lines)}
         self.results.update(done)
         # A diverged optimisation (status error) has no score; NaN keeps it out of every metric.
         return [done[i].score if done[i].status == "ok" else math.nan for i in ids]
 
     def settings(self) -> dict:
-        return {"config": self.config.to_json(), "batch_images": self.batch_images}
+        return {"config": self.config.to_json(), "batch_images": self.batch_images, "repeats": self.repeats}

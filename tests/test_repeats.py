@@ -1,0 +1,243 @@
+"""Repeated inversions: the statistics against independent references, the streams, and the run folder."""
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import mannwhitneyu, quantile_test
+from typer.testing import CliRunner
+
+from invmm import compare_scores, measure
+from invmm.adapters.loading import load_adapter
+from invmm.cli import app
+from invmm.config import preset
+from invmm.functional import seed_from
+from invmm.inversion import Inverter, Target
+from invmm.repeats import combine, median_interval, median_score, prob_lower, repeat_seed
+from invmm.result import Result
+from invmm.run.files import Ledger
+from invmm.similarity import PixelSimilarity
+
+runner = CliRunner()
+
+
+# --- the statistics ---
+
+@pytest.mark.parametrize("scores", [[0.3], [0.5, 0.2], [0.4, math.inf, 0.1], [0.2, math.inf], [math.inf] * 3,
+                                    [0.9, 0.1, 0.5, 0.7, math.inf]])
+def test_median_orders_inf_last(scores):
+    assert median_score(scores) == statistics.median(scores)
+
+
+def test_interval_matches_scipy_quantile_test_where_scipy_gives_one():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for n in range(2, 31):
+        for conf in (0.75, 0.9, 0.95):
+            x = rng.gamma(2.0, 0.3, size=n)
+            x[rng.random(n) < 0.2] = np.inf  # censored repeats
+            ref = quantile_test(x, q=0, p=0.5).confidence_interval(conf)
+            mine = median_interval(x, conf)
+            if np.isnan(ref.low) or np.isnan(ref.high):
+                # scipy gives up when even [min, max] falls short (or only just reaches the level: its test is
+                # strict); we return [min, max] and its coverage.
+                assert (mine.low, mine.high) == (min(x), max(x)) and mine.coverage <= conf + 1e-12
+                continue
+            assert (mine.low, mine.high) == (ref.low, ref.high)
+            assert mine.coverage >= conf
+            checked += 1
+    assert checked > 60
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_interval_coverage_holds_by_simulation(n):
+    rng = np.random.default_rng(n)
+    trials = 20000
+    x = rng.lognormal(size=(trials, n))  # true median 1
+    ivs = [median_interval(row) for row in x]
+    hit = np.mean([iv.low <= 1.0 <= iv.high for iv in ivs])
+    assert hit == pytest.approx(ivs[0].coverage, abs=0.01)
+    assert {3: 0.75, 5: 0.9375, 7: 0.984375}[n] == pytest.approx(ivs[0].coverage)
+
+
+def test_no_interval_from_one_repeat():
+    assert median_interval([0.4]) is None
+
+
+def test_prob_lower_is_the_mann_whitney_effect_size():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a = rng.choice([0.1, 0.2, 0.3, math.inf], size=rng.integers(1, 6))
+        b = rng.choice([0.15, 0.2, 0.5, math.inf], size=rng.integers(1, 6))
+        u = mannwhitneyu(b, a).statistic  # pairs with b > a, ties counted half
+        assert prob_lower(a, b) == pytest.approx(u / (len(a) * len(b)))
+    assert prob_lower([0.1, 0.2], [0.3, math.inf]) == 1.0
+    assert prob_lower([math.inf], [math.inf]) == 0.5
+
+
+def line(image_id, repeat, score, steps=100):
+    ok = math.isfinite(score)
+    return Result(id=image_id, path="", score=score, success=ok, steps=steps, repeat=repeat, seconds=1.0,
+                  checks=[[steps, 0.5, 1.0, 0.99 if ok else 0.9]])
+
+
+def test_combine_summarises_repeats_and_partial_success_reads_as_such():
+    lines = [line("a", 2, 0.5, 300), line("b", 0, math.inf), line("a", 0, 0.3, 100), line("a", 1, math.inf, 2000),
+             line("b", 1, math.inf)]
+    a, b = combine(lines)
+    assert (a.id, a.n_repeats, a.successes) == ("a", 3, 2)
+    assert a.score == 0.5 and a.success and a.steps == 300 and a.repeat == 2  # the median repeat's details
+    assert (a.score_low, a.score_high, a.interval_coverage) == (0.3, math.inf, 0.75)
+    assert [r["repeat"] for r in a.repeats] == [0, 1, 2] and a.repeats[1]["score"] is None
+    assert math.isinf(b.score) and not b.success and b.successes == 0
+    assert compare_scores(a, b) == pytest.approx((2 + 0.5) / 3)  # 0.3, 0.5 beat inf; inf ties inf
+    back = Result.from_json(json.loads(json.dumps(a.to_json(), allow_nan=False)))
+    assert math.isinf(back.score_high) and back.score_low == 0.3 and back.successes == 2
+
+
+def test_combine_of_one_repeat_is_that_repeat():
+    (r,) = combine([line("a", 0, 0.42)])
+    assert r.score == 0.42 and r.n_repeats == 1 and r.successes == 1 and r.score_low is None
+
+
+def test_an_image_whose_repeats_all_failed_stays_an_error():
+    err = Result(id="a", path="", status="error", error="NaN", score=math.nan)
+    (r,) = combine([err])
+    assert r.status == "error" and r.n_repeats == 1
+
+
+# --- the streams ---
+
+def small_config(**kw):
+    base = dict(similarity="pixel", batch_size=4, check_every=5, window=5, max_steps=15, sampler_steps=5)
+    base.update(kw)
+    return preset("ddpm", **base)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model):
+    return load_adapter(str(tiny_model))
+
+
+def images(n):
+    g = torch.Generator().manual_seed(3)
+    return [torch.rand(1, 8, 8, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def invert(adapter, cfg, ts, k):
+    outs = Inverter(adapter, cfg, PixelSimilarity(), batch_images=k).run(ts)
+    return {(o.result.id, o.result.repeat): o for o in outs}
+
+
+def test_repeat_zero_is_the_single_run_stream_and_repeats_differ():
+    assert repeat_seed(7, "x.png", 0) == seed_from(7, "x.png")
+    seeds = {repeat_seed(7, "x.png", r) for r in range(5)} | {repeat_seed(7, "y.png", r) for r in range(5)}
+    assert len(seeds) == 10
+
+
+def test_a_repeat_is_batch_invariant_and_deterministic(adapter):
+    cfg = small_config(threshold=1.5)
+    px = images(2)
+    rows = [Target(id=f"img-{i}", pixels=px[i], repeat=r) for i in range(2) for r in range(3)]
+    together = invert(adapter, cfg, rows, 6)
+    alone = invert(adapter, cfg, [Target(id="img-1", pixels=px[1], repeat=2)], 1)[("img-1", 2)]
+    torch.testing.assert_close(together[("img-1", 2)].mu, alone.mu, rtol=1e-4, atol=1e-5)
+    assert together[("img-1", 2)].result.kl == pytest.approx(alone.result.kl, rel=1e-4)
+    again = invert(adapter, cfg, rows, 6)
+    assert all(torch.equal(again[k].mu, together[k].mu) for k in together)
+    # Independent streams: the repeats of one image end in different places.
+    assert not torch.allclose(together[("img-1", 0)].mu, together[("img-1", 1)].mu)
+    assert together[("img-1", 0)].result.image_seed == seed_from(cfg.seed, "img-1")
+
+
+def test_a_smaller_budget_is_the_larger_run_cut_there(adapter):
+    """What benchmarks/budget_sensitivity.py relies on: no schedule depends on max_steps."""
+    px = images(2)
+    for threshold in (1.5, -1.0):  # never / always reproduced
+        ts = [Target(id=f"img-{i}", pixels=px[i]) for i in range(2)]
+        long = invert(adapter, small_config(threshold=threshold, max_steps=25), ts, 2)
+        short = invert(adapter, small_config(threshold=threshold, max_steps=10), ts, 2)
+        for key, s in short.items():
+            r_long, r = long[key].result, s.result
+            if r_long.success and r_long.steps <= 10:
+                assert (r.score, r.steps, r.checks) == (r_long.score, r_long.steps, r_long.checks)
+            else:
+                assert math.isinf(r.score) and r.steps == 10
+                assert r.checks == r_long.checks[: len(r.checks)]
+
+
+# --- the run folder and the commands ---
+
+FAST = dict(similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
+
+
+def test_measure_with_repeats_records_every_repeat_and_one_repeat_is_todays_result(tmp_path, toy_model, toy_images):
+    paths = [p for p, _ in list(toy_images.values())[:2]]
+    single = measure(str(toy_model), paths, preset("ddpm", **FAST), out=tmp_path / "r1", batch_images=4)
+    three = measure(str(toy_model), paths, preset("ddpm", **FAST), out=tmp_path / "r3", batch_images=4, repeats=3)
+    lines = Ledger(tmp_path / "r3").read()
+    assert sorted((r.id, r.repeat) for r in lines) == sorted((r.id, k) for r in single for k in range(3))
+    for one, many in zip(single, three):
+        assert one.n_repeats == 1 and many.n_repeats == 3 and len(many.repeats) == 3
+        rep0 = next(r for r in lines if r.id == one.id and r.repeat == 0)
+        assert (rep0.score, rep0.steps, rep0.checks, rep0.kl) == (one.score, one.steps, one.checks, one.kl)
+        for k in range(3):
+            suffix = f".r{k}" if k else ""
+            assert (tmp_path / "r3" / "images" / f"{one.id.rsplit('.', 1)[0]}{suffix}.safetensors").exists()
+    info = json.loads((tmp_path / "r3" / "run.json").read_text())
+    assert info["repeats"] == 3
+
+
+def test_audit_resume_with_more_repeats_adds_them_and_keeps_the_rest(tmp_path, toy_model, toy_images):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p, _ in list(toy_images.values())[:3]:
+        (data / p.name).write_bytes(p.read_bytes())
+    opts = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8"]
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(out), *opts])
+    assert res.exit_code == 0, res.output
+    before = {(r.id, r.repeat): r.to_json() for r in Ledger(out).read()}
+    res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(out), "--repeats", "2", *opts])
+    assert res.exit_code == 0, res.output
+    assert "3 images x 2 repeats = 6 inversions; 3 already done, 3 scored now" in res.output
+    after = {(r.id, r.repeat): r.to_json() for r in Ledger(out).read()}
+    assert len(after) == 6 and all(after[k] == v for k, v in before.items())
+
+    res = runner.invoke(app, ["export", str(out)])
+    assert res.exit_code == 0, res.output
+    header, *rows = (out / "results.csv").read_text().splitlines()
+    assert "successes" in header and "score_low" in header and len(rows) == 3
+    res = runner.invoke(app, ["export", str(out), "--per-repeat", "--out", str(tmp_path / "long.csv")])
+    assert res.exit_code == 0, res.output
+    header, *rows = (tmp_path / "long.csv").read_text().splitlines()
+    assert "repeat" in header.split(",") and len(rows) == 6
+
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    page = (out / "report" / "index.html").read_text()
+    assert "repeats per image" in page and "similarity and KL" in page
+
+
+def test_measure_table_shows_the_success_rate_and_interval(tmp_path, toy_model, toy_images):
+    p = next(iter(toy_images.values()))[0]
+    res = runner.invoke(app, ["measure", str(toy_model), str(p), "--out", str(tmp_path / "m"), "--repeats", "3",
+                              "--max-steps", "20", "--check-every", "10", "--sampler-steps", "5",
+                              "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert "reproduced" in res.output and "/3" in res.output and "(75%)" in res.output
+
+
+def test_the_invmm_scorer_scores_the_median_of_its_repeats(adapter):
+    from invmm.scorers import InvMMScorer, build_scorer
+
+    scorer = InvMMScorer(adapter, config=small_config(threshold=-1.0), batch_images=6, repeats=3)
+    scores = scorer.score(torch.stack(images(2)), ["a", "b"])
+    for image_id, score in zip(["a", "b"], scores):
+        reps = [r["score"] for r in scorer.results[image_id].repeats]
+        assert len(set(reps)) == 3 and score == statistics.median(reps)
+    assert build_scorer("invmm:repeats=2,max_steps=10,sampler_steps=5", adapter).repeats == 2
+    assert scorer.settings()["repeats"] == 3
