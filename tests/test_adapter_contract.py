@@ -8,7 +8,12 @@ import torch
 
 from invmm.adapters.base import CAPABILITIES, NOISE_SCHEDULE, TEXT, ModelAdapter, NoiseScheduleAdapter
 from invmm.adapters.loading import load_adapter
+from invmm.conditioning import cond_rows
+from invmm.config import default_config
+from invmm.cost import RowCounter, denoiser, text_encoders, vae_encoder
+from invmm.inversion import Inverter, Target
 from invmm.scorers import SCORERS, ScorerError, build_scorer
+from invmm.similarity import PixelSimilarity
 from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
 
 FAMILIES = {
@@ -98,6 +103,12 @@ def test_guided_output_is_classifier_free_guidance(adapter):
         c = adapter.guided_output(x, t, cond)
         torch.testing.assert_close(plain, u)  # no prompt: the empty prompt's output
         torch.testing.assert_close(adapter.guided_output(x, t, cond, 3.0), u + 3.0 * (c - u), rtol=1e-4, atol=1e-5)
+        # One scale per row (the success check batches images at different scales): row i as if alone.
+        x4, t4, cond4 = torch.cat([x, x]), torch.cat([t, t]), _cond(adapter, 4)
+        rows = adapter.guided_output(x4, t4, cond4, [1.0, 3.0, 3.0, 5.0])
+        for i, scale in enumerate([1.0, 3.0, 3.0, 5.0]):
+            alone = adapter.guided_output(x4[i : i + 1], t4[i : i + 1], cond_rows(cond4, slice(i, i + 1)), scale)
+            torch.testing.assert_close(rows[i : i + 1], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_generate_and_check_grid(adapter):
@@ -117,3 +128,60 @@ def test_scorers_are_refused_exactly_when_a_capability_is_missing(adapter, name)
             build_scorer(spec, adapter)
     else:
         assert build_scorer(spec, adapter).adapter is adapter
+
+
+def _small_config(adapter, **kw):
+    base = dict(similarity="pixel", batch_size=2, check_every=3, window=3, max_steps=9, sampler_steps=3,
+                n_check_samples=4, check_rounds=[1, 2])
+    if adapter.conditional:
+        base["guidance_scales"] = [1.0, 2.0, 4.0]
+    return default_config(adapter, **{**base, **kw})
+
+
+def _invert(adapter, cfg, captions=("a red square", None)):
+    x = _images(adapter)
+    ts = [Target(id=f"img-{i}", pixels=x[i], caption=captions[i] if adapter.conditional else None)
+          for i in range(2)]
+    return [o.result for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(ts)]
+
+
+def test_model_calls_are_counted_exactly(adapter):
+    """Each result's calls against hooks on the model's own modules (the counts are machine independent)."""
+    cfg = _small_config(adapter, threshold=1.5)  # nothing passes: every check runs round 1 at every scale
+    counters = {"denoiser": RowCounter([denoiser(adapter)]), "text": RowCounter(text_encoders(adapter)),
+                "encoder": RowCounter([vae_encoder(adapter)]),
+                "decoder": RowCounter([getattr(getattr(adapter, "vae", None), "decoder", None)])}
+    with counters["denoiser"].attached(), counters["text"].attached(), counters["encoder"].attached(), \
+            counters["decoder"].attached():
+        results = _invert(adapter, cfg)
+    total = {k: sum(r.calls.get(k, 0) for r in results) for k in results[0].calls}
+    assert counters["denoiser"].rows == total["opt_forward"] + total["check_forward"]
+    assert counters["text"].rows == total["text_encoder"]
+    assert counters["encoder"].rows == total["vae_encode"]
+    assert counters["decoder"].rows == total["vae_decode"]
+    steps = len(adapter.check_timesteps(3, cfg.check_schedule))
+    per_scale = [2 if adapter.conditional and s != 1.0 else 1 for s in cfg.guidance_scales[: 3 if adapter.conditional
+                                                                                          else 1]]
+    for r in results:
+        assert r.calls["opt_forward"] == r.calls["opt_backward"] == 9 * 2
+        # 3 checks, one sample per scale (round 1 fails), each scale's forwards per sampler step.
+        assert r.calls["check_forward"] == 3 * steps * sum(per_scale)
+        assert r.calls["similarity"] == 3 * len(per_scale)
+
+
+def test_check_rounds_keep_every_decision(adapter):
+    """Rounds stop a failing (image, scale) early; the decision and the score are those of the full check."""
+    probe = _invert(adapter, _small_config(adapter, threshold=1.5, check_rounds=[]))
+    # A threshold that some checks pass and others do not: just under the best worst-sample similarity seen.
+    best = sorted(c[3] for r in probe for c in r.checks)
+    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] else best[-1] - 1e-6
+    full = _invert(adapter, _small_config(adapter, threshold=threshold, check_rounds=[]))
+    rounds = _invert(adapter, _small_config(adapter, threshold=threshold))
+    assert any(r.success for r in full)
+    for a, b in zip(full, rounds):
+        assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
+        if a.success:
+            assert a.similarities == b.similarities
+        # A failed check's similarity is over the samples generated before it was decided: never below the full one.
+        assert all(cb[3] >= ca[3] - 1e-6 for ca, cb in zip(a.checks, b.checks))
+        assert b.calls["check_forward"] <= a.calls["check_forward"]

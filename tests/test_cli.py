@@ -33,7 +33,8 @@ def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, 
     for r in ok:
         assert r.steps in (10, 20) and r.seed == 3 and r.model == str(toy_model)
         assert r.id in res.output and (r.success or math.isinf(r.score))
-        assert len(r.similarities) == 8 and r.seconds > 0
+        # A failed check stops at its first round with a non-copy: fewer similarities than samples.
+        assert (len(r.similarities) == 8 if r.success else 1 <= len(r.similarities) < 8) and r.seconds > 0
         stem = out / "images" / r.id.replace(".png", "")
         tensors = load_file(str(stem) + ".safetensors")
         assert tensors["mu"].shape == (1, 8, 8) and tensors["logvar"].shape == (1, 8, 8)

@@ -73,6 +73,6 @@ def test_inversion_end_to_end(sd3_model, tmp_path, caption):
     assert cfg.sampler == "euler" and cfg.guidance_scales == [1.0, 2.0]
     (r,) = measure(str(sd3_model), [ImageItem(id="p", path=str(tmp_path / "p.png"), caption=caption)], cfg,
                    out=tmp_path / "run")
-    assert r.status == "ok" and r.steps in (2, 4) and len(r.similarities) == 8
+    assert r.status == "ok" and r.steps in (2, 4) and len(r.similarities) == (8 if r.success else 1)
     assert r.prompt_mode == ("caption" if caption else "inverted")
     assert (r.success and r.guidance_scale in (1.0, 2.0)) or math.isinf(r.score)

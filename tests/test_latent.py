@@ -36,7 +36,7 @@ def test_latent_inversion_end_to_end(tmp_path):
     (r,) = measure(str(model), [ImageItem(id="red", path=str(tmp_path / "red.png"))], cfg, out=tmp_path / "run")
     assert r.status == "ok" and r.steps in (10, 20) and r.resized and r.original_size == [20, 16]
     assert (r.success and math.isfinite(r.score)) or math.isinf(r.score)
-    assert [c[0] for c in r.checks][:1] == [10] and len(r.similarities) == 8
+    assert [c[0] for c in r.checks][:1] == [10] and len(r.similarities) == (8 if r.success else 1)
     from safetensors.torch import load_file
 
     mu = load_file(tmp_path / "run" / "images" / "red.safetensors")["mu"]

@@ -67,7 +67,7 @@ def test_inversion_end_to_end(sd_model, tmp_path, mode):
     item = ImageItem(id="blue", path=str(tmp_path / "blue.png"), caption="a blue square" if mode == "caption" else None)
     (r,) = measure(str(sd_model), [item], cfg, out=tmp_path / "run")
     assert r.status == "ok" and r.prompt_mode == mode and r.steps in (2, 4)
-    assert [c[0] for c in r.checks][:1] == [2] and len(r.similarities) == 8
+    assert [c[0] for c in r.checks][:1] == [2] and len(r.similarities) == (8 if r.success else 1)
     if mode == "caption":
         assert r.prompt == "a blue square" and r.caption == "a blue square"
     else:

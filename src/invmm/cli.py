@@ -15,15 +15,20 @@ from tqdm import tqdm
 
 from invmm.adapters.loading import load_adapter
 from invmm.audit import audit as run_audit
-from invmm.config import InvMMConfig, default_config
+from invmm.config import InvMMConfig, check_config_for_model, default_config
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
+from invmm.estimate import estimate as estimate_cost
+from invmm.estimate import format_estimate
 from invmm.evaluate_run import choose_labels, evaluate_run
 from invmm.export import export_run
+from invmm.images import load_image
 from invmm.measure import measure as run_measure_images
 from invmm.report import build_report
+from invmm.run.files import atomic_write_json
 from invmm.scorers import DEFAULT_SCORERS, ScorerError
 from invmm.scoring import score_with_specs
+from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import (
     DigitsTrainConfig,
@@ -317,6 +322,62 @@ def audit(
         typer.echo(f"errors are recorded in {s.run_dir}/results.jsonl (see `invmm report`)")
     if input_errors:
         raise typer.Exit(EXIT_INPUT)  # unusable files: everything else was scored, but say so in the exit code
+
+
+@app.command()
+def estimate(
+    model: Annotated[str, typer.Argument(help="diffusers model folder")],
+    data: Annotated[Path, typer.Argument(help="folder of images or a manifest, as for audit")],
+    json_out: Annotated[Path, typer.Option("--json", help="also write the estimate as JSON to this file")] = None,
+    repeats: Repeats = 1,
+    batch_images: BatchImages = 8,
+    device: Device = "cpu",
+    allow_pickle: AllowPickle = False,
+    resolution: Resolution = None,
+    latent_scale: LatentScale = None,
+    preset: Preset = None,
+    similarity: Similarity = None,
+    threshold: Threshold = None,
+    seed: Seed = 0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = None,
+    check_every: CheckEvery = None,
+    sampler_steps: SamplerSteps = None,
+    check_schedule: CheckSchedule = None,
+    eta: Eta = None,
+    sscd_model: SSCDModel = None,
+    sscd_resize: SSCDResize = None,
+    invert_prompt: InvertPrompt = None,
+    precision: Precision = "fp32",
+    gradient_checkpointing: GradientCheckpointing = False,
+    attention_slicing: AttentionSlicing = False,
+):
+    """Before an audit: model calls per image and, from a short probe on the device, the hours if nothing is
+    reproduced (every image runs its whole budget)."""
+    try:
+        items = load_dataset(data)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
+                                 sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
+                                 precision, gradient_checkpointing, attention_slicing)
+    adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, resolution=resolution,
+                            latent_scale=latent_scale)
+    probe = next((it for it in items if load_image(it, mode=adapter.image_mode, size=adapter.image_size).pixels
+                  is not None), None)
+    if probe is None:
+        _fail(f"{data}: no readable image to probe with")
+    try:
+        check_config_for_model(adapter, config)
+        sim = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    result = estimate_cost(adapter, config, len(items), sim, probe.pixels, batch_images=batch_images,
+                           repeats=repeats)
+    typer.echo(format_estimate(result))
+    if json_out:
+        atomic_write_json(json_out, result)
+        typer.echo(f"\nwrote {json_out}")
 
 
 @app.command("export")

@@ -26,14 +26,37 @@ def cond_expand(cond, n: int):
     return cond.expand(n, *cond.shape[1:])
 
 
-def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, uncond, scale: float):
-    """u + scale (c - u) from one batched call on [uncond; cond]; a single plain call at scale 1 or without a
-    prompt (model_fn(x, t, None) is the model's own unconditional output)."""
-    if cond is None or scale == 1.0:
+def cond_rows(cond, idx: torch.Tensor):
+    """The rows `idx` of a conditioning (a tensor or a tuple of tensors)."""
+    if isinstance(cond, tuple):
+        return tuple(c[idx] for c in cond)
+    return cond[idx]
+
+
+def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, uncond, scale):
+    """u + scale (c - u), with `scale` one number or one scale per row.
+
+    A single plain call at scale 1 or without a prompt (model_fn(x, t, None) is the model's own unconditional
+    output). Otherwise one batched call: [uncond; cond] for a number; for per-row scales, the unconditional
+    pass runs only for the rows whose scale is not 1, so rows checked at scale 1 cost one forward.
+    """
+    if cond is None:
+        return model_fn(x, t, None)
+    if not torch.is_tensor(scale) and not isinstance(scale, (list, tuple)):
+        if scale == 1.0:
+            return model_fn(x, t, cond)
+        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
+        u, c = out.chunk(2)
+        return u + scale * (c - u)
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    guided = (scale != 1.0).nonzero().squeeze(1)
+    if len(guided) == 0:
         return model_fn(x, t, cond)
-    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
-    u, c = out.chunk(2)
-    return u + scale * (c - u)
+    k = len(guided)
+    out = model_fn(torch.cat([x[guided], x]), torch.cat([t[guided], t]), cond_cat([cond_rows(uncond, guided), cond]))
+    u, c = out[:k], out[k:]
+    s = scale[guided].reshape(-1, *([1] * (x.ndim - 1))).to(c.dtype)
+    return c.index_copy(0, guided, u + s * (c[guided] - u))
 
 
 def conditioner(adapter, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):

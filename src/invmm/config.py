@@ -30,6 +30,10 @@ class InvMMConfig:
     window: int = 100  # L_rec values averaged at a check
     xi: float = 1e-3  # minimal improvement of that mean between checks
     n_check_samples: int = 8
+    # A check generates its samples in rounds and stops an (image, scale) at the first round with a
+    # non-copy: the cumulative sample counts where it pauses. [] generates all n at once. The decision is
+    # the same either way; only a failed check's recorded similarity is over fewer samples.
+    check_rounds: list[int] = field(default_factory=lambda: [1, 4])
     sampler: str = "ddim"
     sampler_steps: int = 200
     # "paper": the authors' DDIM grid (trailing, ends at alpha_bar = 1, no clipping between steps);
@@ -57,6 +61,8 @@ class InvMMConfig:
         for name in ("batch_size", "max_steps", "check_every", "window", "n_check_samples", "sampler_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(b < 1 for b in self.check_rounds) or list(self.check_rounds) != sorted(set(self.check_rounds)):
+            problems.append(f"check_rounds must be increasing sample counts >= 1, got {self.check_rounds}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):

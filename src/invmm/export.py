@@ -8,6 +8,7 @@ import io
 import math
 from pathlib import Path
 
+from invmm.cost import forward_equivalents
 from invmm.errors import InvMMInputError
 from invmm.repeats import combine
 from invmm.result import Result
@@ -15,14 +16,23 @@ from invmm.run.files import LEDGER_FILE, Ledger, atomic_write_bytes
 
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
            "score_high", "interval_coverage", "steps", "min_similarity", "kl", "final_lambda", "guidance_scale",
-           "prompt_mode", "prompt", "seconds", "seed", "resized", "error_kind", "error"]
+           "prompt_mode", "prompt", "seconds", "forward_equivalents", "check_forward", "seed", "resized",
+           "error_kind", "error"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
 
 
+def _value(r: Result, column: str):
+    if column == "forward_equivalents":
+        return forward_equivalents(r.calls) if r.calls else None
+    if column == "check_forward":
+        return r.calls.get("check_forward") if r.calls else None
+    return getattr(r, column)
+
+
 def rows(results: list[Result], columns: list[str] = COLUMNS) -> list[dict]:
-    return [{c: getattr(r, c) for c in columns} for r in results]
+    return [{c: _value(r, c) for c in columns} for r in results]
 
 
 def _csv_value(v):

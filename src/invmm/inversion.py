@@ -7,15 +7,18 @@ finish leave the batch and waiting images take their place.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_cat, conditioner
+from invmm.conditioning import cond_cat, cond_rows, conditioner
 from invmm.config import InvMMConfig
+from invmm.cost import RowCounter, text_encoders, vae_encoder
 from invmm.errors import InvMMInputError
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.repeats import repeat_seed
@@ -51,6 +54,7 @@ class _State:
     samples: torch.Tensor | None = None
     sampler_gen: torch.Generator | None = None  # the check sampler's own noise (eta > 0)
     started: float = field(default_factory=time.perf_counter)
+    calls: Counter = field(default_factory=Counter)  # model calls spent on this image (see cost.py)
 
 
 @dataclass
@@ -91,6 +95,20 @@ class Inverter:
         self.similarity = similarity
         self.batch_images = batch_images
         apply_memory_options(adapter, config)
+        # Denoiser calls are counted from what each image puts into a batch; the text encoder(s) and the VAE
+        # encoder, called per image, by hooks on the modules (cost.py).
+        self.check_steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
+        self.decodes = getattr(adapter, "vae", None) is not None
+        self._text = RowCounter(text_encoders(adapter))
+        self._encoder = RowCounter([vae_encoder(adapter)])
+
+    @contextlib.contextmanager
+    def _metered(self, s: _State):
+        """Adds the text-encoder and VAE-encoder rows of the enclosed per-image calls to s.calls."""
+        text, enc = self._text.rows, self._encoder.rows
+        yield
+        s.calls["text_encoder"] += self._text.rows - text
+        s.calls["vae_encode"] += self._encoder.rows - enc
 
     def _autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -100,6 +118,8 @@ class Inverter:
         cfg = self.config
         image_seed = repeat_seed(cfg.seed, target.id, target.repeat)
         gen = torch.Generator().manual_seed(image_seed)
+        calls = Counter()
+        text, enc = self._text.rows, self._encoder.rows
         with torch.no_grad():
             # A VAE posterior is sampled once per image, from the image's own stream.
             vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
@@ -111,12 +131,14 @@ class Inverter:
             invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
             cond = conditioner(self.adapter, target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
                                seed=seed_from(image_seed, "gumbel"))
+        calls["text_encoder"] += self._text.rows - text
+        calls["vae_encode"] += self._encoder.rows - enc
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the
         # optimisation's noise: the same fit is judged by both samplers.
         sampler_gen = torch.Generator().manual_seed(seed_from(image_seed, "sampler"))
         return _State(target, x0, mu, logvar, opt, gen, image_seed, cfg.lambda_init, cond=cond,
-                      sampler_gen=sampler_gen)
+                      sampler_gen=sampler_gen, calls=calls)
 
     def _finish(self, s: _State, *, success: bool, error: str | None = None) -> Outcome:
         with torch.no_grad():
@@ -141,6 +163,7 @@ class Inverter:
             caption=s.target.caption,
             repeat=s.target.repeat,
             guidance_scale=s.guidance_scale,
+            calls=dict(s.calls),
             **(s.cond.describe() if s.cond else {}),
         )
         return Outcome(res, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
@@ -149,6 +172,10 @@ class Inverter:
             on_step: Callable[[list[int]], None] | None = None, *, keep: bool = True) -> list[Outcome]:
         """Invert every target, refilling the batch as images finish. `targets` is consumed lazily (an audit
         loads each image only when a slot frees up); with keep=False outcomes go only to on_done."""
+        with self._text.attached(), self._encoder.attached():
+            return self._run(targets, on_done, on_step, keep)
+
+    def _run(self, targets, on_done, on_step, keep) -> list[Outcome]:
         source = iter(targets)
         exhausted = False
         active: list[_State] = []
@@ -192,8 +219,17 @@ class Inverter:
         x0_rep = x0[:, None].expand_as(eps).reshape(-1, *x0.shape[1:])
         x_t = adapter.add_noise(x0_rep, eps.reshape(-1, *x0.shape[1:]), t.reshape(-1))
         with self._autocast():
-            cond = cond_cat([s.cond.sample(b, s.gen) for s in active]) if active[0].cond is not None else None
+            cond = None
+            if active[0].cond is not None:
+                parts = []
+                for s in active:
+                    with self._metered(s):
+                        parts.append(s.cond.sample(b, s.gen))
+                cond = cond_cat(parts)
             x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
+        for s in active:  # every row of the optimisation's forward is backpropagated
+            s.calls["opt_forward"] += b
+            s.calls["opt_backward"] += b
         rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
         norm = kl_to_standard_normal(mu, logvar)
         lam = torch.tensor([s.lam for s in active], device=device)
@@ -241,52 +277,84 @@ class Inverter:
     def _check(self, checking: list[_State]) -> list[tuple[_State, bool, str | None]]:
         """Generate n samples from each image's N(mu, sigma^2) and test them all for being copies.
 
-        Text-conditional models are tried at each guidance scale in turn; an image succeeds at the first
-        scale where all its samples are copies.
+        Text-conditional models try the guidance scales in order; an image succeeds at the first scale where
+        all n samples are copies. The samples come in rounds (config.check_rounds: the first 1, then up to 4,
+        then all 8): an (image, scale) whose round has a non-copy stops there and the image moves to its next
+        scale. Each sample depends only on its own noise and prompt draw, so the decision is the full check's,
+        while a failing check, the common case, costs a fraction of the forwards. Every image's next round
+        goes into one batched sampler call, each row at its image's current scale.
         """
         cfg = self.config
         n = cfg.n_check_samples
+        conditional = checking[0].cond is not None
+        scales = list(cfg.guidance_scales) if conditional else [1.0]
+        # eta > 0: an image's samples share one sampler stream, so they are drawn together, all n at once.
+        bounds = ([b for b in sorted(set(cfg.check_rounds)) if 0 < b < n] if cfg.eta == 0 else []) + [n]
         noise = {}
         for s in checking:
             z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
             noise[id(s)] = reparameterize(s.mu[None], s.logvar[None], z)
-        conditional = checking[0].cond is not None
-        scales = cfg.guidance_scales if conditional else [1.0]
-        # Each image's check prompt is drawn once and used at every guidance scale.
-        check_cond = {id(s): s.cond.for_check(n) for s in checking} if conditional else {}
-        best: dict[int, tuple[float, list[float], torch.Tensor]] = {}
-        succeeded: dict[int, float] = {}
-        remaining = list(checking)
-        for scale in scales:
-            if not remaining:
-                break
+        # Each image's check prompts are drawn once and used at every guidance scale.
+        check_cond = {}
+        for s in checking if conditional else []:
+            with self._metered(s):
+                check_cond[id(s)] = s.cond.for_check(n)
+        at = {id(s): (0, 0) for s in checking}  # (scale index, samples done at that scale)
+        sims: dict[tuple[int, int], list[float]] = {}
+        samples: dict[tuple[int, int], list[torch.Tensor]] = {}
+        succeeded: dict[int, int] = {}
+        open_ = list(checking)
+        while open_:
+            parts = []
+            for s in open_:
+                k, done = at[id(s)]
+                parts.append((s, k, done, next(b for b in bounds if b > done)))
+            rows = [(s, k) for s, k, lo, hi in parts for _ in range(lo, hi)]
             with self._autocast():
-                cond = cond_cat([check_cond[id(s)] for s in remaining]) if conditional else None
+                cond = cond_cat([cond_rows(check_cond[id(s)], slice(lo, hi)) for s, _, lo, hi in parts]) \
+                    if conditional else None
                 # Stochastic sampling draws each image's noise from its own generator (see generate).
-                gens = [s.sampler_gen for s in remaining for _ in range(n)] if cfg.eta > 0 else None
-                images = self.adapter.generate(torch.cat([noise[id(s)] for s in remaining]),
-                                               steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=scale,
+                gens = [s.sampler_gen for s, _ in rows] if cfg.eta > 0 else None
+                guidance = [scales[k] for _, k in rows] if conditional else 1.0
+                images = self.adapter.generate(torch.cat([noise[id(s)][lo:hi] for s, _, lo, hi in parts]),
+                                               steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=guidance,
                                                generator=gens, schedule=cfg.check_schedule)
             images = images.float()
-            still = []
-            for i, s in enumerate(remaining):
-                samples = images[i * n : (i + 1) * n].cpu()
-                sims = [round(float(v), 6) for v in self.similarity(samples, s.target.pixels)]
-                if id(s) not in best or min(sims) > best[id(s)][0]:
-                    best[id(s)] = (min(sims), sims, samples)
-                if min(sims) >= cfg.beta:  # a success beats every earlier failure, so it is also the best
-                    succeeded[id(s)] = scale
+            still, offset = [], 0
+            for s, k, lo, hi in parts:
+                m = hi - lo
+                batch = images[offset : offset + m].cpu()
+                offset += m
+                values = [round(float(v), 6) for v in self.similarity(batch, s.target.pixels)]
+                passes = conditional and scales[k] != 1.0
+                s.calls["check_forward"] += m * self.check_steps * (2 if passes else 1)
+                s.calls["vae_decode"] += m if self.decodes else 0
+                s.calls["similarity"] += m
+                sims.setdefault((id(s), k), []).extend(values)
+                samples.setdefault((id(s), k), []).append(batch)
+                if min(values) < cfg.beta:
+                    if k + 1 < len(scales):
+                        at[id(s)] = (k + 1, 0)
+                        still.append(s)
+                elif hi == n:
+                    succeeded[id(s)] = k
                 else:
+                    at[id(s)] = (k, hi)
                     still.append(s)
-            remaining = still
+            open_ = still
         finished = []
         for s in checking:
-            min_sim, s.similarities, s.samples = best[id(s)]
+            if id(s) in succeeded:
+                key = (id(s), succeeded[id(s)])
+            else:  # the scale whose worst sample came closest; the first such scale on a tie
+                key = max((key for key in sims if key[0] == id(s)), key=lambda key: (min(sims[key]), -key[1]))
+            s.similarities, s.samples = sims[key], torch.cat(samples[key])
+            min_sim = min(s.similarities)
             kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
             s.checks.append([s.step, kl, s.lam, min_sim])
             if id(s) in succeeded:
                 if conditional:
-                    s.guidance_scale = succeeded[id(s)]
+                    s.guidance_scale = scales[succeeded[id(s)]]
                 finished.append((s, True, None))
             elif s.step >= cfg.max_steps:
                 finished.append((s, False, None))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
+from invmm.cost import sum_calls
 from invmm.functional import seed_from
 
 CONFIDENCE = 0.9  # nominal coverage of the interval of a median
@@ -134,6 +135,7 @@ def combine(results) -> list:
             repeats=[_rep_record(r) for r in reps], score_low=iv.low if iv else None,
             score_high=iv.high if iv else None, interval_coverage=round(iv.coverage, 4) if iv else None,
             seconds=round(sum(r.seconds or 0.0 for r in reps), 3),
+            calls=dict(sum_calls(r.calls for r in reps)),
         ))
     return out
 

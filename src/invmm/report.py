@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from invmm.cost import forward_equivalents, sum_calls
 from invmm.errors import InvMMInputError
 from invmm.evaluate_run import choose_labels
 from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
@@ -140,6 +141,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} finished session(s), {worker_hours:.3f} {unit} "
                  f"hours, {per_image} s wall per image; median {median_s} s from an image's start to its result "
                  "(images run in batches)"),
+        ("model calls", _calls_text(results)),
         ("versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items() if k != "platform")),
     ]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>InvMM audit report</title>"
@@ -186,6 +188,19 @@ def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figur
     return (f"<h2>Evaluation by label: {_e(title)}</h2><p>positives: {int(y.sum())}, negatives: "
             f"{int(len(y) - y.sum())} (bootstrap 95% intervals)</p><table class='meta'>{cells}</table>"
             f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
+
+
+def _calls_text(results: list[Result]) -> str:
+    counted = [r for r in results if r.calls]
+    if not counted:
+        return "not recorded (run made before model calls were counted)"
+    total = sum_calls(r.calls for r in counted)
+    fe = forward_equivalents(total)
+    share = total["check_forward"] / fe if fe else 0.0
+    return (f"{fe:,} denoiser forward-equivalents (a backward counted as 2 forwards), {share:.0%} of them in the "
+            f"success checks; {fe / len(counted):,.0f} per image. Forwards: optimisation {total['opt_forward']:,}, "
+            f"checks {total['check_forward']:,}; VAE encode/decode {total['vae_encode']:,}/{total['vae_decode']:,}, "
+            f"text encoder {total['text_encoder']:,}, similarity {total['similarity']:,}")
 
 
 def _repeats_text(results: list[Result], info: dict) -> str:

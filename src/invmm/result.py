@@ -33,6 +33,7 @@ class Result:
     prompt: str | None = None  # the caption used, or the inverted soft prompt's argmax tokens as text
     guidance_scale: float | None = None  # the guidance scale at which the success check passed
     model: str | None = None
+    calls: dict = field(default_factory=dict)  # model calls spent on this inversion (invmm.cost)
     repeat: int = 0  # which of the image's independent inversions (streams) this is
     # An image's summary over its repeats (repeats.combine); a ledger line holds one repeat and none of these.
     n_repeats: int = 1

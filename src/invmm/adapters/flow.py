@@ -86,7 +86,8 @@ class FlowAdapter(CodecImages):
         v = self._velocity(x_t, self.timesteps[idx.to(self.device)], cond)
         return x0_from_flow_velocity(v, x_t, self._sigma(idx, x_t.ndim))
 
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
+                      guidance: float | list[float] = 1.0) -> torch.Tensor:
         """The velocity at model timesteps t (not training indices), with classifier-free guidance."""
         return classifier_free_guidance(self._velocity, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
@@ -103,7 +104,8 @@ class FlowAdapter(CodecImages):
         return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
 
     @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None, guidance: float = 1.0,
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
+                 guidance: float | list[float] = 1.0,
                  generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
         if eta:
             raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")

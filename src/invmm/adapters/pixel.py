@@ -90,7 +90,8 @@ class PixelAdapter(CodecImages):
         abar = self._abar(t, x_t.ndim)
         return (x_t - abar.sqrt() * self.predict_x0(x_t, t, cond)) / (1 - abar).sqrt()
 
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
+                      guidance: float | list[float] = 1.0) -> torch.Tensor:
         """The raw model output a sampler steps with (text-conditional models add classifier-free guidance)."""
         return self._model_output(x, t, cond)
 
@@ -109,7 +110,7 @@ class PixelAdapter(CodecImages):
 
     @torch.no_grad()
     def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond: torch.Tensor | None = None,
-                 guidance: float = 1.0, generator: torch.Generator | list[torch.Generator] | None = None,
+                 guidance: float | list[float] = 1.0, generator: torch.Generator | list[torch.Generator] | None = None,
                  schedule: str = "model") -> torch.Tensor:
         """DDIM from `noise`; eta > 0 adds the stochastic term (eta = 1: DDPM's posterior variance).
 

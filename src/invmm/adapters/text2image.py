@@ -65,7 +65,8 @@ class Text2ImageAdapter(PixelAdapter):
         out = self.unet(x_t, t.to(self.device), encoder_hidden_states=cond).sample
         return out[:, : self.channels]
 
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
+                      guidance: float | list[float] = 1.0) -> torch.Tensor:
         return classifier_free_guidance(self._model_output, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
     def describe(self) -> dict:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from invmm.adapters.loading import load_options
 from invmm.config import InvMMConfig, check_config_for_model
+from invmm.cost import sum_calls
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
@@ -47,6 +49,7 @@ class RunSummary:
     results: list[Result] = field(default_factory=list)  # this session's ledger lines, when asked to keep them
     images: int = 0
     repeats: int = 1
+    calls: Counter = field(default_factory=Counter)  # model calls of this session (invmm.cost)
 
 
 def run_images(
@@ -128,6 +131,7 @@ def run_images(
                 left[res.id] -= 1
                 if left[res.id] == 0:
                     it.pixels = None  # the image is done; free its memory
+            summary.calls = sum_calls([summary.calls, res.calls])
             summary.scored += res.status == "ok"
             summary.not_reproduced += res.status == "ok" and not res.success
             if res.status != "ok":
@@ -165,5 +169,5 @@ def run_images(
         if run_dir is not None:
             add_session(run_dir, {"started": info["created"], "seconds": round(summary.seconds, 2),
                                   "scored": summary.scored, "errors": summary.errors, "backend": backend,
-                                  "workers": n_workers, "device": worker_device})
+                                  "workers": n_workers, "device": worker_device, "calls": dict(summary.calls)})
     return summary

@@ -1,0 +1,76 @@
+"""Model calls per image: a cost measure that does not depend on the machine.
+
+Counts are rows through a model (one image of a batch through one network evaluation):
+- `opt_forward`, `opt_backward`: the denoiser in the optimisation (every forward there is backpropagated);
+- `check_forward`: the denoiser in the success checks (each sampler step of each sample, twice for a
+  sample at a guidance scale other than 1: conditional and unconditional pass);
+- `vae_encode`, `vae_decode`: the autoencoder of latent models (the target once, each check sample once);
+- `text_encoder`: prompts through the text encoder(s) (soft prompts every step, check prompts, captions);
+- `similarity`: check samples compared with the target.
+A backward costs about two forwards, so `forward_equivalents` = opt_forward + 2 opt_backward + check_forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+
+import torch
+
+CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "vae_encode", "vae_decode", "text_encoder",
+               "similarity")
+
+
+def forward_equivalents(calls: dict) -> int:
+    return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0))
+
+
+def sum_calls(many) -> Counter:
+    total = Counter({k: 0 for k in CALL_FIELDS})
+    for calls in many:
+        for k in CALL_FIELDS:
+            total[k] += int((calls or {}).get(k, 0))
+    return total
+
+
+def _rows(args, kwargs) -> int:
+    for v in (*args, *kwargs.values()):
+        if torch.is_tensor(v) and v.ndim > 0:
+            return int(v.shape[0])
+    return 0
+
+
+class RowCounter:
+    """Rows through some modules, counted by forward pre-hooks while `attached`."""
+
+    def __init__(self, modules):
+        self.modules = [m for m in modules if m is not None]
+        self.rows = 0
+
+    def _hook(self, module, args, kwargs):
+        self.rows += _rows(args, kwargs)
+
+    @contextlib.contextmanager
+    def attached(self):
+        handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in self.modules]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def text_encoders(adapter) -> list:
+    encs = list(getattr(adapter, "text_encoders", None) or [])
+    if getattr(adapter, "text_encoder", None) is not None:
+        encs.append(adapter.text_encoder)
+    return [e for e in encs if e is not None]
+
+
+def vae_encoder(adapter):
+    vae = getattr(adapter, "vae", None)
+    return getattr(vae, "encoder", None) if vae is not None else None
+
+
+def denoiser(adapter):
+    return getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)

@@ -1,0 +1,93 @@
+"""`invmm estimate`: what an audit will cost before it starts.
+
+Model calls per image follow from the preset and the budget alone (cost.py counts the same quantities
+while a run goes). An image that is never reproduced is the worst case: it runs every step and every
+check. Its checks cost between two bounds: every (scale) stopped after the first round's sample (what a
+clearly unmemorized image costs) and every sample of every scale generated (an image whose samples keep
+almost passing). Seconds come from a short probe on the device: a few optimisation steps and one failing
+check on a full batch of the user's first image.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from invmm.config import InvMMConfig
+from invmm.cost import forward_equivalents
+from invmm.inversion import Inverter, Target
+
+
+def checks_per_image(config: InvMMConfig) -> int:
+    return config.max_steps // config.check_every
+
+
+def check_forwards(adapter, config: InvMMConfig, samples_per_scale: int) -> int:
+    """Denoiser forwards of one failing check that generates `samples_per_scale` samples at every scale."""
+    steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
+    scales = config.guidance_scales if adapter.conditional else [1.0]
+    return samples_per_scale * steps * sum(2 if adapter.conditional and s != 1.0 else 1 for s in scales)
+
+
+def worst_case_calls(adapter, config: InvMMConfig) -> dict:
+    """Denoiser calls of an image never reproduced: {"low": first round only, "high": every sample}."""
+    opt = config.max_steps * config.batch_size
+    first = config.check_rounds[0] if config.check_rounds and config.eta == 0 else config.n_check_samples
+    first = min(first, config.n_check_samples)
+    out = {}
+    for name, samples in (("low", first), ("high", config.n_check_samples)):
+        calls = {"opt_forward": opt, "opt_backward": opt,
+                 "check_forward": checks_per_image(config) * check_forwards(adapter, config, samples)}
+        out[name] = {**calls, "forward_equivalents": forward_equivalents(calls)}
+    return out
+
+
+def probe_seconds(adapter, config: InvMMConfig, similarity, pixels: torch.Tensor, *, batch_images: int,
+                  steps: int = 3) -> dict:
+    """Seconds per optimisation step and per failing check, per image, measured on a full batch."""
+    cfg = config.replace(threshold=2.0, check_every=10**9, max_steps=10**9)  # no check unless asked; none passes
+    inv = Inverter(adapter, cfg, similarity, batch_images=batch_images)
+    states = [inv._start(Target(id=f"probe-{i}", pixels=pixels)) for i in range(batch_images)]
+    inv._step(states)  # warm-up: first calls allocate
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        inv._step(states)
+    step_s = (time.perf_counter() - t0) / steps / batch_images
+    t0 = time.perf_counter()
+    inv._check(states)
+    check_s = (time.perf_counter() - t0) / batch_images
+    return {"step_s": step_s, "check_s": check_s, "batch_images": batch_images, "probe_steps": steps}
+
+
+def estimate(adapter, config: InvMMConfig, n_images: int, similarity, pixels: torch.Tensor, *,
+             batch_images: int = 8, repeats: int = 1) -> dict:
+    calls = worst_case_calls(adapter, config)
+    probe = probe_seconds(adapter, config, similarity, pixels, batch_images=batch_images)
+    per_image_s = config.max_steps * probe["step_s"] + checks_per_image(config) * probe["check_s"]
+    inversions = n_images * repeats
+    return {
+        "images": n_images, "repeats": repeats, "preset": config.preset, "max_steps": config.max_steps,
+        "checks_per_image": checks_per_image(config), "calls_per_image": calls, "probe": probe,
+        "seconds_per_image_not_reproduced": per_image_s,
+        "hours_worst_case": inversions * per_image_s / 3600,
+        "device": str(adapter.device),
+    }
+
+
+def format_estimate(e: dict) -> str:
+    low, high = e["calls_per_image"]["low"], e["calls_per_image"]["high"]
+    rows = [
+        ("images x repeats", f"{e['images']} x {e['repeats']}"),
+        ("budget", f"{e['max_steps']} steps, {e['checks_per_image']} checks (preset {e['preset']})"),
+        ("denoiser forwards per image, optimisation", f"{low['opt_forward']:,} (+ as many backwards)"),
+        ("denoiser forwards per image, checks", f"{low['check_forward']:,} (each check stops at its first round) "
+                                                 f"to {high['check_forward']:,} (every sample generated)"),
+        ("forward-equivalents per image", f"{low['forward_equivalents']:,} to {high['forward_equivalents']:,}"),
+        ("probe on " + e["device"], f"{e['probe']['step_s'] * 1000:.1f} ms per step, {e['probe']['check_s']:.2f} s "
+                                    f"per failing check, per image (batch of {e['probe']['batch_images']})"),
+        ("seconds per image not reproduced", f"{e['seconds_per_image_not_reproduced']:.1f}"),
+        ("hours, worst case (nothing reproduced)", f"{e['hours_worst_case']:.2f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
