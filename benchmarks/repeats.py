@@ -8,6 +8,7 @@ asked for, so the first r repeats of one run are an R = r run). Usage:
 
     python benchmarks/repeats.py --counts 64:8,16:4,0:8 --repeats 5 --out bench-out/repeats
     python benchmarks/repeats.py --model t2i --counts 64:8,0:4 --repeats 3 --out bench-out/repeats_t2i
+    python benchmarks/repeats.py --counts 64:8,16:4,0:8 --repeats 5 --out bench-out/repeats --analyse
     python benchmarks/repeats.py --cost --counts 64:4,0:2 --repeats 3 --max-steps 500 --out bench-out/repeats_cost
 """
 
@@ -27,7 +28,8 @@ from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
 from invmm.images import ImageItem
-from invmm.repeats import median_score, rep_score
+from invmm.repeats import combine, median_score, rep_score
+from invmm.run.files import Ledger
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 
@@ -52,6 +54,22 @@ def tau_pairs(per_repeat: np.ndarray) -> list[float]:
         t = kendalltau(per_repeat[:, a], per_repeat[:, b]).statistic
         if not math.isnan(t):
             taus.append(float(t))
+    return taus
+
+
+def disjoint_taus(per_repeat: np.ndarray, r: int) -> list[float]:
+    """Kendall tau between the image rankings by the medians of every two disjoint sets of r repeats."""
+    n = per_repeat.shape[1]
+    taus = []
+    for a in itertools.combinations(range(n), r):
+        for b in itertools.combinations([i for i in range(n) if i not in a], r):
+            if a > b:
+                continue  # each unordered pair of sets once
+            ma = [finite_or_big(median_score(row[list(a)])) for row in per_repeat]
+            mb = [finite_or_big(median_score(row[list(b)])) for row in per_repeat]
+            t = kendalltau(ma, mb).statistic
+            if not math.isnan(t):
+                taus.append(float(t))
     return taus
 
 
@@ -97,6 +115,7 @@ def main():
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost", action="store_true", help="only the wall-time comparison")
+    ap.add_argument("--analyse", action="store_true", help="print the tables of the finished run in OUT/run")
     ap.add_argument("--out", type=Path, default=Path("bench-out/repeats"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -105,10 +124,13 @@ def main():
 
     model, items, level, cfg = setup(args)
     t0 = time.perf_counter()
-    results = measure(str(model), items, cfg, out=args.out / "run", batch_images=args.batch_images,
-                      repeats=args.repeats,
-                      on_result=lambda r: print(f"  {r.id} r{r.repeat}: score {r.score:.4f} steps {r.steps}",
-                                                flush=True))
+    if args.analyse:  # the tables again, from a finished run folder
+        results = combine(Ledger(args.out / "run").read())
+    else:
+        results = measure(str(model), items, cfg, out=args.out / "run", batch_images=args.batch_images,
+                          repeats=args.repeats,
+                          on_result=lambda r: print(f"  {r.id} r{r.repeat}: score {r.score:.4f} steps {r.steps}",
+                                                    flush=True))
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.status == "ok"]
     R = args.repeats
@@ -116,7 +138,7 @@ def main():
     levels = [level[r.id] for r in ok]
 
     print(f"\nmodel: {model}\n{len(ok)} images x {R} repeats, budget {args.max_steps}, seed {args.seed}, "
-          f"--batch-images {args.batch_images}, wall {wall:.0f} s\n")
+          f"--batch-images {args.batch_images}, {'re-analysed' if args.analyse else f'wall {wall:.0f} s'}\n")
     print("| image | copies | reproduced | median | interval (coverage) | finite scores | CV of finite scores |")
     print("|---|---|---|---|---|---|---|")
     cvs: dict[int, list[float]] = {}
@@ -154,6 +176,18 @@ def main():
         if taus:
             print(f"- {name} ({len(rows)}): {statistics.mean(taus):.3f} [{min(taus):.3f}, {max(taus):.3f}]")
             summary[f"tau_{name}"] = taus
+    # Rankings from disjoint sets of repeats (independent, unlike a subset against all R): how well the
+    # median of r repeats reproduces itself.
+    print("\nKendall tau between rankings by the medians of two disjoint sets of r repeats (mean [min, max]):")
+    for name, rows in (("all images", list(range(len(ok)))),
+                       ("training images only", [i for i, x in enumerate(levels) if x > 0]),
+                       (f"{top}-copy images only", [i for i, x in enumerate(levels) if x == top])):
+        for r in range(1, R // 2 + 1):
+            taus = disjoint_taus(per_repeat[rows], r)
+            if taus:
+                print(f"- {name} ({len(rows)}), r = {r}: {statistics.mean(taus):.3f} [{min(taus):.3f}, "
+                      f"{max(taus):.3f}] over {len(taus)} pairs of sets")
+                summary[f"disjoint_tau_{name}_r{r}"] = taus
     # Rankings by the median of r repeats, against the median of all R: how fast the ranking settles.
     full = [median_score(row) for row in per_repeat]
     print("\n| repeats used | AUC top vs held out (per subset of repeats: mean [min, max]) | Kendall tau vs all R |")
