@@ -190,18 +190,24 @@ def main():
                 summary[f"disjoint_tau_{name}_r{r}"] = taus
     # Rankings by the median of r repeats, against the median of all R: how fast the ranking settles.
     full = [median_score(row) for row in per_repeat]
-    print("\n| repeats used | AUC top vs held out (per subset of repeats: mean [min, max]) | Kendall tau vs all R |")
-    print("|---|---|---|")
+    # The median is the summary the tool reports; the minimum (the best inversion any repeat found, i.e.
+    # "reproduced at least once") is shown beside it as a detector.
+    print("\n| repeats used | AUC top vs held out, median of r (mean [min, max] over subsets) | AUC, minimum of r | "
+          "Kendall tau vs all R (median) |")
+    print("|---|---|---|---|")
     for r in range(1, R + 1, 2 if R > 2 else 1):
         subsets = list(itertools.combinations(range(R), r))
-        aucs, taus = [], []
+        aucs, mins, taus = [], [], []
         for sub in subsets:
             med = [median_score(row[list(sub)]) for row in per_repeat]
             aucs.append(auc_top_vs_heldout(levels, med))
+            mins.append(auc_top_vs_heldout(levels, [float(min(row[list(sub)])) for row in per_repeat]))
             taus.append(kendalltau([finite_or_big(x) for x in med], [finite_or_big(x) for x in full]).statistic)
         print(f"| {r} | {statistics.mean(aucs):.3f} [{min(aucs):.3f}, {max(aucs):.3f}] over {len(subsets)} | "
+              f"{statistics.mean(mins):.3f} [{min(mins):.3f}, {max(mins):.3f}] | "
               f"{statistics.mean(taus):.3f} [{min(taus):.3f}, {max(taus):.3f}] |")
         summary[f"auc_r{r}"] = aucs
+        summary[f"auc_min_r{r}"] = mins
         summary[f"tau_vs_full_r{r}"] = taus
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
 
