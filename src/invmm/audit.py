@@ -1,4 +1,8 @@
-"""`invmm audit`: a whole dataset, resumable, one writer: a run of the engine (run/engine.py) with resume."""
+"""`invmm audit`: a whole dataset, resumable, one writer: a run of the engine (run/engine.py) with resume.
+
+With a screen (screen.py), a cheap scorer ranks every image first and InvMM runs on the most suspicious
+part only; the screen's scores stay in RUN/screen and run.json records what was kept.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,30 @@ from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig
 from invmm.images import ImageItem
 from invmm.run.engine import RunSummary, run_images
+from invmm.run.files import RUN_FILE
+from invmm.run.folder import next_free
+from invmm.screen import screen as run_screen
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
-          device: str = "cpu", allow_pickle: bool = False, **options) -> RunSummary:
+          device: str = "cpu", allow_pickle: bool = False, screen: str | None = None, keep: float | None = None,
+          keep_top: int | None = None, on_screen=None, **options) -> RunSummary:
     """InvMM for every item not yet in OUT's ledger. `options` are the engine's (backend, batch_images,
-    force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks)."""
+    repeats, force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks).
+    `screen` (a scorer spec, e.g. "loss" or "pia:t=100") with `keep` (a fraction) or `keep_top` (a count)
+    inverts only the images that scorer ranks as most suspicious."""
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
-    return run_images(adapter, items, config, out, kind="audit", resume=True, allow_pickle=allow_pickle, **options)
+    described = None
+    if screen:
+        out = Path(out)
+        if options.pop("force_new", False) and (out / RUN_FILE).exists():
+            out = next_free(out)  # the screen's scores go with the new run, not into the old one
+        result = run_screen(adapter, items, screen, out, keep=keep, keep_top=keep_top, seed=config.seed,
+                            on_batch=on_screen)
+        items = result.kept
+        described = result.describe(screen, keep, keep_top)
+        options["run_extra"] = {**(options.get("run_extra") or {}), "screen": described}
+    summary = run_images(adapter, items, config, out, kind="audit", resume=True, allow_pickle=allow_pickle,
+                         **options)
+    summary.screen = described
+    return summary

@@ -251,6 +251,11 @@ def audit(
                                               "slot)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="independent inversions per image (R); resuming with a "
                                                      "larger R adds the missing repeats")] = 1,
+    screen: Annotated[str, typer.Option(help="rank every image with this cheap scorer first (loss, secmi, pia, "
+                                             "noise_norm, generate_compare; options as pia:t=100) and invert only "
+                                             "the most suspicious (--keep or --keep-top)")] = None,
+    keep: Annotated[float, typer.Option(help="with --screen: the fraction of images to invert, e.g. 0.1")] = None,
+    keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
     batch_images: BatchImages = 8,
     device: Device = "cpu",
     allow_pickle: AllowPickle = False,
@@ -303,8 +308,10 @@ def audit(
             bar.update(1)
 
     try:
+        if screen is None and (keep is not None or keep_top is not None):
+            raise InvMMInputError("--keep and --keep-top choose what a --screen keeps; give --screen SCORER too")
         s = run_audit(model, items, config, out, adapter=adapter, backend=backend, batch_images=batch_images,
-                      repeats=repeats,
+                      repeats=repeats, screen=screen, keep=keep, keep_top=keep_top,
                       allow_pickle=allow_pickle, force_new=force_new, ray_address=address,
                       gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=on_start,
                       on_result=on_result, run_extra={"argv": sys.argv})
@@ -313,6 +320,9 @@ def audit(
     finally:
         if bar is not None:
             bar.close()
+    if s.screen:
+        typer.echo(f"screen {s.screen['scorer']}: {s.screen['kept']} of {s.screen['of']} images kept for InvMM "
+                   f"(scores in {s.run_dir}/{s.screen['folder']})")
     what = f"{s.images} images x {s.repeats} repeats = {s.total} inversions" if s.repeats > 1 else f"{s.total} images"
     typer.echo(f"{s.run_dir}: {what}; {s.already_done} already done, {s.scored} scored now "
                f"({s.not_reproduced} not reproduced within the budget), {s.errors} errors, {s.seconds:.1f} s")

@@ -25,6 +25,8 @@ from invmm.repeats import combine, compare_scores, rep_score
 from invmm.result import Result
 from invmm.run.artifacts import artifact_stem
 from invmm.run.files import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.scoring import read_scores
+from invmm.screen import suspicion_order
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {
@@ -157,6 +159,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "counted, not drawn.</p>",
              f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>",
              roc_section,
+             _screen_section(run_dir, info, results),
              _top_section(run_dir, finite, top_k, out, cfg.get("beta")),
              _misses_section(ok, top_k, out, cfg.get("beta")),
              _table_section(results),
@@ -188,6 +191,26 @@ def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figur
     return (f"<h2>Evaluation by label: {_e(title)}</h2><p>positives: {int(y.sum())}, negatives: "
             f"{int(len(y) - y.sum())} (bootstrap 95% intervals)</p><table class='meta'>{cells}</table>"
             f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
+
+
+def _screen_section(run_dir: Path, info: dict, results: list[Result], shown: int = 50) -> str:
+    """Stage 1 of a screened audit: what the cheap scorer ranked, and which images InvMM skipped."""
+    sc = info.get("screen")
+    if not sc:
+        return ""
+    records = [r for r in read_scores(run_dir / sc["folder"]) if r.scorer == sc["settings"]["name"]]
+    inverted = {r.id for r in results}
+    order = suspicion_order(records, sc["settings"]["higher_is_better"])
+    skipped = [r for r in order if r.id not in inverted]
+    rows = "".join(f"<tr><td>{_e(r.id)}</td><td>{_fmt(r.score)}</td><td>{_e(r.label or '')}</td></tr>"
+                   for r in skipped[:shown])
+    rule = f"the top {sc['keep']:.0%}" if sc.get("keep") is not None else f"the top {sc['keep_top']}"
+    return (f"<h2>Screen: {_e(sc['scorer'])}</h2><p>Stage 1 scored all {sc['of']} images with "
+            f"<b>{_e(sc['scorer'])}</b> ({'higher' if sc['settings']['higher_is_better'] else 'lower'} = more "
+            f"suspicious); stage 2 inverted {rule}: {sc['kept']} images. InvMM skipped {len(skipped)} images; "
+            f"their screen scores are in {_e(sc['folder'])}/scores.jsonl. The skipped images closest to the cut "
+            f"({min(shown, len(skipped))} shown):</p><table><thead><tr><th>skipped image</th><th>screen score</th>"
+            f"<th>label</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _calls_text(results: list[Result]) -> str:

@@ -50,6 +50,7 @@ class RunSummary:
     images: int = 0
     repeats: int = 1
     calls: Counter = field(default_factory=Counter)  # model calls of this session (invmm.cost)
+    screen: dict | None = None  # what a screen kept (audit with --screen)
 
 
 def run_images(

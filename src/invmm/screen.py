@@ -1,0 +1,74 @@
+"""Screen, then invert: a cheap scorer ranks the whole dataset, InvMM runs only on the most suspicious part.
+
+Most images of a real audit are not memorized and would each run InvMM's whole budget. A one-pass
+membership score (loss, SecMI, PIA, noise norm, generate-and-compare) costs a few denoiser calls per image;
+its ranking decides which images get inverted. The screen's scores live in RUN/screen (a scores folder, as
+`evaluate` writes them: resumable, locked), so a resumed audit reuses them and keeps the same images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from invmm.errors import InvMMInputError
+from invmm.images import ImageItem
+from invmm.scorers import ScorerError, build_scorer, parse_spec
+from invmm.scoring import ScoreRecord, score_dataset
+
+SCREEN_DIR = "screen"
+
+
+@dataclass
+class ScreenResult:
+    kept: list[ImageItem]
+    skipped: list[ImageItem]
+    records: dict[str, ScoreRecord]
+    scorer: dict  # the scorer's settings and direction
+
+    def describe(self, spec: str, keep: float | None, keep_top: int | None) -> dict:
+        return {"scorer": spec, "settings": self.scorer, "keep": keep, "keep_top": keep_top,
+                "kept": len(self.kept), "of": len(self.kept) + len(self.skipped), "folder": SCREEN_DIR}
+
+
+def suspicion_order(records: list[ScoreRecord], higher_is_better: bool) -> list[ScoreRecord]:
+    """Most suspicious first. Images the screen could not score (errors, NaN) come first too: skipping them
+    would hide them, so InvMM looks at them."""
+    def key(r: ScoreRecord):
+        if r.status != "ok" or math.isnan(r.score):
+            return (0, 0.0, r.id)
+        return (1, -r.score if higher_is_better else r.score, r.id)
+
+    return sorted(records, key=key)
+
+
+def n_kept(n: int, keep: float | None, keep_top: int | None) -> int:
+    if (keep is None) == (keep_top is None):
+        raise InvMMInputError("--screen needs exactly one of --keep FRACTION or --keep-top K")
+    if keep is not None:
+        if not 0 < keep <= 1:
+            raise InvMMInputError(f"--keep must be a fraction in (0, 1], got {keep}")
+        return max(1, math.ceil(keep * n))
+    if keep_top < 1:
+        raise InvMMInputError(f"--keep-top must be >= 1, got {keep_top}")
+    return min(keep_top, n)
+
+
+def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, keep: float | None = None,
+           keep_top: int | None = None, seed: int = 0, on_batch=None) -> ScreenResult:
+    """Score every item with the screen scorer into RUN/screen, then split the items into kept and skipped."""
+    count = n_kept(len(items), keep, keep_top)
+    if parse_spec(spec)[0] == "invmm":
+        raise InvMMInputError("--screen takes a cheap scorer (loss, secmi, pia, noise_norm, generate_compare); "
+                              "InvMM is what runs after it")
+    try:
+        scorer = build_scorer(spec, adapter)
+    except ScorerError as exc:
+        raise InvMMInputError(f"--screen {spec}: {exc}") from None
+    records = score_dataset(adapter, items, [scorer], Path(run_dir) / SCREEN_DIR, seed=seed, on_batch=on_batch)
+    mine = {r.id: r for r in records if r.scorer == scorer.name}
+    ordered = suspicion_order([mine[it.id] for it in items], scorer.higher_is_better)
+    kept_ids = {r.id for r in ordered[:count]}
+    return ScreenResult([it for it in items if it.id in kept_ids], [it for it in items if it.id not in kept_ids],
+                        mine, scorer.to_json())
