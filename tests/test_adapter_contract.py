@@ -184,4 +184,5 @@ def test_check_rounds_keep_every_decision(adapter):
             assert a.similarities == b.similarities
         # A failed check's similarity is over the samples generated before it was decided: never below the full one.
         assert all(cb[3] >= ca[3] - 1e-6 for ca, cb in zip(a.checks, b.checks))
-        assert b.calls["check_forward"] <= a.calls["check_forward"]
+        if not a.success:  # a success check can cost more: its first round also ran the higher scales
+            assert b.calls["check_forward"] <= a.calls["check_forward"]

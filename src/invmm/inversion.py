@@ -281,8 +281,9 @@ class Inverter:
         all n samples are copies. The samples come in rounds (config.check_rounds: the first 1, then up to 4,
         then all 8): an (image, scale) whose round has a non-copy stops there and the image moves to its next
         scale. Each sample depends only on its own noise and prompt draw, so the decision is the full check's,
-        while a failing check, the common case, costs a fraction of the forwards. Every image's next round
-        goes into one batched sampler call, each row at its image's current scale.
+        while a failing check, the common case, costs a fraction of the forwards. The first round runs at
+        every scale, and each later round at the image's lowest scale still possible; all images' rows go
+        into one batched sampler call, each row at its own scale.
         """
         cfg = self.config
         n = cfg.n_check_samples
@@ -299,16 +300,26 @@ class Inverter:
         for s in checking if conditional else []:
             with self._metered(s):
                 check_cond[id(s)] = s.cond.for_check(n)
-        at = {id(s): (0, 0) for s in checking}  # (scale index, samples done at that scale)
+        # Per image, the scales still able to pass (lowest first) and the samples done at each.
+        candidates = {id(s): list(range(len(scales))) for s in checking}
+        done: dict[tuple[int, int], int] = {}
         sims: dict[tuple[int, int], list[float]] = {}
         samples: dict[tuple[int, int], list[torch.Tensor]] = {}
         succeeded: dict[int, int] = {}
+        # With rounds, the first round runs at every scale at once: a failing check (most are) is then one
+        # sampler call, not one per scale. Later rounds follow the lowest scale still possible.
+        all_scales_first = len(bounds) > 1
         open_ = list(checking)
         while open_:
-            parts = []
-            for s in open_:
-                k, done = at[id(s)]
-                parts.append((s, k, done, next(b for b in bounds if b > done)))
+            if all_scales_first:
+                parts = [(s, k, 0, bounds[0]) for s in open_ for k in candidates[id(s)]]
+                all_scales_first = False
+            else:
+                parts = []
+                for s in open_:
+                    k = candidates[id(s)][0]
+                    lo = done.get((id(s), k), 0)
+                    parts.append((s, k, lo, next(b for b in bounds if b > lo)))
             rows = [(s, k) for s, k, lo, hi in parts for _ in range(lo, hi)]
             with self._autocast():
                 cond = cond_cat([cond_rows(check_cond[id(s)], slice(lo, hi)) for s, _, lo, hi in parts]) \
@@ -320,7 +331,7 @@ class Inverter:
                                                steps=cfg.sampler_steps, eta=cfg.eta, cond=cond, guidance=guidance,
                                                generator=gens, schedule=cfg.check_schedule)
             images = images.float()
-            still, offset = [], 0
+            offset = 0
             for s, k, lo, hi in parts:
                 m = hi - lo
                 batch = images[offset : offset + m].cpu()
@@ -333,13 +344,15 @@ class Inverter:
                 sims.setdefault((id(s), k), []).extend(values)
                 samples.setdefault((id(s), k), []).append(batch)
                 if min(values) < cfg.beta:
-                    if k + 1 < len(scales):
-                        at[id(s)] = (k + 1, 0)
-                        still.append(s)
-                elif hi == n:
-                    succeeded[id(s)] = k
+                    candidates[id(s)].remove(k)
                 else:
-                    at[id(s)] = (k, hi)
+                    done[(id(s), k)] = hi
+            still = []
+            for s in open_:
+                left = candidates[id(s)]
+                if left and done.get((id(s), left[0]), 0) == n:
+                    succeeded[id(s)] = left[0]  # every lower scale has failed: the first scale that passes
+                elif left:
                     still.append(s)
             open_ = still
         finished = []
