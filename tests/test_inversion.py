@@ -1,12 +1,15 @@
 import math
+import statistics
 
 import pytest
 import torch
 
 from invmm.adapters.loading import load_adapter
 from invmm.config import preset
-from invmm.functional import kl_to_standard_normal
+from invmm.functional import kl_to_standard_normal, seed_from
 from invmm.inversion import Inverter, Target
+from invmm.repeats import repeat_seed
+from invmm.scorers import InvMMScorer, build_scorer
 from invmm.similarity import PixelSimilarity
 
 
@@ -143,3 +146,61 @@ def test_eta_is_validated():
         small_config(eta=1.5)
     with pytest.raises(ValueError, match="Euler sampler is deterministic"):
         preset("sd3", eta=1.0)
+
+
+# --- repeats: independent streams per image (invmm.repeats) ---
+
+def images(n):
+    return [t.pixels for t in targets(n, seed=3)]
+
+
+def invert(adapter, cfg, ts, k):
+    outs = Inverter(adapter, cfg, PixelSimilarity(), batch_images=k).run(ts)
+    return {(o.result.id, o.result.repeat): o for o in outs}
+
+
+def test_repeat_zero_is_the_single_run_stream_and_repeats_differ():
+    assert repeat_seed(7, "x.png", 0) == seed_from(7, "x.png")
+    seeds = {repeat_seed(7, "x.png", r) for r in range(5)} | {repeat_seed(7, "y.png", r) for r in range(5)}
+    assert len(seeds) == 10
+
+
+def test_a_repeat_is_batch_invariant_and_deterministic(adapter):
+    cfg = small_config(threshold=1.5)
+    px = images(2)
+    rows = [Target(id=f"img-{i}", pixels=px[i], repeat=r) for i in range(2) for r in range(3)]
+    together = invert(adapter, cfg, rows, 6)
+    alone = invert(adapter, cfg, [Target(id="img-1", pixels=px[1], repeat=2)], 1)[("img-1", 2)]
+    torch.testing.assert_close(together[("img-1", 2)].mu, alone.mu, rtol=1e-4, atol=1e-5)
+    assert together[("img-1", 2)].result.kl == pytest.approx(alone.result.kl, rel=1e-4)
+    again = invert(adapter, cfg, rows, 6)
+    assert all(torch.equal(again[k].mu, together[k].mu) for k in together)
+    # Independent streams: the repeats of one image end in different places.
+    assert not torch.allclose(together[("img-1", 0)].mu, together[("img-1", 1)].mu)
+    assert together[("img-1", 0)].result.image_seed == seed_from(cfg.seed, "img-1")
+
+
+def test_a_smaller_budget_is_the_larger_run_cut_there(adapter):
+    """What benchmarks/budget_sensitivity.py relies on: no schedule depends on max_steps."""
+    px = images(2)
+    for threshold in (1.5, -1.0):  # never / always reproduced
+        ts = [Target(id=f"img-{i}", pixels=px[i]) for i in range(2)]
+        long = invert(adapter, small_config(threshold=threshold, max_steps=25), ts, 2)
+        short = invert(adapter, small_config(threshold=threshold, max_steps=10), ts, 2)
+        for key, s in short.items():
+            r_long, r = long[key].result, s.result
+            if r_long.success and r_long.steps <= 10:
+                assert (r.score, r.steps, r.checks) == (r_long.score, r_long.steps, r_long.checks)
+            else:
+                assert math.isinf(r.score) and r.steps == 10
+                assert r.checks == r_long.checks[: len(r.checks)]
+
+
+def test_the_invmm_scorer_scores_the_median_of_its_repeats(adapter):
+    scorer = InvMMScorer(adapter, config=small_config(threshold=-1.0), batch_images=6, repeats=3)
+    scores = scorer.score(torch.stack(images(2)), ["a", "b"])
+    for image_id, score in zip(["a", "b"], scores):
+        reps = [r["score"] for r in scorer.results[image_id].repeats]
+        assert len(set(reps)) == 3 and score == statistics.median(reps)
+    assert build_scorer("invmm:repeats=2,max_steps=10,sampler_steps=5", adapter).repeats == 2
+    assert scorer.settings()["repeats"] == 3

@@ -6,20 +6,15 @@ import statistics
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import mannwhitneyu, quantile_test
 from typer.testing import CliRunner
 
 from invmm import compare_scores, measure
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.config import preset
-from invmm.functional import seed_from
-from invmm.inversion import Inverter, Target
-from invmm.repeats import combine, median_interval, median_score, prob_lower, repeat_seed
+from invmm.repeats import combine, median_interval, median_score, prob_lower
 from invmm.result import Result
 from invmm.run.files import Ledger
-from invmm.similarity import PixelSimilarity
 
 runner = CliRunner()
 
@@ -109,66 +104,6 @@ def test_an_image_whose_repeats_all_failed_stays_an_error():
     assert r.status == "error" and r.n_repeats == 1
 
 
-# --- the streams ---
-
-def small_config(**kw):
-    base = dict(similarity="pixel", batch_size=4, check_every=5, window=5, max_steps=15, sampler_steps=5)
-    base.update(kw)
-    return preset("ddpm", **base)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model):
-    return load_adapter(str(tiny_model))
-
-
-def images(n):
-    g = torch.Generator().manual_seed(3)
-    return [torch.rand(1, 8, 8, generator=g) * 2 - 1 for _ in range(n)]
-
-
-def invert(adapter, cfg, ts, k):
-    outs = Inverter(adapter, cfg, PixelSimilarity(), batch_images=k).run(ts)
-    return {(o.result.id, o.result.repeat): o for o in outs}
-
-
-def test_repeat_zero_is_the_single_run_stream_and_repeats_differ():
-    assert repeat_seed(7, "x.png", 0) == seed_from(7, "x.png")
-    seeds = {repeat_seed(7, "x.png", r) for r in range(5)} | {repeat_seed(7, "y.png", r) for r in range(5)}
-    assert len(seeds) == 10
-
-
-def test_a_repeat_is_batch_invariant_and_deterministic(adapter):
-    cfg = small_config(threshold=1.5)
-    px = images(2)
-    rows = [Target(id=f"img-{i}", pixels=px[i], repeat=r) for i in range(2) for r in range(3)]
-    together = invert(adapter, cfg, rows, 6)
-    alone = invert(adapter, cfg, [Target(id="img-1", pixels=px[1], repeat=2)], 1)[("img-1", 2)]
-    torch.testing.assert_close(together[("img-1", 2)].mu, alone.mu, rtol=1e-4, atol=1e-5)
-    assert together[("img-1", 2)].result.kl == pytest.approx(alone.result.kl, rel=1e-4)
-    again = invert(adapter, cfg, rows, 6)
-    assert all(torch.equal(again[k].mu, together[k].mu) for k in together)
-    # Independent streams: the repeats of one image end in different places.
-    assert not torch.allclose(together[("img-1", 0)].mu, together[("img-1", 1)].mu)
-    assert together[("img-1", 0)].result.image_seed == seed_from(cfg.seed, "img-1")
-
-
-def test_a_smaller_budget_is_the_larger_run_cut_there(adapter):
-    """What benchmarks/budget_sensitivity.py relies on: no schedule depends on max_steps."""
-    px = images(2)
-    for threshold in (1.5, -1.0):  # never / always reproduced
-        ts = [Target(id=f"img-{i}", pixels=px[i]) for i in range(2)]
-        long = invert(adapter, small_config(threshold=threshold, max_steps=25), ts, 2)
-        short = invert(adapter, small_config(threshold=threshold, max_steps=10), ts, 2)
-        for key, s in short.items():
-            r_long, r = long[key].result, s.result
-            if r_long.success and r_long.steps <= 10:
-                assert (r.score, r.steps, r.checks) == (r_long.score, r_long.steps, r_long.checks)
-            else:
-                assert math.isinf(r.score) and r.steps == 10
-                assert r.checks == r_long.checks[: len(r.checks)]
-
-
 # --- the run folder and the commands ---
 
 FAST = dict(similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
@@ -229,15 +164,3 @@ def test_measure_table_shows_the_success_rate_and_interval(tmp_path, toy_model, 
                               "--batch-size", "8"])
     assert res.exit_code == 0, res.output
     assert "reproduced" in res.output and "/3" in res.output and "(75%)" in res.output
-
-
-def test_the_invmm_scorer_scores_the_median_of_its_repeats(adapter):
-    from invmm.scorers import InvMMScorer, build_scorer
-
-    scorer = InvMMScorer(adapter, config=small_config(threshold=-1.0), batch_images=6, repeats=3)
-    scores = scorer.score(torch.stack(images(2)), ["a", "b"])
-    for image_id, score in zip(["a", "b"], scores):
-        reps = [r["score"] for r in scorer.results[image_id].repeats]
-        assert len(set(reps)) == 3 and score == statistics.median(reps)
-    assert build_scorer("invmm:repeats=2,max_steps=10,sampler_steps=5", adapter).repeats == 2
-    assert scorer.settings()["repeats"] == 3

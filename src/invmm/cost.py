@@ -25,6 +25,12 @@ def forward_equivalents(calls: dict) -> int:
     return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0))
 
 
+def sample_forwards(sampler_steps: int, conditional: bool, scale: float) -> int:
+    """Denoiser forwards to generate one check sample: one per sampler step, two at a guidance scale other
+    than 1 (conditional and unconditional pass)."""
+    return sampler_steps * (2 if conditional and scale != 1.0 else 1)
+
+
 def sum_calls(many) -> Counter:
     total = Counter({k: 0 for k in CALL_FIELDS})
     for calls in many:

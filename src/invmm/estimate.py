@@ -15,7 +15,7 @@ import time
 import torch
 
 from invmm.config import InvMMConfig
-from invmm.cost import forward_equivalents
+from invmm.cost import forward_equivalents, sample_forwards
 from invmm.inversion import Inverter, Target
 
 
@@ -27,7 +27,7 @@ def check_forwards(adapter, config: InvMMConfig, samples_per_scale: int) -> int:
     """Denoiser forwards of one failing check that generates `samples_per_scale` samples at every scale."""
     steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
     scales = config.guidance_scales if adapter.conditional else [1.0]
-    return samples_per_scale * steps * sum(2 if adapter.conditional and s != 1.0 else 1 for s in scales)
+    return samples_per_scale * sum(sample_forwards(steps, adapter.conditional, s) for s in scales)
 
 
 def worst_case_calls(adapter, config: InvMMConfig) -> dict:

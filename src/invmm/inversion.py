@@ -18,7 +18,7 @@ import torch
 
 from invmm.conditioning import cond_cat, cond_rows, conditioner
 from invmm.config import InvMMConfig
-from invmm.cost import RowCounter, text_encoders, vae_encoder
+from invmm.cost import RowCounter, denoiser, sample_forwards, text_encoders, vae_encoder
 from invmm.errors import InvMMInputError
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.repeats import repeat_seed
@@ -70,14 +70,14 @@ AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def apply_memory_options(adapter, config: InvMMConfig) -> None:
     """Gradient checkpointing and attention slicing on the adapter's denoiser, where the model offers them."""
-    denoiser = getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)
-    if config.gradient_checkpointing and denoiser is not None:
-        if not getattr(denoiser, "_supports_gradient_checkpointing", False):
-            raise InvMMInputError(f"--gradient-checkpointing: {type(denoiser).__name__} does not support it; "
+    net = denoiser(adapter)
+    if config.gradient_checkpointing and net is not None:
+        if not getattr(net, "_supports_gradient_checkpointing", False):
+            raise InvMMInputError(f"--gradient-checkpointing: {type(net).__name__} does not support it; "
                                   "leave the option out for this model")
-        denoiser.enable_gradient_checkpointing()
-    if config.attention_slicing and hasattr(denoiser, "set_attention_slice"):
-        denoiser.set_attention_slice("auto")
+        net.enable_gradient_checkpointing()
+    if config.attention_slicing and hasattr(net, "set_attention_slice"):
+        net.set_attention_slice("auto")
 
 
 def check_grid(adapter, config: InvMMConfig) -> dict:
@@ -103,12 +103,12 @@ class Inverter:
         self._encoder = RowCounter([vae_encoder(adapter)])
 
     @contextlib.contextmanager
-    def _metered(self, s: _State):
-        """Adds the text-encoder and VAE-encoder rows of the enclosed per-image calls to s.calls."""
+    def _metered(self, calls: Counter):
+        """Adds the text-encoder and VAE-encoder rows of the enclosed per-image calls to `calls`."""
         text, enc = self._text.rows, self._encoder.rows
         yield
-        s.calls["text_encoder"] += self._text.rows - text
-        s.calls["vae_encode"] += self._encoder.rows - enc
+        calls["text_encoder"] += self._text.rows - text
+        calls["vae_encode"] += self._encoder.rows - enc
 
     def _autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -119,20 +119,18 @@ class Inverter:
         image_seed = repeat_seed(cfg.seed, target.id, target.repeat)
         gen = torch.Generator().manual_seed(image_seed)
         calls = Counter()
-        text, enc = self._text.rows, self._encoder.rows
-        with torch.no_grad():
-            # A VAE posterior is sampled once per image, from the image's own stream.
-            vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
-            x0 = self.adapter.encode(target.pixels[None], generator=vae_gen)[0]
+        with self._metered(calls):
+            with torch.no_grad():
+                # A VAE posterior is sampled once per image, from the image's own stream.
+                vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
+                x0 = self.adapter.encode(target.pixels[None], generator=vae_gen)[0]
+            cond = None
+            if getattr(self.adapter, "conditional", False):
+                invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
+                cond = conditioner(self.adapter, target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
+                                   seed=seed_from(image_seed, "gumbel"))
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)
-        cond = None
-        if getattr(self.adapter, "conditional", False):
-            invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
-            cond = conditioner(self.adapter, target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
-                               seed=seed_from(image_seed, "gumbel"))
-        calls["text_encoder"] += self._text.rows - text
-        calls["vae_encode"] += self._encoder.rows - enc
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the
         # optimisation's noise: the same fit is judged by both samplers.
@@ -223,7 +221,7 @@ class Inverter:
             if active[0].cond is not None:
                 parts = []
                 for s in active:
-                    with self._metered(s):
+                    with self._metered(s.calls):
                         parts.append(s.cond.sample(b, s.gen))
                 cond = cond_cat(parts)
             x0_hat = adapter.predict_x0(x_t, t.reshape(-1), cond)
@@ -298,7 +296,7 @@ class Inverter:
         # Each image's check prompts are drawn once and used at every guidance scale.
         check_cond = {}
         for s in checking if conditional else []:
-            with self._metered(s):
+            with self._metered(s.calls):
                 check_cond[id(s)] = s.cond.for_check(n)
         # Per image, the scales still able to pass (lowest first) and the samples done at each.
         candidates = {id(s): list(range(len(scales))) for s in checking}
@@ -337,8 +335,7 @@ class Inverter:
                 batch = images[offset : offset + m].cpu()
                 offset += m
                 values = [round(float(v), 6) for v in self.similarity(batch, s.target.pixels)]
-                passes = conditional and scales[k] != 1.0
-                s.calls["check_forward"] += m * self.check_steps * (2 if passes else 1)
+                s.calls["check_forward"] += m * sample_forwards(self.check_steps, conditional, scales[k])
                 s.calls["vae_decode"] += m if self.decodes else 0
                 s.calls["similarity"] += m
                 sims.setdefault((id(s), k), []).extend(values)

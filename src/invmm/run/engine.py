@@ -19,7 +19,6 @@ from pathlib import Path
 
 from invmm.adapters.loading import load_options
 from invmm.config import InvMMConfig, check_config_for_model
-from invmm.cost import sum_calls
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
@@ -132,7 +131,7 @@ def run_images(
                 left[res.id] -= 1
                 if left[res.id] == 0:
                     it.pixels = None  # the image is done; free its memory
-            summary.calls = sum_calls([summary.calls, res.calls])
+            summary.calls.update(res.calls or {})
             summary.scored += res.status == "ok"
             summary.not_reproduced += res.status == "ok" and not res.success
             if res.status != "ok":
