@@ -145,9 +145,11 @@ def _invert(adapter, cfg, captions=("a red square", None)):
     return [o.result for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(ts)]
 
 
-def test_model_calls_are_counted_exactly(adapter):
+@pytest.mark.parametrize("preview", [0, 2])
+def test_model_calls_are_counted_exactly(adapter, preview):
     """Each result's calls against hooks on the model's own modules (the counts are machine independent)."""
-    cfg = _small_config(adapter, threshold=1.5)  # nothing passes: every check runs round 1 at every scale
+    # Nothing passes: every check runs round 1 at every scale, or, with a preview, only the preview.
+    cfg = _small_config(adapter, threshold=1.5, check_preview_steps=preview)
     counters = {"denoiser": RowCounter([denoiser(adapter)]), "text": RowCounter(text_encoders(adapter)),
                 "encoder": RowCounter([vae_encoder(adapter)]),
                 "decoder": RowCounter([getattr(getattr(adapter, "vae", None), "decoder", None)])}
@@ -159,7 +161,7 @@ def test_model_calls_are_counted_exactly(adapter):
     assert counters["text"].rows == total["text_encoder"]
     assert counters["encoder"].rows == total["vae_encode"]
     assert counters["decoder"].rows == total["vae_decode"]
-    steps = len(adapter.check_timesteps(3, cfg.check_schedule))
+    steps = len(adapter.check_timesteps(preview or 3, cfg.check_schedule))
     per_scale = [2 if adapter.conditional and s != 1.0 else 1 for s in cfg.guidance_scales[: 3 if adapter.conditional
                                                                                           else 1]]
     for r in results:
@@ -167,6 +169,7 @@ def test_model_calls_are_counted_exactly(adapter):
         # 3 checks, one sample per scale (round 1 fails), each scale's forwards per sampler step.
         assert r.calls["check_forward"] == 3 * steps * sum(per_scale)
         assert r.calls["similarity"] == 3 * len(per_scale)
+        assert r.check_skips == ({"preview": 3} if preview else {})
 
 
 def test_check_rounds_keep_every_decision(adapter):
@@ -186,3 +189,36 @@ def test_check_rounds_keep_every_decision(adapter):
         assert all(cb[3] >= ca[3] - 1e-6 for ca, cb in zip(a.checks, b.checks))
         if not a.success:  # a success check can cost more: its first round also ran the higher scales
             assert b.calls["check_forward"] <= a.calls["check_forward"]
+
+
+def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
+    """The opt-in preview and reconstruction-loss skip decide some checks without the full sampler. The fit
+    is the exact run's (the skipped checks' draws are still taken), so a shortcut can only see a success
+    later than the exact check, never earlier, and never one the exact check does not see."""
+    probe = _invert(adapter, _small_config(adapter, threshold=1.5, check_rounds=[]))
+    best = sorted(c[3] for r in probe for c in r.checks)
+    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] else best[-1] - 1e-6
+    def by_id(cfg):  # results come in the order images finish
+        return sorted(_invert(adapter, cfg), key=lambda r: r.id)
+
+    exact = by_id(_small_config(adapter, threshold=threshold))
+    assert any(r.success for r in exact)
+    recs = sorted(c[4] for r in probe for c in r.checks)
+    runs = {"preview": by_id(_small_config(adapter, threshold=threshold, check_preview_steps=1)),
+            "rec": by_id(_small_config(adapter, threshold=threshold, check_skip_rec=recs[len(recs) // 2])),
+            # A margin no similarity can miss: the preview never drops a scale, and every decision is exact.
+            "preview, wide margin": by_id(_small_config(adapter, threshold=threshold, check_preview_steps=1,
+                                                        check_preview_margin=10.0))}
+    assert sum(r.check_skips.get("rec", 0) for r in runs["rec"]) > 0
+    for name, results in runs.items():
+        for a, b in zip(exact, results):
+            if not a.success:
+                # The same fit to the last step (up to batch mates: an image that goes on shares the batch).
+                assert not b.success and b.kl == pytest.approx(a.kl, rel=1e-4), name
+            elif b.success:
+                assert b.steps >= a.steps, name
+                if b.steps == a.steps:
+                    assert b.score == a.score, name
+    for a, b in zip(exact, runs["preview, wide margin"]):
+        assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
+        assert b.calls["check_forward"] > a.calls["check_forward"] and not b.check_skips

@@ -206,3 +206,24 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
         assert remote[k][1] == pytest.approx(score, rel=1e-5)
     info = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert info["sessions"][0]["workers"] == 2 and info["backend"] == "ray"
+
+
+def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
+    """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
+    from invmm.adapters.loading import load_adapter
+    from invmm.datasets import load_dataset
+    from invmm.screen import screen
+
+    adapter = load_adapter(str(toy_model))
+    items = load_dataset(dataset / "data.csv")
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # an unreadable file gets an error record
+    items.append(type(items[0])(id="broken", path=str(tmp_path / "broken.png"), label="other"))
+    local = screen(adapter, items, "loss", tmp_path / "local", keep=0.25)
+    remote = screen(adapter, items, "loss", tmp_path / "ray", keep=0.25, ray={"workers": 2})
+    assert [it.id for it in remote.kept] == [it.id for it in local.kept]
+    assert len(remote.records) == len(items) == 33
+    for i, r in local.records.items():
+        assert (remote.records[i].status, remote.records[i].label) == (r.status, r.label)
+        if r.status == "ok":
+            assert remote.records[i].score == pytest.approx(r.score, rel=1e-5)
+    assert remote.records["broken"].status == "error" and "broken.png" in remote.records["broken"].error

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from invmm import measure
@@ -62,3 +63,35 @@ def test_export_and_report_carry_the_counts(tmp_path, toy_model, toy_images):
     assert int(values["forward_equivalents"]) == 20 * 8 * 3 + int(values["check_forward"]) > 20 * 8 * 3
     assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
     assert "forward-equivalents" in (tmp_path / "run" / "report" / "index.html").read_text()
+
+
+def test_run_folders_written_before_the_check_shortcuts_resume(tmp_path, toy_model, toy_images):
+    """run.json files without the opt-in shortcut fields resume at the defaults, which reproduce them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for p, _ in list(toy_images.values())[:2]:
+        (data / p.name).write_bytes(p.read_bytes())
+    args = ["audit", str(toy_model), str(data), "--out", str(tmp_path / "run"), "--similarity", "pixel",
+            "--max-steps", "4", "--check-every", "2", "--sampler-steps", "2", "--batch-size", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    info_path = tmp_path / "run" / "run.json"
+    info = json.loads(info_path.read_text())
+    for name in ("check_preview_steps", "check_preview_margin", "check_skip_rec"):
+        del info["config"][name]
+    info_path.write_text(json.dumps(info))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "--check-preview", "1"])
+    assert res.exit_code == 2 and "check_preview_steps: 0 -> 1" in res.output
+
+
+def test_shortcut_settings_are_checked(toy_model):
+    with pytest.raises(ValueError, match="check_preview_steps needs eta 0"):
+        preset("ddpm", check_preview_steps=5, eta=1.0)
+    with pytest.raises(ValueError, match="check_skip_rec must be > 0"):
+        preset("ddpm", check_skip_rec=0.0)
+    adapter = load_adapter(str(toy_model))
+    wc = worst_case_calls(adapter, preset("ddpm", check_preview_steps=10, check_skip_rec=0.1, **FAST))
+    # Skipped on the loss, an unreproduced image may run no check; at most every preview and every sample.
+    assert wc["low"]["check_forward"] == 0
+    assert wc["high"]["check_forward"] == 2 * (10 + 8 * 5)

@@ -30,8 +30,12 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
         out = Path(out)
         if options.pop("force_new", False) and (out / RUN_FILE).exists():
             out = next_free(out)  # the screen's scores go with the new run, not into the old one
+        ray = None
+        if options.get("backend") == "ray":  # the screen is distributed too, on the same cluster settings
+            ray = {"allow_pickle": allow_pickle, "address": options.get("ray_address"),
+                   "gpus_per_worker": options.get("gpus_per_worker", 1.0), "workers": options.get("workers")}
         result = run_screen(adapter, items, screen, out, keep=keep, keep_top=keep_top, seed=config.seed,
-                            on_batch=on_screen)
+                            on_batch=on_screen, ray=ray)
         items = result.kept
         described = result.describe(screen, keep, keep_top)
         options["run_extra"] = {**(options.get("run_extra") or {}), "screen": described}

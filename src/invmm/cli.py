@@ -81,16 +81,25 @@ InvertPrompt = Annotated[bool, typer.Option("--invert-prompt/--no-invert-prompt"
 Precision = Annotated[str, typer.Option(help="fp32, or autocast the frozen model in fp16/bf16 (GPU memory)")]
 GradientCheckpointing = Annotated[bool, typer.Option(help="recompute activations in backward (GPU memory)")]
 AttentionSlicing = Annotated[bool, typer.Option(help="compute attention in slices (GPU memory)")]
+# Opt-in check shortcuts that may change decisions (README, "Cheaper checks"; measured in docs/BENCHMARKS.md)
+CheckPreview = Annotated[int, typer.Option(help="opt-in: preview each check with this many sampler steps and "
+                                                "skip the scales whose preview is not a copy (0: off)")]
+CheckPreviewMargin = Annotated[float, typer.Option(help="with --check-preview: a preview passes at similarity "
+                                                        ">= threshold - margin")]
+CheckSkipRec = Annotated[float, typer.Option(help="opt-in: skip each check while the mean reconstruction loss "
+                                                  "of the last 100 steps is above this value")]
 
 
 def _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every, sampler_steps,
                      check_schedule, eta, sscd_model, sscd_resize, invert_prompt, precision, gradient_checkpointing,
-                     attention_slicing) -> dict:
+                     attention_slicing, check_preview=None, check_preview_margin=None, check_skip_rec=None) -> dict:
     return dict(preset=preset, similarity=similarity, threshold=threshold, seed=seed, max_steps=max_steps,
                 batch_size=batch_size, check_every=check_every, sampler_steps=sampler_steps,
                 check_schedule=check_schedule, eta=eta, sscd_model=str(sscd_model) if sscd_model else None,
                 sscd_resize=sscd_resize, invert_prompt=invert_prompt, precision=precision,
-                gradient_checkpointing=gradient_checkpointing, attention_slicing=attention_slicing)
+                gradient_checkpointing=gradient_checkpointing, attention_slicing=attention_slicing,
+                check_preview_steps=check_preview, check_preview_margin=check_preview_margin,
+                check_skip_rec=check_skip_rec)
 
 
 def _fail(message: str, code: int = EXIT_INPUT):
@@ -225,11 +234,15 @@ def measure(
     precision: Precision = "fp32",
     gradient_checkpointing: GradientCheckpointing = False,
     attention_slicing: AttentionSlicing = False,
+    check_preview: CheckPreview = None,
+    check_preview_margin: CheckPreviewMargin = None,
+    check_skip_rec: CheckSkipRec = None,
 ):
     """Measure how strongly MODEL memorized each image (lower score = more memorized; inf = not reproduced)."""
     overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                  sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
-                                 precision, gradient_checkpointing, attention_slicing)
+                                 precision, gradient_checkpointing, attention_slicing,
+                                 check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, hub=hub,
                             resolution=resolution, latent_scale=latent_scale)
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
@@ -277,6 +290,9 @@ def audit(
     precision: Precision = "fp32",
     gradient_checkpointing: GradientCheckpointing = False,
     attention_slicing: AttentionSlicing = False,
+    check_preview: CheckPreview = None,
+    check_preview_margin: CheckPreviewMargin = None,
+    check_skip_rec: CheckSkipRec = None,
 ):
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
     try:
@@ -285,7 +301,8 @@ def audit(
         _fail(str(exc))
     overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                  sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
-                                 precision, gradient_checkpointing, attention_slicing)
+                                 precision, gradient_checkpointing, attention_slicing,
+                                 check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, resolution=resolution,
                             latent_scale=latent_scale)
     bar = None
@@ -361,6 +378,9 @@ def estimate(
     precision: Precision = "fp32",
     gradient_checkpointing: GradientCheckpointing = False,
     attention_slicing: AttentionSlicing = False,
+    check_preview: CheckPreview = None,
+    check_preview_margin: CheckPreviewMargin = None,
+    check_skip_rec: CheckSkipRec = None,
 ):
     """Before an audit: model calls per image and, from a short probe on the device, the hours if nothing is
     reproduced (every image runs its whole budget)."""
@@ -370,7 +390,8 @@ def estimate(
         _fail(str(exc))
     overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                  sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
-                                 precision, gradient_checkpointing, attention_slicing)
+                                 precision, gradient_checkpointing, attention_slicing,
+                                 check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, resolution=resolution,
                             latent_scale=latent_scale)
     probe = next((it for it in items if load_image(it, mode=adapter.image_mode, size=adapter.image_size).pixels
@@ -459,6 +480,9 @@ def evaluate(
     precision: Precision = "fp32",
     gradient_checkpointing: GradientCheckpointing = False,
     attention_slicing: AttentionSlicing = False,
+    check_preview: CheckPreview = None,
+    check_preview_margin: CheckPreviewMargin = None,
+    check_skip_rec: CheckSkipRec = None,
 ):
     """Compare scorers on labelled images: AUC and TPR at 1%/0.1% FPR with bootstrap 95% intervals, ROC and
     histogram PNGs, summary CSV. Scores already in RUN are reused; without --model/--data only evaluates.
@@ -471,7 +495,8 @@ def evaluate(
             choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
             overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                          sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
-                                         precision, gradient_checkpointing, attention_slicing)
+                                         precision, gradient_checkpointing, attention_slicing,
+                                         check_preview, check_preview_margin, check_skip_rec)
             adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle,
                                     resolution=resolution, latent_scale=latent_scale)
             bars: dict[str, tqdm] = {}

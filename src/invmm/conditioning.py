@@ -76,6 +76,9 @@ class KnownPrompt:
     def for_check(self, n: int):
         return cond_expand(self.embedding, n)
 
+    def skip_check(self, n: int) -> None:
+        """A skipped check draws nothing here (see SoftPrompt.skip_check)."""
+
     def describe(self) -> dict:
         return {"prompt_mode": "caption", "prompt": self.text}
 
@@ -105,6 +108,11 @@ class SoftPrompt:
         g = gumbel_noise((n if per_sample else 1, *self.logits.shape), self.gen)
         return cond_expand(self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau),
                                                                self.context), n)
+
+    def skip_check(self, n: int) -> None:
+        """Consume for_check's Gumbel draws without encoding them: a check skipped by an opt-in shortcut then
+        leaves the optimisation's prompt draws exactly as the full check would."""
+        gumbel_noise((n if self.adapter.check_prompt_draws == "per_sample" else 1, *self.logits.shape), self.gen)
 
     def describe(self) -> dict:
         ids = self.logits.argmax(-1).tolist()

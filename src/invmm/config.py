@@ -34,6 +34,14 @@ class InvMMConfig:
     # non-copy: the cumulative sample counts where it pauses. [] generates all n at once. The decision is
     # the same either way; only a failed check's recorded similarity is over fewer samples.
     check_rounds: list[int] = field(default_factory=lambda: [1, 4])
+    # Opt-in shortcuts that may change decisions (measured in docs/BENCHMARKS.md, "Checks that may change
+    # decisions"). Preview: before a check, one sample per guidance scale with this many sampler steps; a
+    # scale whose preview is not within check_preview_margin of beta is dropped from the check (0: off).
+    check_preview_steps: int = 0
+    check_preview_margin: float = 0.0
+    # Skip a due check while the window mean of L_rec is above this value (None: check every C steps).
+    # Lambda's schedule is unchanged; only the sampling is skipped.
+    check_skip_rec: float | None = None
     sampler: str = "ddim"
     sampler_steps: int = 200
     # "paper": the authors' DDIM grid (trailing, ends at alpha_bar = 1, no clipping between steps);
@@ -63,6 +71,15 @@ class InvMMConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(b < 1 for b in self.check_rounds) or list(self.check_rounds) != sorted(set(self.check_rounds)):
             problems.append(f"check_rounds must be increasing sample counts >= 1, got {self.check_rounds}")
+        if self.check_preview_steps < 0:
+            problems.append(f"check_preview_steps must be >= 0 (0: no preview), got {self.check_preview_steps}")
+        if self.check_preview_margin < 0:
+            problems.append(f"check_preview_margin must be >= 0, got {self.check_preview_margin}")
+        if self.check_preview_steps and self.eta > 0:
+            problems.append("check_preview_steps needs eta 0: a stochastic preview would draw from the check "
+                            "sampler's stream and change the check itself")
+        if self.check_skip_rec is not None and not self.check_skip_rec > 0:
+            problems.append(f"check_skip_rec must be > 0 (a reconstruction loss), got {self.check_skip_rec}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):
@@ -98,6 +115,11 @@ class InvMMConfig:
 
     def replace(self, **changes) -> InvMMConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Fields added after run folders were already written, whose defaults reproduce those runs exactly: a run.json
+# without them resumes as if it had them at these values.
+BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None}
 
 
 PRESETS: dict[str, dict] = {

@@ -2,10 +2,11 @@
 
 Model calls per image follow from the preset and the budget alone (cost.py counts the same quantities
 while a run goes). An image that is never reproduced is the worst case: it runs every step and every
-check. Its checks cost between two bounds: every (scale) stopped after the first round's sample (what a
-clearly unmemorized image costs) and every sample of every scale generated (an image whose samples keep
-almost passing). Seconds come from a short probe on the device: a few optimisation steps and one failing
-check on a full batch of the user's first image.
+check. Its checks cost between two bounds: every (scale) stopped as early as the check allows, after the
+first round's sample, or the preview, or skipped on the reconstruction loss (what a clearly unmemorized
+image costs), and every sample of every scale generated (an image whose samples keep almost passing).
+Seconds come from a short probe on the device: a few optimisation steps and one failing check on a full
+batch of the user's first image.
 """
 
 from __future__ import annotations
@@ -23,22 +24,28 @@ def checks_per_image(config: InvMMConfig) -> int:
     return config.max_steps // config.check_every
 
 
-def check_forwards(adapter, config: InvMMConfig, samples_per_scale: int) -> int:
+def check_forwards(adapter, config: InvMMConfig, samples_per_scale: int, sampler_steps: int | None = None) -> int:
     """Denoiser forwards of one failing check that generates `samples_per_scale` samples at every scale."""
-    steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
+    steps = len(adapter.check_timesteps(sampler_steps or config.sampler_steps, config.check_schedule))
     scales = config.guidance_scales if adapter.conditional else [1.0]
     return samples_per_scale * sum(sample_forwards(steps, adapter.conditional, s) for s in scales)
 
 
 def worst_case_calls(adapter, config: InvMMConfig) -> dict:
-    """Denoiser calls of an image never reproduced: {"low": first round only, "high": every sample}."""
+    """Denoiser calls of an image never reproduced: {"low": each check stops as early as it can, "high":
+    every sample generated}. Early means after the first round, or after the preview where one is on, or
+    no check at all where checks are skipped on the reconstruction loss (check_skip_rec)."""
     opt = config.max_steps * config.batch_size
     first = config.check_rounds[0] if config.check_rounds and config.eta == 0 else config.n_check_samples
     first = min(first, config.n_check_samples)
+    preview = check_forwards(adapter, config, 1, config.check_preview_steps) if config.check_preview_steps else 0
+    per_check = {"low": preview or check_forwards(adapter, config, first),
+                 "high": preview + check_forwards(adapter, config, config.n_check_samples)}
+    if config.check_skip_rec is not None:
+        per_check["low"] = 0
     out = {}
-    for name, samples in (("low", first), ("high", config.n_check_samples)):
-        calls = {"opt_forward": opt, "opt_backward": opt,
-                 "check_forward": checks_per_image(config) * check_forwards(adapter, config, samples)}
+    for name, forwards in per_check.items():
+        calls = {"opt_forward": opt, "opt_backward": opt, "check_forward": checks_per_image(config) * forwards}
         out[name] = {**calls, "forward_equivalents": forward_equivalents(calls)}
     return out
 
@@ -81,7 +88,7 @@ def format_estimate(e: dict) -> str:
         ("images x repeats", f"{e['images']} x {e['repeats']}"),
         ("budget", f"{e['max_steps']} steps, {e['checks_per_image']} checks (preset {e['preset']})"),
         ("denoiser forwards per image, optimisation", f"{low['opt_forward']:,} (+ as many backwards)"),
-        ("denoiser forwards per image, checks", f"{low['check_forward']:,} (each check stops at its first round) "
+        ("denoiser forwards per image, checks", f"{low['check_forward']:,} (each check stops as early as it can) "
                                                  f"to {high['check_forward']:,} (every sample generated)"),
         ("forward-equivalents per image", f"{low['forward_equivalents']:,} to {high['forward_equivalents']:,}"),
         ("probe on " + e["device"], f"{e['probe']['step_s'] * 1000:.1f} ms per step, {e['probe']['check_s']:.2f} s "

@@ -55,6 +55,7 @@ class _State:
     sampler_gen: torch.Generator | None = None  # the check sampler's own noise (eta > 0)
     started: float = field(default_factory=time.perf_counter)
     calls: Counter = field(default_factory=Counter)  # model calls spent on this image (see cost.py)
+    check_skips: Counter = field(default_factory=Counter)  # checks decided by an opt-in shortcut: preview, rec
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Inverter:
         # Denoiser calls are counted from what each image puts into a batch; the text encoder(s) and the VAE
         # encoder, called per image, by hooks on the modules (cost.py).
         self.check_steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
+        self.preview_steps = len(adapter.check_timesteps(config.check_preview_steps, config.check_schedule)) \
+            if config.check_preview_steps else 0
         self.decodes = getattr(adapter, "vae", None) is not None
         self._text = RowCounter(text_encoders(adapter))
         self._encoder = RowCounter([vae_encoder(adapter)])
@@ -162,6 +165,7 @@ class Inverter:
             repeat=s.target.repeat,
             guidance_scale=s.guidance_scale,
             calls=dict(s.calls),
+            check_skips=dict(s.check_skips),
             **(s.cond.describe() if s.cond else {}),
         )
         return Outcome(res, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
@@ -256,6 +260,12 @@ class Inverter:
                 s.lam, s.step, s.rec_history, s.prev_check_mean,
                 check_every=cfg.check_every, window=cfg.window, delta=cfg.delta, xi=cfg.xi,
             )
+            if is_check and cfg.check_skip_rec is not None and s.prev_check_mean > cfg.check_skip_rec:
+                # Opt-in: no sampling while the fit is still far from what reproduced images reach. The
+                # check's random draws are still taken, so the fit goes on exactly as with the check.
+                self._check_draws(s, encode=False)
+                s.check_skips["rec"] += 1
+                is_check = False
             if is_check:
                 checking.append(s)
             elif s.step >= cfg.max_steps:
@@ -289,25 +299,21 @@ class Inverter:
         scales = list(cfg.guidance_scales) if conditional else [1.0]
         # eta > 0: an image's samples share one sampler stream, so they are drawn together, all n at once.
         bounds = ([b for b in sorted(set(cfg.check_rounds)) if 0 < b < n] if cfg.eta == 0 else []) + [n]
-        noise = {}
+        # Each image's check noise and prompts are drawn once and used at every guidance scale.
+        noise, check_cond = {}, {}
         for s in checking:
-            z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
-            noise[id(s)] = reparameterize(s.mu[None], s.logvar[None], z)
-        # Each image's check prompts are drawn once and used at every guidance scale.
-        check_cond = {}
-        for s in checking if conditional else []:
-            with self._metered(s.calls):
-                check_cond[id(s)] = s.cond.for_check(n)
+            noise[id(s)], check_cond[id(s)] = self._check_draws(s)
         # Per image, the scales still able to pass (lowest first) and the samples done at each.
         candidates = {id(s): list(range(len(scales))) for s in checking}
         done: dict[tuple[int, int], int] = {}
         sims: dict[tuple[int, int], list[float]] = {}
         samples: dict[tuple[int, int], list[torch.Tensor]] = {}
         succeeded: dict[int, int] = {}
+        previews = self._preview(checking, noise, check_cond, candidates) if cfg.check_preview_steps else {}
         # With rounds, the first round runs at every scale at once: a failing check (most are) is then one
         # sampler call, not one per scale. Later rounds follow the lowest scale still possible.
         all_scales_first = len(bounds) > 1
-        open_ = list(checking)
+        open_ = [s for s in checking if candidates[id(s)]]
         while open_:
             if all_scales_first:
                 parts = [(s, k, 0, bounds[0]) for s in open_ for k in candidates[id(s)]]
@@ -357,11 +363,16 @@ class Inverter:
             if id(s) in succeeded:
                 key = (id(s), succeeded[id(s)])
             else:  # the scale whose worst sample came closest; the first such scale on a tie
+                if not any(key[0] == id(s) for key in sims):  # every scale dropped by the preview
+                    s.check_skips["preview"] += 1
+                    for key, (values, batch) in previews.items():
+                        if key[0] == id(s):
+                            sims[key], samples[key] = values, [batch]
                 key = max((key for key in sims if key[0] == id(s)), key=lambda key: (min(sims[key]), -key[1]))
             s.similarities, s.samples = sims[key], torch.cat(samples[key])
             min_sim = min(s.similarities)
             kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
-            s.checks.append([s.step, kl, s.lam, min_sim])
+            s.checks.append([s.step, kl, s.lam, min_sim, s.prev_check_mean])
             if id(s) in succeeded:
                 if conditional:
                     s.guidance_scale = scales[succeeded[id(s)]]
@@ -369,3 +380,44 @@ class Inverter:
             elif s.step >= cfg.max_steps:
                 finished.append((s, False, None))
         return finished
+
+    @torch.no_grad()
+    def _check_draws(self, s: _State, *, encode: bool = True):
+        """A check's draws from the image's streams: its n starting noises from N(mu, sigma^2) and, for a
+        text-conditional model, its prompts (encoded only when `encode`)."""
+        n = self.config.n_check_samples
+        z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
+        cond = None
+        if s.cond is not None:
+            with self._metered(s.calls):
+                cond = s.cond.for_check(n) if encode else s.cond.skip_check(n)
+        return reparameterize(s.mu[None], s.logvar[None], z), cond
+
+    def _preview(self, checking, noise, check_cond, candidates) -> dict:
+        """Opt-in (config.check_preview_steps): each image's first check sample at every candidate scale with a
+        short sampler, all in one call; a scale whose preview is not within the margin of beta leaves the
+        candidates, so its full sampler never runs. Returns {(image, scale): ([similarity], image)} of the
+        dropped scales."""
+        cfg, conditional = self.config, checking[0].cond is not None
+        scales = list(cfg.guidance_scales) if conditional else [1.0]
+        parts = [(s, k) for s in checking for k in candidates[id(s)]]
+        with self._autocast():
+            cond = cond_cat([cond_rows(check_cond[id(s)], slice(0, 1)) for s, _ in parts]) if conditional else None
+            images = self.adapter.generate(torch.cat([noise[id(s)][:1] for s, _ in parts]),
+                                           steps=cfg.check_preview_steps, cond=cond,
+                                           guidance=[scales[k] for _, k in parts] if conditional else 1.0,
+                                           schedule=cfg.check_schedule)
+        images = images.float().cpu()
+        dropped = {}
+        for s in checking:
+            rows = [i for i, (t, _) in enumerate(parts) if t is s]
+            values = [round(float(v), 6) for v in self.similarity(images[rows], s.target.pixels)]
+            for i, v in zip(rows, values):
+                k = parts[i][1]
+                s.calls["check_forward"] += sample_forwards(self.preview_steps, conditional, scales[k])
+                s.calls["vae_decode"] += 1 if self.decodes else 0
+                s.calls["similarity"] += 1
+                if v < cfg.beta - cfg.check_preview_margin:
+                    candidates[id(s)].remove(k)
+                    dropped[(id(s), k)] = ([v], images[i : i + 1])
+        return dropped

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,6 +137,7 @@ def combine(results) -> list:
             score_high=iv.high if iv else None, interval_coverage=round(iv.coverage, 4) if iv else None,
             seconds=round(sum(r.seconds or 0.0 for r in reps), 3),
             calls=dict(sum_calls(r.calls for r in reps)),
+            check_skips=dict(sum((Counter(r.check_skips) for r in reps), Counter())),
         ))
     return out
 

@@ -223,7 +223,17 @@ def _calls_text(results: list[Result]) -> str:
     return (f"{fe:,} denoiser forward-equivalents (a backward counted as 2 forwards), {share:.0%} of them in the "
             f"success checks; {fe / len(counted):,.0f} per image. Forwards: optimisation {total['opt_forward']:,}, "
             f"checks {total['check_forward']:,}; VAE encode/decode {total['vae_encode']:,}/{total['vae_decode']:,}, "
-            f"text encoder {total['text_encoder']:,}, similarity {total['similarity']:,}")
+            f"text encoder {total['text_encoder']:,}, similarity {total['similarity']:,}{_skips_text(counted)}")
+
+
+def _skips_text(results: list[Result]) -> str:
+    """The opt-in check shortcuts, which may change decisions: say how many checks they decided."""
+    preview = sum(r.check_skips.get("preview", 0) for r in results)
+    rec = sum(r.check_skips.get("rec", 0) for r in results)
+    if not preview and not rec:
+        return ""
+    return (f". Opt-in check shortcuts (decisions may differ from the exact check): {preview:,} checks ended at "
+            f"the preview, {rec:,} were skipped on the reconstruction loss")
 
 
 def _repeats_text(results: list[Result], info: dict) -> str:

@@ -21,7 +21,8 @@ class Result:
     kl: float | None = None  # KL of the distribution at the last step, success or not
     min_similarity: float | None = None
     similarities: list[float] = field(default_factory=list)  # the check samples of the last check
-    checks: list[list[float]] = field(default_factory=list)  # [step, kl, lambda, min similarity] per check
+    # per check: [step, kl, lambda, min similarity, window mean of L_rec]; older lines lack the last
+    checks: list[list[float]] = field(default_factory=list)
     seed: int | None = None
     image_seed: int | None = None
     seconds: float | None = None
@@ -34,6 +35,7 @@ class Result:
     guidance_scale: float | None = None  # the guidance scale at which the success check passed
     model: str | None = None
     calls: dict = field(default_factory=dict)  # model calls spent on this inversion (invmm.cost)
+    check_skips: dict = field(default_factory=dict)  # checks an opt-in shortcut decided: {"preview": n, "rec": m}
     repeat: int = 0  # which of the image's independent inversions (streams) this is
     # An image's summary over its repeats (repeats.combine); a ledger line holds one repeat and none of these.
     n_repeats: int = 1
@@ -49,6 +51,8 @@ class Result:
         if not self.repeats:
             for name in SUMMARY_FIELDS:
                 d.pop(name)
+        if not self.check_skips:  # the default, exact checks: lines stay as they were
+            d.pop("check_skips")
         for name in ("score_low", "score_high"):
             if d.get(name) is not None:
                 d[name], d[f"{name}_is_inf"] = score_to_json(d[name])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from invmm.config import BACKWARD_DEFAULTS
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.result import score_from_json, score_to_json
@@ -89,6 +90,8 @@ def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int
         changed.append(f"seed was {info.get('seed')}, now {seed}")
     for name, s in settings.items():
         old = info.get("scorers", {}).get(name)
+        if old is not None and isinstance(old.get("config"), dict):  # InvMM: fields added since, at their old values
+            old = {**old, "config": {**BACKWARD_DEFAULTS, **old["config"]}}
         if old is not None and _canonical(old) != _canonical(s):
             diffs = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
             changed.append(f"scorer {name!r} settings differ ({', '.join(diffs)})")
@@ -111,8 +114,12 @@ def _canonical(d: dict) -> str:
 
 
 def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path, *, seed: int = 0,
-                  on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
-    """Score every (image, scorer) pair not yet in run_dir; returns all records of the run folder."""
+                  on_batch: Callable[[str, int, int], None] | None = None,
+                  distribute: Callable | None = None) -> list[ScoreRecord]:
+    """Score every (image, scorer) pair not yet in run_dir; returns all records of the run folder.
+
+    `distribute(scorer, pending)`, where given, scores the pending images elsewhere (the Ray screen) and
+    yields their records as they come; each is appended as it arrives, so an interruption loses nothing."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InvMMInputError(f"{run_dir} is a file; choose another --out")
@@ -125,27 +132,37 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
         for scorer in scorers:
             pending = todo[scorer.name]
             size = getattr(scorer, "batch_images", CHEAP_BATCH)
+            if distribute is not None and pending:
+                for n, record in enumerate(distribute(scorer, pending), 1):
+                    append_line(ledger, record.to_json())
+                    if on_batch and (n % size == 0 or n == len(pending)):
+                        on_batch(scorer.name, n, len(pending))
+                continue
             for start in range(0, len(pending), size):
-                # Images are decoded per batch (copies, so the caller's items stay light): a large dataset
-                # never has to fit in memory.
-                loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size)
-                          for it in pending[start : start + size]]
-                for it in (it for it in loaded if it.error):
-                    append_line(ledger, ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption,
-                                                    status="error", error=it.error).to_json())
-                chunk = [it for it in loaded if not it.error]
-                if chunk:
-                    _score_chunk(scorer, chunk, ledger, seed)
+                for record in score_items(scorer, adapter, pending[start : start + size], seed):
+                    append_line(ledger, record.to_json())
                 if on_batch:
                     on_batch(scorer.name, min(start + size, len(pending)), len(pending))
         return read_scores(run_dir)
 
 
-def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> None:
+def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[ScoreRecord]:
+    """One batch of images through one scorer: a record per image (an unreadable file gets an error record).
+    Images are decoded here, from copies, so the caller's items stay light and a large dataset never has to
+    fit in memory."""
+    loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size) for it in items]
+    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
+                           error=it.error) for it in loaded if it.error]
+    chunk = [it for it in loaded if not it.error]
+    return records + (_score_chunk(scorer, chunk, seed) if chunk else [])
+
+
+def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]:
     t0 = time.perf_counter()
     scores = scorer.score(torch.stack([it.pixels for it in chunk]), [it.id for it in chunk],
                           [it.caption for it in chunk], seed=seed)
     per_image = (time.perf_counter() - t0) / len(chunk)
+    records = []
     for it, score in zip(chunk, scores):
         details, status, error = {}, "ok", None
         result = getattr(scorer, "results", {}).pop(it.id, None)  # recorded: no need to keep it
@@ -157,8 +174,9 @@ def _score_chunk(scorer, chunk: list[ImageItem], ledger: Path, seed: int) -> Non
                        "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats]}
             if result.status != "ok":
                 status, error = "error", result.error
-        append_line(ledger, ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
-                                        error=error, seconds=round(per_image, 4), details=details).to_json())
+        records.append(ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
+                                   error=error, seconds=round(per_image, 4), details=details))
+    return records
 
 
 def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,

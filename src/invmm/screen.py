@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from invmm.adapters.loading import load_options
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem
 from invmm.scorers import ScorerError, build_scorer, parse_spec
@@ -56,8 +57,9 @@ def n_kept(n: int, keep: float | None, keep_top: int | None) -> int:
 
 
 def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, keep: float | None = None,
-           keep_top: int | None = None, seed: int = 0, on_batch=None) -> ScreenResult:
-    """Score every item with the screen scorer into RUN/screen, then split the items into kept and skipped."""
+           keep_top: int | None = None, seed: int = 0, on_batch=None, ray: dict | None = None) -> ScreenResult:
+    """Score every item with the screen scorer into RUN/screen, then split the items into kept and skipped.
+    `ray` (the options of run/ray_screen.score_on_ray but the model's) scores them on a Ray cluster."""
     count = n_kept(len(items), keep, keep_top)
     if parse_spec(spec)[0] == "invmm":
         raise InvMMInputError("--screen takes a cheap scorer (loss, secmi, pia, noise_norm, generate_compare); "
@@ -66,7 +68,15 @@ def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, k
         scorer = build_scorer(spec, adapter)
     except ScorerError as exc:
         raise InvMMInputError(f"--screen {spec}: {exc}") from None
-    records = score_dataset(adapter, items, [scorer], Path(run_dir) / SCREEN_DIR, seed=seed, on_batch=on_batch)
+    distribute = None
+    if ray is not None:
+        from invmm.run.ray_screen import score_on_ray
+
+        def distribute(_scorer, pending):
+            return score_on_ray(pending, spec, model=adapter.describe().get("source"), seed=seed,
+                                load_options=load_options(adapter), **ray)
+    records = score_dataset(adapter, items, [scorer], Path(run_dir) / SCREEN_DIR, seed=seed, on_batch=on_batch,
+                            distribute=distribute)
     mine = {r.id: r for r in records if r.scorer == scorer.name}
     ordered = suspicion_order([mine[it.id] for it in items], scorer.higher_is_better)
     kept_ids = {r.id for r in ordered[:count]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from invmm.config import BACKWARD_DEFAULTS
 from invmm.errors import InvMMInputError
 from invmm.run.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, repair_tail
 
@@ -40,7 +41,7 @@ def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
     if old.get("model_fingerprint") != info["model_fingerprint"]:
         changed.append(f"model weights ({old.get('model_path')} fingerprint {old.get('model_fingerprint', '')[:12]}"
                        f" -> {info['model_path']} {info['model_fingerprint'][:12]})")
-    diff = settings_diff(old.get("config", {}), info["config"])
+    diff = settings_diff({**BACKWARD_DEFAULTS, **old.get("config", {})}, info["config"])
     if diff:
         changed.append("config " + "; ".join(diff))
     diff = settings_diff({k: old.get("model", {}).get(k) for k in MODEL_SETTINGS},
