@@ -1,9 +1,13 @@
-"""Peak GPU memory and seconds per 100 InvMM optimisation steps for an SD-1.5-sized model (random weights).
+"""Peak GPU memory, seconds per 100 InvMM optimisation steps and seconds per success check for an SD-1.5-sized
+model (random weights).
 
 The UNet, text encoder and VAE are built from Stable Diffusion 1.5's published configs (no weights
 needed: cost does not depend on the values), at 64x64 latents (512 px images), B = 16, prompt inversion
 over the full 49,408-token vocabulary, so the measured step is the real one. Checks are pushed past the
-budget so only optimisation is timed. `--tiny` runs the same script at toy size on a CPU (a dry run).
+budget so only optimisation is timed. Then one check of the sd preset (7 guidance scales, DDIM 50) is
+timed twice on the fitted state: failing at its first round (one sample per scale: what most checks of an
+unmemorized image cost) and generating all 8 samples at every scale (the most a check can cost).
+`--tiny` runs the same script at toy size on a CPU (a dry run).
 
     python benchmarks/gpu_sd15_step.py --device cuda [--precision bf16] [--gradient-checkpointing]
 """
@@ -18,6 +22,7 @@ import torch
 
 from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.config import preset
+from invmm.estimate import probe_seconds
 from invmm.inversion import Inverter, Target
 from invmm.similarity import PixelSimilarity
 from invmm.zoo.tokenizer import build_clip_tokenizer
@@ -79,12 +84,18 @@ def main():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+    check_s = {}
+    for name, rounds in (("first_round", [1, 4]), ("all_samples", [])):
+        probe = probe_seconds(adapter, cfg.replace(check_rounds=rounds), PixelSimilarity(), target.pixels,
+                              batch_images=1, steps=1)
+        check_s[name] = probe["check_s"]
     summary = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
         "unet_params_M": sum(p.numel() for p in unet.parameters()) / 1e6, "image_size": adapter.image_size,
         "batch_size": args.batch_size, "precision": args.precision,
         "gradient_checkpointing": args.gradient_checkpointing, "steps": out.result.steps,
         "s_per_100_steps": dt / out.result.steps * 100, "peak_gpu_gib": peak, "prompt_mode": out.result.prompt_mode,
+        "s_per_check_failing_first_round": check_s["first_round"], "s_per_check_all_samples": check_s["all_samples"],
     }
     print(json.dumps(summary, indent=1))
 

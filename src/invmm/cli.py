@@ -14,7 +14,9 @@ import typer
 from tqdm import tqdm
 
 from invmm.adapters.loading import load_adapter
+from invmm.adapters.lora import lora_specs
 from invmm.audit import audit as run_audit
+from invmm.compare import compare_runs, format_comparison, write_comparison
 from invmm.config import InvMMConfig, check_config_for_model, default_config
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
@@ -56,6 +58,11 @@ AllowPickle = Annotated[bool, typer.Option(help="allow loading pickle (.bin/.ckp
 Resolution = Annotated[int, typer.Option(help="image side to measure at (default: the model's; SD3: at most 512)")]
 LatentScale = Annotated[float, typer.Option(help="VAE latent scale factor (default: the VAE's saved config; 1.0 "
                                                  "for a VQ autoencoder that states none)")]
+Lora = Annotated[list[Path], typer.Option(help="a LoRA to load onto the model: a diffusers LoRA .safetensors file "
+                                               "or folder (SD 1.x/2.x, SD3) or a peft adapter folder (pixel/latent "
+                                               "UNet); repeatable")]
+LoraScale = Annotated[list[float], typer.Option(help="LoRA scale: one for all --lora, or one per --lora "
+                                                     "(default 1; 0 = the base model)")]
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
                                                   "median, with successes k/R and an interval (3 or more "
@@ -113,11 +120,11 @@ def _default_out(kind: str) -> Path:
 
 
 def _load(model: str, overrides: dict, *, device="cpu", allow_pickle=False, hub=False, resolution=None,
-          latent_scale=None) -> tuple[object, InvMMConfig]:
-    """The adapter and the InvMM config the user asked for, or a clear error and exit code 2."""
+          latent_scale=None, lora=None, lora_scale=None) -> tuple[object, InvMMConfig]:
+    """The adapter (with its LoRAs) and the InvMM config the user asked for, or a clear error and exit code 2."""
     try:
         adapter = load_adapter(model, device=device, hub=hub, allow_pickle=allow_pickle, resolution=resolution,
-                               latent_scale=latent_scale)
+                               latent_scale=latent_scale, loras=lora_specs(lora, lora_scale))
         return adapter, default_config(adapter, **overrides)
     except (InvMMInputError, ValueError) as exc:
         _fail(str(exc))
@@ -218,6 +225,8 @@ def measure(
     allow_pickle: AllowPickle = False,
     resolution: Resolution = None,
     latent_scale: LatentScale = None,
+    lora: Lora = None,
+    lora_scale: LoraScale = None,
     preset: Preset = None,
     similarity: Similarity = None,
     threshold: Threshold = None,
@@ -244,7 +253,7 @@ def measure(
                                  precision, gradient_checkpointing, attention_slicing,
                                  check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, hub=hub,
-                            resolution=resolution, latent_scale=latent_scale)
+                            resolution=resolution, latent_scale=latent_scale, lora=lora, lora_scale=lora_scale)
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
                 run_extra={"argv": sys.argv}, prompt=prompt, backend=backend, repeats=repeats)
 
@@ -274,6 +283,8 @@ def audit(
     allow_pickle: AllowPickle = False,
     resolution: Resolution = None,
     latent_scale: LatentScale = None,
+    lora: Lora = None,
+    lora_scale: LoraScale = None,
     preset: Preset = None,
     similarity: Similarity = None,
     threshold: Threshold = None,
@@ -304,7 +315,7 @@ def audit(
                                  precision, gradient_checkpointing, attention_slicing,
                                  check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, resolution=resolution,
-                            latent_scale=latent_scale)
+                            latent_scale=latent_scale, lora=lora, lora_scale=lora_scale)
     bar = None
     secs: list[float] = []
     input_errors = []
@@ -362,6 +373,8 @@ def estimate(
     allow_pickle: AllowPickle = False,
     resolution: Resolution = None,
     latent_scale: LatentScale = None,
+    lora: Lora = None,
+    lora_scale: LoraScale = None,
     preset: Preset = None,
     similarity: Similarity = None,
     threshold: Threshold = None,
@@ -393,7 +406,7 @@ def estimate(
                                  precision, gradient_checkpointing, attention_slicing,
                                  check_preview, check_preview_margin, check_skip_rec)
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, resolution=resolution,
-                            latent_scale=latent_scale)
+                            latent_scale=latent_scale, lora=lora, lora_scale=lora_scale)
     probe = next((it for it in items if load_image(it, mode=adapter.image_mode, size=adapter.image_size).pixels
                   is not None), None)
     if probe is None:
@@ -434,13 +447,34 @@ def report(
     positive: Annotated[list[str], typer.Option(help="label(s) counted as memorized, for the ROC when labels "
                                                      "exist")] = None,
     out: Annotated[Path, typer.Option(help="folder for index.html and the figures (default: RUN/report)")] = None,
+    compare_with: Annotated[Path, typer.Option("--compare", help="a run of the base model over the same images: "
+                                                                 "adds what this run's fine-tune added")] = None,
 ):
     """Write a self-contained HTML report of a run (offline: images inlined, no external scripts)."""
     try:
-        page = build_report(run, top_k=top_k, positive=positive or None, out=out)
+        page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with)
     except InvMMInputError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {page}")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="run folder on the base model")],
+    finetune: Annotated[Path, typer.Argument(help="run folder on the fine-tune (same images and settings)")],
+    out: Annotated[Path, typer.Option(help="folder for compare.csv and compare.html (default: "
+                                           "FINETUNE/compare)")] = None,
+    show: Annotated[int, typer.Option(help="rows printed (all are written)")] = 30,
+):
+    """Base model vs fine-tune: per image both scores, the change, and the images the fine-tune made
+    reproducible, sorted by what the fine-tune added."""
+    try:
+        comparison = compare_runs(base, finetune)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    files = write_comparison(comparison, out or finetune / "compare")
+    typer.echo(format_comparison(comparison, limit=show))
+    typer.echo(f"wrote {files['csv']} and {files['html']}")
 
 
 @app.command()
@@ -464,6 +498,8 @@ def evaluate(
     allow_pickle: AllowPickle = False,
     resolution: Resolution = None,
     latent_scale: LatentScale = None,
+    lora: Lora = None,
+    lora_scale: LoraScale = None,
     preset: Preset = None,
     similarity: Similarity = None,
     threshold: Threshold = None,
@@ -498,7 +534,8 @@ def evaluate(
                                          precision, gradient_checkpointing, attention_slicing,
                                          check_preview, check_preview_margin, check_skip_rec)
             adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle,
-                                    resolution=resolution, latent_scale=latent_scale)
+                                    resolution=resolution, latent_scale=latent_scale, lora=lora,
+                                    lora_scale=lora_scale)
             bars: dict[str, tqdm] = {}
 
             def progress(name, done, total):

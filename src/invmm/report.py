@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from invmm.compare import compare_runs, comparison_html
 from invmm.cost import forward_equivalents, sum_calls
 from invmm.errors import InvMMInputError
 from invmm.evaluate_run import choose_labels
@@ -89,7 +90,9 @@ def _sort_value(v) -> str:
 
 
 def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | None = None,
-                 out: Path | None = None) -> Path:
+                 out: Path | None = None, compare_with: str | Path | None = None) -> Path:
+    """`compare_with`: a run of the base model over the same images; the report then shows what this run's
+    model (the fine-tune) added (compare.py)."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
@@ -98,6 +101,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
+    compare_section = comparison_html(compare_runs(compare_with, run_dir)) if compare_with else ""
     ok = [r for r in results if r.status == "ok"]
     errors = [r for r in results if r.status != "ok"]
     finite = [r for r in ok if math.isfinite(r.score)]
@@ -159,6 +163,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "counted, not drawn.</p>",
              f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>",
              roc_section,
+             compare_section,
              _screen_section(run_dir, info, results),
              _top_section(run_dir, finite, top_k, out, cfg.get("beta")),
              _misses_section(ok, top_k, out, cfg.get("beta")),

@@ -22,6 +22,7 @@ from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.result import score_from_json, score_to_json
 from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
+from invmm.run.folder import model_settings, settings_diff
 from invmm.run.info import run_info
 from invmm.run.lock import RunLock
 from invmm.scorers import build_scorer, split_specs
@@ -86,6 +87,9 @@ def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int
     changed = []
     if info.get("model", {}).get("source") != model.get("source"):
         changed.append(f"model was {info.get('model', {}).get('source')!r}, now {model.get('source')!r}")
+    diff = settings_diff(model_settings(info.get("model", {})), model_settings(model))
+    if diff:
+        changed.append("model settings " + "; ".join(diff))
     if info.get("seed") != seed:
         changed.append(f"seed was {info.get('seed')}, now {seed}")
     for name, s in settings.items():

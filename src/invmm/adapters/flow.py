@@ -163,4 +163,5 @@ class FlowAdapter(CodecImages):
             "t5": self.text_encoders[2] is not None, "vocab_size": self.vocab_size,
             "scheduler_class": self.scheduler_config.get("_class_name"),
             "shift": self.scheduler_config.get("shift"),
+            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
         }

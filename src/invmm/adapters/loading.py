@@ -12,6 +12,7 @@ from pathlib import Path
 
 from invmm.adapters.flow import FlowAdapter
 from invmm.adapters.latent import LatentAdapter
+from invmm.adapters.lora import LoraSpec, apply_loras
 from invmm.adapters.pixel import PixelAdapter
 from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.errors import InvMMInputError
@@ -82,12 +83,32 @@ VAE_CLASSES = ("AutoencoderKL", "VQModel")
 
 
 def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pickle: bool = False,
-                 resolution: int | None = None, latent_scale: float | None = None):
+                 resolution: int | None = None, latent_scale: float | None = None, loras=None):
     """Detect the model family from the folder's components and build its adapter.
 
     `resolution`: the image side to measure at (default: the model's native side; SD3 at most 512, as the
     authors do). `latent_scale`: the VAE latent factor, overriding the one from the VAE's saved config.
+    `loras`: LoraSpecs (or their dicts) loaded onto the model (adapters/lora.py); `adapter.loras` records
+    each file, its sha256 and scale.
     """
+    adapter = _load_base(model, device=device, hub=hub, allow_pickle=allow_pickle, resolution=resolution,
+                         latent_scale=latent_scale)
+    specs = [s if isinstance(s, LoraSpec) else LoraSpec(**s) for s in loras or []]
+    adapter.loras = apply_loras(adapter.family, lora_components(adapter), specs, allow_pickle=allow_pickle)
+    for comp in lora_components(adapter).values():
+        if comp is not None:
+            comp.requires_grad_(False)  # LoRA layers arrive trainable; the audited model is frozen
+    return adapter
+
+
+def lora_components(adapter) -> dict:
+    encoders = list(getattr(adapter, "text_encoders", None) or []) + [None, None]
+    return {"denoiser": getattr(adapter, "unet", None) or getattr(adapter, "transformer", None),
+            "text_encoder": getattr(adapter, "text_encoder", None) or encoders[0],
+            "text_encoder_2": encoders[1]}
+
+
+def _load_base(model: str, *, device, hub, allow_pickle, resolution, latent_scale):
     import diffusers
 
     root = resolve_model_path(model, hub=hub, allow_pickle=allow_pickle)
@@ -142,7 +163,8 @@ def load_options(adapter) -> dict:
     """The load_adapter arguments that rebuild `adapter` as it was loaded (for workers in other processes)."""
     codec = getattr(adapter, "codec", None)
     scale_from_user = getattr(codec, "scale_source", None) == "user"
-    return {"resolution": adapter.image_size, "latent_scale": codec.scaling_factor if scale_from_user else None}
+    return {"resolution": adapter.image_size, "latent_scale": codec.scaling_factor if scale_from_user else None,
+            "loras": [{"path": r["path"], "scale": r["scale"]} for r in getattr(adapter, "loras", None) or []]}
 
 
 def _build(cls, root: Path, *args, **kwargs):

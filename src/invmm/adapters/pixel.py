@@ -136,4 +136,5 @@ class PixelAdapter(CodecImages):
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
             "scheduler_class": self.scheduler_config.get("_class_name"),
+            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
         }

@@ -13,6 +13,14 @@ from invmm.run.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, re
 MODEL_SETTINGS = ("resolution", "scaling_factor")
 
 
+def model_settings(model: dict) -> dict:
+    """What of the model's loading changes scores beyond its weights: resolution, latent scale, and each LoRA
+    (its file's sha256 and scale; not where the file lies)."""
+    out = {k: model.get(k) for k in MODEL_SETTINGS}
+    out["loras"] = [f"{r['sha256'][:12]} x {r['scale']}" for r in model.get("loras") or []]
+    return out
+
+
 def settings_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -44,8 +52,7 @@ def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
     diff = settings_diff({**BACKWARD_DEFAULTS, **old.get("config", {})}, info["config"])
     if diff:
         changed.append("config " + "; ".join(diff))
-    diff = settings_diff({k: old.get("model", {}).get(k) for k in MODEL_SETTINGS},
-                         {k: info["model"].get(k) for k in MODEL_SETTINGS})
+    diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))
     if diff:
         changed.append("model settings " + "; ".join(diff))
     if changed:

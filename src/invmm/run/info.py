@@ -26,10 +26,14 @@ def package_versions() -> dict:
     return versions
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the relative names and bytes of a model folder's weight and config files; a model that is
-    not a folder (a hub id, an adapter built in code) is named instead."""
+def model_fingerprint(model_dir: str | Path, loras: list[dict] | None = None) -> str:
+    """sha256 over the relative names and bytes of a model folder's weight and config files, and the sha256
+    of each LoRA loaded onto it, in order; a model that is not a folder (a hub id, an adapter built in code)
+    is named instead."""
     root = Path(model_dir)
+    if loras:
+        joined = model_fingerprint(model_dir) + "".join("+" + r["sha256"] for r in loras)
+        return hashlib.sha256(joined.encode()).hexdigest()
     if not root.is_dir():
         return str(model_dir)
     h = hashlib.sha256()
@@ -61,7 +65,7 @@ def run_info(kind: str, adapter, *, seed: int, **fields) -> dict:
         "created": now(),
         "model": adapter.describe(),
         "model_path": model_path,
-        "model_fingerprint": model_fingerprint(model_path),
+        "model_fingerprint": model_fingerprint(model_path, getattr(adapter, "loras", None)),
         "seed": seed,
         "device": str(adapter.device),
         "versions": package_versions(),

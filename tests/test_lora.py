@@ -1,0 +1,184 @@
+"""LoRA adapters: loaded through diffusers/peft, scaled, fingerprinted, and refused clearly when they do not fit."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from invmm.adapters.loading import load_adapter, lora_components
+from invmm.adapters.lora import LoraSpec, lora_specs, save_lora
+from invmm.cli import app
+from invmm.errors import InvMMInputError
+from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+
+runner = CliRunner()
+TARGETS = {"pixel": ["conv1", "conv2"], "text2image": ["to_q", "to_k", "to_v", "to_out.0"],
+           "flow": ["to_q", "to_k", "to_v"]}
+BUILDERS = {"pixel": build_tiny_pixel, "text2image": build_tiny_sd, "flow": build_tiny_sd3}
+
+
+def make_lora(model_dir, out, seed=0, targets=None):
+    """A random (non-zero) LoRA for the model in `model_dir`, written as its family reads it."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    adapter = load_adapter(str(model_dir))
+    torch.manual_seed(seed)
+    comps = lora_components(adapter)
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=targets or TARGETS[adapter.family],
+                                       init_lora_weights=False), comps["denoiser"])
+    return save_lora(adapter.family, comps, out)
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def family_model(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"lora-{request.param}")
+    model = BUILDERS[request.param](root / "model")
+    return model, make_lora(model, root / "lora")
+
+
+def inputs(adapter):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((2, *adapter.latent_shape), generator=g)
+    t = adapter.sample_timesteps(2, g)
+    cond = adapter.prompt_embeddings(["a red square"] * 2) if adapter.conditional else None
+    return x, t, cond
+
+
+def tensors(cond):
+    return list(cond) if isinstance(cond, tuple) else [cond]
+
+
+def test_a_lora_changes_the_denoiser_and_nothing_else_and_scale_0_is_the_base(family_model):
+    model, lora = family_model
+    base = load_adapter(str(model))
+    tuned = load_adapter(str(model), loras=[LoraSpec(str(lora), 1.0)])
+    off = load_adapter(str(model), loras=[LoraSpec(str(lora), 0.0)])
+    x, t, cond = inputs(base)
+    with torch.no_grad():
+        y0, y1, y_off = (a.predict_x0(x, t, cond) for a in (base, tuned, off))
+    assert (y1 - y0).abs().max() > 1e-3
+    assert torch.equal(y_off, y0)
+    # The LoRA holds denoiser layers only: the text encoders and the image codec are the base's.
+    if base.conditional:
+        for a, b in zip(tensors(base.prompt_embeddings(["a"])), tensors(tuned.prompt_embeddings(["a"]))):
+            assert torch.equal(a, b)
+    img = torch.rand(1, 1 if base.image_mode == "L" else 3, base.image_size, base.image_size) * 2 - 1
+    assert torch.equal(base.encode(img), tuned.encode(img))
+    assert tuned.describe()["loras"][0]["scale"] == 1.0 and "loras" not in base.describe()
+    assert not any(p.requires_grad for p in lora_components(tuned)["denoiser"].parameters())
+
+
+def test_only_the_targeted_layers_change(tmp_path):
+    model = build_tiny_sd(tmp_path / "model")
+    lora = make_lora(model, tmp_path / "lora", targets=["attn2.to_k", "attn2.to_v"])  # cross-attention only
+    seen = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            seen.setdefault(name, []).append(output.detach().clone())
+        return fn
+
+    for adapter in (load_adapter(str(model)), load_adapter(str(model), loras=[LoraSpec(str(lora))])):
+        unet = adapter.unet
+        handles = [unet.conv_in.register_forward_hook(hook("conv_in")),
+                   next(m for n, m in unet.named_modules() if n.endswith("attn1.to_q")).register_forward_hook(
+                       hook("attn1.to_q")),
+                   next(m for n, m in unet.named_modules() if n.endswith("attn2")).register_forward_hook(
+                       hook("attn2"))]
+        x, t, cond = inputs(adapter)
+        with torch.no_grad():
+            adapter.predict_x0(x, t, cond)
+        for h in handles:
+            h.remove()
+    assert torch.equal(*seen["conv_in"]) and torch.equal(*seen["attn1.to_q"])  # before the LoRA: untouched
+    assert (seen["attn2"][0] - seen["attn2"][1]).abs().max() > 1e-4
+
+
+def test_bad_loras_are_refused_with_the_file_named(tmp_path, tiny_model):
+    with pytest.raises(InvMMInputError, match="missing.safetensors: no such file"):
+        load_adapter(str(tiny_model), loras=[LoraSpec(str(tmp_path / "missing.safetensors"))])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    (broken / "adapter_config.json").write_text("{}")
+    with pytest.raises(InvMMInputError, match="broken"):
+        load_adapter(str(tiny_model), loras=[LoraSpec(str(broken))])
+    pickled = tmp_path / "lora.bin"
+    pickled.write_bytes(b"x")
+    with pytest.raises(InvMMInputError, match="pickle"):
+        load_adapter(str(tiny_model), loras=[LoraSpec(str(pickled))])
+    # A LoRA for another architecture: the SD UNet's attention LoRA onto the pixel UNet, and the reverse.
+    sd = build_tiny_sd(tmp_path / "sd")
+    with pytest.raises(InvMMInputError, match="sd-lora"):
+        load_adapter(str(tiny_model), loras=[LoraSpec(str(make_lora(sd, tmp_path / "sd-lora")))])
+    pixel_lora = make_lora(tiny_model, tmp_path / "px-lora")
+    with pytest.raises(InvMMInputError, match="px-lora"):
+        load_adapter(str(sd), loras=[LoraSpec(str(pixel_lora))])
+    with pytest.raises(InvMMInputError, match="one per --lora"):
+        lora_specs(["a", "b", "c"], [1.0, 0.5])
+
+
+def test_audit_with_another_lora_is_refused_and_nothing_is_written(tmp_path, tiny_model, toy_images):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p, _ in list(toy_images.values())[:2]:
+        (data / p.name).write_bytes(p.read_bytes())
+    a, b = make_lora(tiny_model, tmp_path / "a", seed=0), make_lora(tiny_model, tmp_path / "b", seed=1)
+    args = ["audit", str(tiny_model), str(data), "--out", str(tmp_path / "run"), "--similarity", "pixel",
+            "--max-steps", "2", "--check-every", "2", "--sampler-steps", "2", "--batch-size", "2"]
+    res = runner.invoke(app, [*args, "--lora", str(a.parent)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["model"]["loras"][0]["sha256"] and info["model"]["loras"][0]["scale"] == 1.0
+    before = (tmp_path / "run" / "results.jsonl").read_text()
+    for extra in (["--lora", str(b.parent)], ["--lora", str(a.parent), "--lora-scale", "0.5"], []):
+        res = runner.invoke(app, [*args, *extra])
+        assert res.exit_code == 2 and "holds a run made differently" in res.output, extra
+        assert "loras" in res.output
+    assert (tmp_path / "run" / "results.jsonl").read_text() == before
+    res = runner.invoke(app, [*args[:4], str(tmp_path / "run-bad"), *args[5:], "--lora", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope" in res.output and not (tmp_path / "run-bad").exists()
+
+
+def fake_run(run_dir, scores, *, seed=0, max_steps=2000):
+    """A run folder with the given per-image scores (inf = not reproduced), as an audit writes it."""
+    import math
+
+    from invmm.config import preset
+    from invmm.result import Result
+    from invmm.run.files import Ledger
+
+    info = {"kind": "audit", "config": preset("ddpm", seed=seed, max_steps=max_steps).to_json(),
+            "model": {"resolution": 8, "scaling_factor": None}}
+    ledger = Ledger.create(run_dir, info)
+    for i, s in scores.items():
+        ledger.append(Result(id=i, path=f"{i}.png", score=s, success=math.isfinite(s), steps=100))
+    return run_dir
+
+
+def test_compare_sorts_by_what_the_fine_tune_added_and_refuses_other_settings(tmp_path):
+    import math
+
+    from invmm.compare import compare_runs
+
+    inf = math.inf
+    base = fake_run(tmp_path / "base", {"a": inf, "b": 0.9, "c": 0.5, "d": inf, "e": 0.4, "f": inf, "g": 0.7})
+    tuned = fake_run(tmp_path / "tuned", {"a": 0.6, "b": 0.3, "c": 0.8, "d": inf, "e": inf, "f": 0.2, "h": 0.1})
+    c = compare_runs(base, tuned)
+    assert [(r.id, r.verdict) for r in c.rows] == [
+        ("f", "made reproducible"), ("a", "made reproducible"), ("b", "more memorized"), ("c", "less memorized"),
+        ("e", "no longer reproduced"), ("d", "reproduced by neither")]
+    assert c.rows[2].change == pytest.approx(-0.6) and c.rows[0].change == -inf
+    assert (c.only_base, c.only_tuned) == (["g"], ["h"])
+    res = runner.invoke(app, ["compare", str(base), str(tuned), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "2 made reproducible" in res.output and (tmp_path / "cmp" / "compare.html").exists()
+    lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
+    assert lines[1].startswith("f,inf,0.2,-inf,made reproducible")
+    other = fake_run(tmp_path / "other", {"a": 0.6}, max_steps=1000)
+    res = runner.invoke(app, ["compare", str(base), str(other)])
+    assert res.exit_code == 2 and "max_steps: 2000 -> 1000" in res.output
+    res = runner.invoke(app, ["report", str(tuned), "--compare", str(base)])
+    assert res.exit_code == 0, res.output
+    assert "What the fine-tune added" in (tuned / "report" / "index.html").read_text()
