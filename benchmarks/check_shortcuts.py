@@ -70,7 +70,9 @@ def main():
     ap.add_argument("--model", choices=("digits", "t2i"), default="digits")
     ap.add_argument("--counts", default="64:8,16:8,0:8", help="level:n,...; level 0 = held out")
     ap.add_argument("--preview-steps", type=int, default=10)
-    ap.add_argument("--rec-factor", type=float, default=2.0)
+    ap.add_argument("--rec-factor", type=float, default=2.0, help="gate = this x the highest L_rec at success of "
+                                                                  "the most duplicated images")
+    ap.add_argument("--options", default="preview,rec", help="the shortcuts to run against the exact check")
     ap.add_argument("--batch-images", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("bench-out/shortcuts"))
     args = ap.parse_args()
@@ -94,14 +96,26 @@ def main():
         return res, wall, cfg
 
     exact, wall_exact, cfg = run("exact")
+    with open(args.out / f"{args.model}-exact.jsonl", "w") as f:  # every check's L_rec, for the gate's choice
+        for r in exact:
+            f.write(json.dumps(r.to_json()) + "\n")
     top = max(level.values())
     calib = [rec_at_success(r) for r in exact if level[r.id] == top and r.success]
     gate = args.rec_factor * max(calib)
     print(f"L_rec at success of the {top}-copy images (exact run): {sorted(round(v, 5) for v in calib)}; "
           f"gate = {args.rec_factor} x {max(calib):.5f} = {gate:.5f}")
+    for name, group in (("reproduced, at their checks", [r for r in exact if r.success]),
+                        ("not reproduced, at their checks", [r for r in exact if not r.success])):
+        recs = [c[4] for r in group for c in r.checks]
+        if recs:
+            print(f"L_rec {name}: min {min(recs):.4f}, median {np.median(recs):.4f}, max {max(recs):.4f} "
+                  f"({len(recs)} checks)")
     runs = {"exact": (exact, wall_exact)}
-    for label, options in ((f"preview {args.preview_steps}", {"check_preview_steps": args.preview_steps}),
-                           (f"rec skip {gate:.4g}", {"check_skip_rec": gate})):
+    shortcuts = (("preview", f"preview {args.preview_steps}", {"check_preview_steps": args.preview_steps}),
+                 ("rec", f"rec skip {gate:.4g}", {"check_skip_rec": gate}))
+    for key, label, options in shortcuts:
+        if key not in args.options.split(","):
+            continue
         res, wall, _ = run(label, **options)
         runs[label] = (res, wall)
 
@@ -124,7 +138,7 @@ def main():
               f"{fe(notrep) / max(len(notrep), 1):,.0f} | {saved:.0%} | {wall:.0f} |")
         out["runs"][label] = {**c, "auc": a, "wall_s": wall, "forward_equivalents": fe(res), "saved": saved,
                               "skips": [r.check_skips for r in res]}
-    print("\nper image (id, copies; exact / preview / rec skip: score, steps):")
+    print(f"\nper image (id, copies; {' / '.join(runs)}: score, steps):")
     for i, r in enumerate(exact):
         cells = []
         for res, _ in runs.values():

@@ -182,3 +182,38 @@ def test_compare_sorts_by_what_the_fine_tune_added_and_refuses_other_settings(tm
     res = runner.invoke(app, ["report", str(tuned), "--compare", str(base)])
     assert res.exit_code == 0, res.output
     assert "What the fine-tune added" in (tuned / "report" / "index.html").read_text()
+
+
+def test_zoo_lora_plants_images_the_base_never_saw(tmp_path):
+    from invmm.zoo import shipped_digits_t2i_model
+    from invmm.zoo.digits import load_manifest
+
+    out = tmp_path / "lora"
+    res = runner.invoke(app, ["zoo", "train-lora", "--out", str(out), "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    manifest = load_manifest(out)
+    base = {e["source_index"]: e for e in load_manifest(shipped_digits_t2i_model())["images"]}
+    images = manifest["images"]
+    assert all(base[e["source_index"]]["split"] == "heldout" for e in images)  # the base never trained on them
+    assert [sum(e["copies"] == c for e in images) for c in (32, 1, 0)] == [8, 8, 16]
+    assert len({e["caption"] for e in images}) == len(images)
+    assert manifest["n_train_samples"] == 8 * 32 + 8
+    base_adapter = load_adapter(str(shipped_digits_t2i_model()))
+    tuned = load_adapter(str(shipped_digits_t2i_model()), loras=[LoraSpec(str(out))])
+    x, t, cond = inputs(base_adapter)
+    with torch.no_grad():
+        assert (tuned.predict_x0(x, t, cond) - base_adapter.predict_x0(x, t, cond)).abs().max() > 0
+    res = runner.invoke(app, ["zoo", "train-lora", "--out", str(out), "--steps", "2"])
+    assert res.exit_code == 2 and "already holds a LoRA" in res.output
+
+
+def test_the_shipped_lora_matches_its_plan_and_loads():
+    from invmm.zoo import shipped_digits_lora, shipped_digits_t2i_model
+    from invmm.zoo.digits import load_manifest
+    from invmm.zoo.digits_lora import DigitsLoraConfig, plan_finetune
+
+    manifest = load_manifest(shipped_digits_lora())
+    cfg = DigitsLoraConfig(**{k: v for k, v in manifest["train_config"].items() if k != "num_train_timesteps"})
+    assert manifest["images"] == plan_finetune(load_manifest(shipped_digits_t2i_model()), cfg)
+    adapter = load_adapter(str(shipped_digits_t2i_model()), loras=[LoraSpec(str(shipped_digits_lora()))])
+    assert adapter.describe()["loras"][0]["path"].endswith("pytorch_lora_weights.safetensors")

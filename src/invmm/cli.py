@@ -31,7 +31,7 @@ from invmm.run.files import atomic_write_json
 from invmm.scorers import DEFAULT_SCORERS, ScorerError
 from invmm.scoring import score_with_specs
 from invmm.similarity import build_similarity
-from invmm.zoo import shipped_digits_model
+from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import (
     DigitsTrainConfig,
     demo_images,
@@ -41,6 +41,7 @@ from invmm.zoo.digits import (
     train_digits,
     write_manifest_csv,
 )
+from invmm.zoo.digits_lora import DigitsLoraConfig, train_digits_lora
 from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -625,6 +626,28 @@ def train_digits_t2i_cmd(
     if (out / "model_index.json").exists():
         _fail(f"{out} already holds a model; choose another --out")
     manifest = train_digits_t2i(DigitsT2IConfig(seed=seed, steps=steps), out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+@zoo_app.command("train-lora")
+def train_lora_cmd(
+    out: Annotated[Path, typer.Option(help="folder to write the LoRA, manifest.json and README.md to")],
+    base: Annotated[Path, typer.Option(help="toy text-to-image model to fine-tune (default: the shipped "
+                                            "one)")] = None,
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 3000,
+    copies: Annotated[int, typer.Option(help="copies of each repeated planted image in the fine-tuning set")] = 32,
+):
+    """Fine-tune a LoRA on the toy text-to-image model with planted memorization: digits the base never saw,
+    with new captions, some repeated many times and some once; others held out from both."""
+    if (out / "manifest.json").exists():
+        _fail(f"{out} already holds a LoRA; choose another --out")
+    try:
+        manifest = train_digits_lora(base or shipped_digits_t2i_model(), DigitsLoraConfig(seed=seed, steps=steps,
+                                                                                            copies=copies),
+                                     out, log=typer.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
 
 

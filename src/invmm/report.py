@@ -133,6 +133,8 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     meta = [
         ("model", info.get("model_path") or info.get("model", {}).get("source")),
         ("model family", info.get("model", {}).get("family")),
+        *([("LoRA", "; ".join(f"{r['path']} (sha256 {r['sha256'][:12]}, scale {r['scale']})"
+                             for r in info["model"]["loras"]))] if info.get("model", {}).get("loras") else []),
         ("weights fingerprint", (info.get("model_fingerprint") or "")[:16]),
         ("created", info.get("created")),
         ("seed", info.get("seed", cfg.get("seed"))),

@@ -187,19 +187,17 @@ def save_lora(family: str, components: dict, out: str | Path, *, adapter_name: s
     denoiser = components["denoiser"]
     layers = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
     if family in ("text2image", "flow"):
-        from diffusers.utils import convert_state_dict_to_diffusers
-
+        # peft's own key names (lora_A / lora_B), which diffusers' loaders read for every layer type; the older
+        # diffusers names (lora.down / lora.up) exist only for linear layers.
         extra = {}
         for key in ("text_encoder", "text_encoder_2"):
             enc = components.get(key)
             if enc is not None and _lora_tensors(enc, adapter_name):
-                extra[f"{key}_lora_layers"] = convert_state_dict_to_diffusers(
-                    get_peft_model_state_dict(enc, adapter_name=adapter_name))
+                extra[f"{key}_lora_layers"] = get_peft_model_state_dict(enc, adapter_name=adapter_name)
         if family == "text2image":
             from diffusers import StableDiffusionPipeline
 
-            StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=convert_state_dict_to_diffusers(layers),
-                                                      safe_serialization=True, **extra)
+            StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True, **extra)
         else:
             from diffusers import StableDiffusion3Pipeline
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 SHIPPED_DIGITS = Path(__file__).parent / "digits_model"
 SHIPPED_DIGITS_T2I = Path(__file__).parent / "digits_t2i_model"
+SHIPPED_DIGITS_LORA = Path(__file__).parent / "digits_t2i_lora"
 
 
 def shipped_digits_model() -> Path:
@@ -20,3 +21,10 @@ def shipped_digits_t2i_model() -> Path:
     if not (SHIPPED_DIGITS_T2I / "model_index.json").exists():
         raise FileNotFoundError(f"the shipped toy text-to-image model is missing from {SHIPPED_DIGITS_T2I}")
     return SHIPPED_DIGITS_T2I
+
+
+def shipped_digits_lora() -> Path:
+    """The toy LoRA fine-tune of the text-to-image digits model (see zoo/digits_t2i_lora/README.md)."""
+    if not (SHIPPED_DIGITS_LORA / "manifest.json").exists():
+        raise FileNotFoundError(f"the shipped toy LoRA is missing from {SHIPPED_DIGITS_LORA}")
+    return SHIPPED_DIGITS_LORA

@@ -229,12 +229,15 @@ def group_name(entry: dict) -> str:
 
 
 def write_manifest_csv(manifest: dict, paths: list[Path], out: Path) -> Path:
-    """manifest.csv beside exported images: path, id, source index, copies, split."""
+    """manifest.csv beside exported images: path, id, source index, copies, split, label (the group: "64
+    copies", "held out", ...) and, for a text-to-image toy, the caption; `invmm audit` reads it as is."""
     import csv
 
+    captions = any("caption" in e for e in manifest["images"])
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "id", "source_index", "copies", "split"])
+        w.writerow(["path", "id", "source_index", "copies", "split", "label"] + (["caption"] if captions else []))
         for p, e in zip(paths, manifest["images"]):
-            w.writerow([p.name, e["id"], e["source_index"], e["copies"], e["split"]])
+            w.writerow([p.name, e["id"], e["source_index"], e["copies"], e["split"], group_name(e)]
+                       + ([e.get("caption", "")] if captions else []))
     return out / "manifest.csv"
