@@ -10,12 +10,12 @@ from invmm.adapters.loading import load_adapter, lora_components
 from invmm.adapters.lora import LoraSpec, lora_specs, save_lora
 from invmm.cli import app
 from invmm.errors import InvMMInputError
-from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
 
 runner = CliRunner()
-TARGETS = {"pixel": ["conv1", "conv2"], "text2image": ["to_q", "to_k", "to_v", "to_out.0"],
-           "flow": ["to_q", "to_k", "to_v"]}
-BUILDERS = {"pixel": build_tiny_pixel, "text2image": build_tiny_sd, "flow": build_tiny_sd3}
+TARGETS = {"pixel": ["conv1", "conv2"], "latent": ["conv1", "conv2"],
+           "text2image": ["to_q", "to_k", "to_v", "to_out.0"], "flow": ["to_q", "to_k", "to_v"]}
+BUILDERS = {"pixel": build_tiny_pixel, "latent": build_tiny_ldm, "text2image": build_tiny_sd, "flow": build_tiny_sd3}
 
 
 def make_lora(model_dir, out, seed=0, targets=None):
