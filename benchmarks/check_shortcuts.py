@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from invmm import measure
 from invmm.adapters.loading import load_adapter
 from invmm.config import default_config
 from invmm.cost import forward_equivalents
+from invmm.evaluation import roc_metrics
 from invmm.images import ImageItem
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
@@ -39,9 +39,7 @@ from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, s
 
 def auc(levels: list[int], scores: list[float]) -> float:
     """Duplicated (any copies) vs held out; lower = more memorized, inf below every finite score."""
-    y = np.array([1 if lv > 0 else 0 for lv in levels])
-    s = np.array([-sc if math.isfinite(sc) else -1e12 for sc in scores])
-    return float(roc_auc_score(y, s))
+    return roc_metrics([int(lv > 0) for lv in levels], scores, higher_is_better=False)["auc"]
 
 
 def rec_at_success(r) -> float | None:

@@ -16,14 +16,12 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from invmm import measure
 from invmm.adapters.loading import load_adapter
 from invmm.adapters.lora import LoraSpec
 from invmm.compare import compare_runs, format_comparison
 from invmm.config import default_config
+from invmm.evaluation import roc_metrics
 from invmm.images import ImageItem
 from invmm.zoo import shipped_digits_lora, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
@@ -31,9 +29,7 @@ from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, s
 
 def auc(pos: list[float], neg: list[float]) -> float:
     """Lower score = more memorized; inf ranks below every finite score."""
-    y = np.array([1] * len(pos) + [0] * len(neg))
-    s = np.array([-v if math.isfinite(v) else -1e12 for v in pos + neg])
-    return float(roc_auc_score(y, s))
+    return roc_metrics([1] * len(pos) + [0] * len(neg), pos + neg, higher_is_better=False)["auc"]
 
 
 def main():

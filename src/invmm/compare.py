@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from invmm.config import BACKWARD_DEFAULTS
+from invmm.config import stored_config
 from invmm.errors import InvMMInputError
 from invmm.repeats import combine
 from invmm.result import Result
@@ -80,10 +80,6 @@ def _sort_key(r: Row):
     return (rank, change if math.isfinite(change) else 0.0, r.id)
 
 
-def _settings(info: dict) -> dict:
-    return {**BACKWARD_DEFAULTS, **info.get("config", {})}
-
-
 def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
     """The per-image comparison of two runs made with the same settings; refuses runs made differently."""
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
@@ -92,7 +88,7 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
         if not (d / RUN_FILE).exists():
             raise InvMMInputError(f"{d}: no {RUN_FILE}; give two folders written by `invmm audit` or `invmm measure`")
         infos.append(read_run_info(d))
-    diff = settings_diff(_settings(infos[0]), _settings(infos[1]))
+    diff = settings_diff(*(stored_config(info.get("config", {})) for info in infos))
     diff += settings_diff({k: infos[0].get("model", {}).get(k) for k in MODEL_SETTINGS},
                           {k: infos[1].get("model", {}).get(k) for k in MODEL_SETTINGS})
     if diff:

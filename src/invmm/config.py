@@ -122,6 +122,11 @@ class InvMMConfig:
 BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None}
 
 
+def stored_config(d: dict) -> dict:
+    """A config dict as a run folder stored it, with the fields added since at the values it ran with."""
+    return {**BACKWARD_DEFAULTS, **d}
+
+
 PRESETS: dict[str, dict] = {
     "ddpm": {},
     "ldm": {"check_every": 10, "delta": 5e-4, "batch_size": 16, "sampler_steps": 50, "sscd_resize": 256},

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from invmm.config import BACKWARD_DEFAULTS
+from invmm.config import stored_config
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.result import score_from_json, score_to_json
@@ -95,7 +95,7 @@ def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int
     for name, s in settings.items():
         old = info.get("scorers", {}).get(name)
         if old is not None and isinstance(old.get("config"), dict):  # InvMM: fields added since, at their old values
-            old = {**old, "config": {**BACKWARD_DEFAULTS, **old["config"]}}
+            old = {**old, "config": stored_config(old["config"])}
         if old is not None and _canonical(old) != _canonical(s):
             diffs = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
             changed.append(f"scorer {name!r} settings differ ({', '.join(diffs)})")

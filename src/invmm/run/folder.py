@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invmm.config import BACKWARD_DEFAULTS
+from invmm.config import stored_config
 from invmm.errors import InvMMInputError
 from invmm.run.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, repair_tail
 
@@ -49,7 +49,7 @@ def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
     if old.get("model_fingerprint") != info["model_fingerprint"]:
         changed.append(f"model weights ({old.get('model_path')} fingerprint {old.get('model_fingerprint', '')[:12]}"
                        f" -> {info['model_path']} {info['model_fingerprint'][:12]})")
-    diff = settings_diff({**BACKWARD_DEFAULTS, **old.get("config", {})}, info["config"])
+    diff = settings_diff(stored_config(old.get("config", {})), info["config"])
     if diff:
         changed.append("config " + "; ".join(diff))
     diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))

@@ -7,6 +7,7 @@ Scores equal the local backend's: each image's random streams depend only on the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 
@@ -40,6 +41,27 @@ class InversionWorker:
         return [(o.result.to_json(), o.mu, o.logvar, o.samples) for o in outs]
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, data: bool = False):
+    """Ray, initialised here unless the caller already did (then left running); shut down if started here."""
+    try:
+        import ray
+
+        if data:
+            import ray.data  # noqa: F401
+    except ImportError:
+        raise InvMMInputError(f"--backend ray needs Ray{' Data' if data else ''}: pip install 'invmm[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def _cluster_slots(ray, gpus_per_worker: float, workers: int | None) -> tuple[int, dict, str]:
     res = ray.cluster_resources()
     gpus = res.get("GPU", 0)
@@ -56,15 +78,7 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
                allow_pickle: bool = False, on_workers: Callable[[list], None] | None = None,
                load_options: dict | None = None) -> tuple[int, str]:
     """Runs every target; returns the number of actors and their device."""
-    try:
-        import ray
-    except ImportError:
-        raise InvMMInputError("--backend ray needs Ray: pip install 'invmm[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session(address) as ray:
         n, resources, device = _cluster_slots(ray, gpus_per_worker, workers)
         remote = ray.remote(**resources)(InversionWorker)
         threads = 1 if device == "cpu" else None
@@ -125,6 +139,3 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
                 record(res, Outcome(res, mu, logvar, samples))
             submit(i)
         return len(actors), device
-    finally:
-        if started_here:
-            ray.shutdown()

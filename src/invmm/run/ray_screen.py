@@ -9,15 +9,13 @@ depends only on the seed and the image, never on its batch mates, so the records
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import torch
 
 from invmm.adapters.loading import load_adapter
-from invmm.errors import InvMMInputError
 from invmm.images import ImageItem
-from invmm.run.ray_backend import _cluster_slots
+from invmm.run.ray_backend import _cluster_slots, ray_session
 from invmm.scorers import build_scorer
 from invmm.scoring import CHEAP_BATCH, ScoreRecord, score_items
 
@@ -43,16 +41,7 @@ def score_on_ray(items: list[ImageItem], spec: str, *, model: str, seed: int, al
                  load_options: dict | None = None, address: str | None = None, gpus_per_worker: float = 1.0,
                  workers: int | None = None) -> Iterator[ScoreRecord]:
     """Yields one record per item, in the order the pool finishes them."""
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise InvMMInputError("--backend ray needs Ray Data: pip install 'invmm[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session(address, data=True) as ray:
         n, resources, device = _cluster_slots(ray, gpus_per_worker, workers)
         ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own
         # One JSON string per image: None stays None (a column of all-None captions has no Arrow type).
@@ -67,6 +56,3 @@ def score_on_ray(items: list[ImageItem], spec: str, *, model: str, seed: int, al
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for line in batch["record"]:
                 yield ScoreRecord.from_json(json.loads(line))
-    finally:
-        if started_here:
-            ray.shutdown()
