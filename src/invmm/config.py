@@ -146,6 +146,38 @@ PRESETS: dict[str, dict] = {
         "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
         "sscd_resize": 320,
     },
+    # The paper has no setting for the families below; each choice and its reason is in the README.
+    "sdxl": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler_steps": 50,
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "sscd_resize": 320,
+    },
+    "flux": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler": "euler",
+        "sampler_steps": 50,
+        "check_schedule": "model",
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "sscd_resize": 320,
+    },
+    "pixart": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler_steps": 50,
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "sscd_resize": 320,
+    },
+    "dit": {
+        "check_every": 10,
+        "delta": 5e-4,
+        "batch_size": 16,
+        "sampler_steps": 50,
+        "guidance_scales": [1.0, 2.0, 3.0, 4.0],
+        "sscd_resize": 256,
+    },
 }
 
 
@@ -159,8 +191,10 @@ def preset(name: str, **overrides) -> InvMMConfig:
 
 # --- defaults that depend on the model ---
 
-FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd", "flow": "sd3"}
-FAMILY_SAMPLER = {"pixel": "ddim", "latent": "ddim", "text2image": "ddim", "flow": "euler"}
+FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd", "flow": "sd3", "sdxl": "sdxl",
+                 "flux": "flux", "pixart": "pixart", "class": "dit"}
+FAMILY_SAMPLER = {"pixel": "ddim", "latent": "ddim", "text2image": "ddim", "flow": "euler", "sdxl": "ddim",
+                  "flux": "euler", "pixart": "ddim", "class": "ddim"}
 
 
 def default_similarity(adapter) -> str:
@@ -171,7 +205,8 @@ def default_similarity(adapter) -> str:
 def default_config(adapter, **overrides) -> InvMMConfig:
     """The family's preset with the similarity that suits the model's images; `overrides` win (None = default)."""
     similarity = overrides.pop("similarity", None) or default_similarity(adapter)
-    name = overrides.pop("preset", None) or FAMILY_PRESET[adapter.family]
+    # An adapter may name its own preset (a Flux model without a guidance input has no guidance to try).
+    name = overrides.pop("preset", None) or getattr(adapter, "preset", None) or FAMILY_PRESET[adapter.family]
     return preset(name, similarity=similarity, **overrides)
 
 

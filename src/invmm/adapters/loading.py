@@ -122,24 +122,41 @@ def _load_base(model: str, *, device, hub, allow_pickle, resolution, latent_scal
             "save_pretrained so the scheduler config is included."
         )
     scheduler_config = _read_json(scheduler_cfg_path, f"model {root}")
+    kwargs = dict(device=device, allow_pickle=allow_pickle, source=str(model), resolution=resolution,
+                  latent_scale=latent_scale)
     if (root / "transformer" / "config.json").exists():
-        return _load_flow(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle, source=str(model),
-                          resolution=resolution, latent_scale=latent_scale)
+        config = _read_json(root / "transformer" / "config.json", f"model {root}")
+        cls_name = config.get("_class_name")
+        loader = TRANSFORMER_LOADERS.get(cls_name)
+        if cls_name == "Transformer2DModel" and config.get("num_embeds_ada_norm"):
+            loader = _load_class_conditional  # DiT saved before diffusers had DiTTransformer2DModel
+        if loader is None:
+            raise InvMMInputError(
+                f"model {root}: transformer/config.json declares {cls_name!r}; supported transformers are "
+                f"{', '.join(TRANSFORMER_LOADERS)} and a class-conditional Transformer2DModel (DiT). "
+                f"Found components: {listing}"
+            )
+        return loader(root, scheduler_config, listing, **kwargs)
     if not (root / "unet" / "config.json").exists():
         raise InvMMInputError(
-            f"model {root}: no denoiser (unet/config.json is missing; found: {listing}). Supported: "
-            "pixel and latent diffusion (UNet2DModel) and Stable Diffusion 1.x/2.x (UNet2DConditionModel)."
+            f"model {root}: no denoiser (unet/config.json or transformer/config.json is missing; found: {listing}). "
+            "Supported: pixel and latent diffusion (UNet2DModel, also class-conditional), Stable Diffusion 1.x/2.x "
+            "and SDXL (UNet2DConditionModel), SD3, Flux, PixArt and DiT (transformer)."
         )
     unet_config = _read_json(root / "unet" / "config.json", f"model {root}")
     cls_name = unet_config.get("_class_name")
     if cls_name == "UNet2DConditionModel":
-        return _load_text2image(root, scheduler_config, listing, device=device, allow_pickle=allow_pickle,
-                                source=str(model), resolution=resolution, latent_scale=latent_scale)
+        # SDXL: a second text encoder, and the UNet adds pooled text and size conditioning to its time embedding.
+        if unet_config.get("addition_embed_type") == "text_time":
+            return _load_sdxl(root, scheduler_config, listing, **kwargs)
+        return _load_text2image(root, scheduler_config, listing, **kwargs)
     if cls_name != "UNet2DModel":
         raise InvMMInputError(
             f"model {root}: unet/config.json declares {cls_name!r}; supported denoisers are UNet2DModel (pixel "
             f"or latent diffusion) and UNet2DConditionModel (Stable Diffusion). Found components: {listing}"
         )
+    if unet_config.get("num_class_embeds"):
+        return _load_class_conditional(root, scheduler_config, listing, **kwargs)
     unet = _load_component(diffusers.UNet2DModel, root / "unet", allow_pickle, root)
     vae_dir = next((root / n for n in ("vae", "vqvae") if (root / n / "config.json").exists()), None)
 
@@ -212,12 +229,6 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import transformers
 
 
-    cls_name = _read_json(root / "transformer" / "config.json", f"model {root}").get("_class_name")
-    if cls_name != "SD3Transformer2DModel":
-        raise InvMMInputError(
-            f"model {root}: transformer/config.json declares {cls_name!r}; the supported transformer is "
-            f"SD3Transformer2DModel (Stable Diffusion 3 / 3.5). Found components: {listing}"
-        )
     missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
                if not (root / c).is_dir()]
     if missing:
@@ -243,3 +254,11 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
     return _build(FlowAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
                   source=source, resolution=resolution, latent_scale=latent_scale,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
+
+
+TRANSFORMER_LOADERS = {
+    "SD3Transformer2DModel": _load_flow,
+    "FluxTransformer2DModel": lambda *a, **k: _load_flux(*a, **k),
+    "PixArtTransformer2DModel": lambda *a, **k: _load_pixart(*a, **k),
+    "DiTTransformer2DModel": lambda *a, **k: _load_class_conditional(*a, **k),
+}
