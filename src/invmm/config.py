@@ -163,6 +163,16 @@ PRESETS: dict[str, dict] = {
         "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
         "sscd_resize": 320,
     },
+    # Timestep-distilled Flux ("schnell") has no guidance input and samples in a few steps.
+    "flux-schnell": {
+        "delta": 1e-3,
+        "batch_size": 16,
+        "sampler": "euler",
+        "sampler_steps": 4,
+        "check_schedule": "model",
+        "guidance_scales": [1.0],
+        "sscd_resize": 320,
+    },
     "pixart": {
         "delta": 1e-3,
         "batch_size": 16,
