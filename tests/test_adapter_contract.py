@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from invmm.adapters.base import CAPABILITIES, NOISE_SCHEDULE, TEXT, ModelAdapter, NoiseScheduleAdapter
+from invmm.adapters.base import CAPABILITIES, CLASS, NOISE_SCHEDULE, TEXT, ModelAdapter, NoiseScheduleAdapter
 from invmm.adapters.loading import load_adapter
 from invmm.conditioning import cond_rows
 from invmm.config import default_config
@@ -14,7 +14,7 @@ from invmm.cost import RowCounter, denoiser, text_encoders, vae_encoder
 from invmm.inversion import Inverter, Target
 from invmm.scorers import SCORERS, ScorerError, build_scorer
 from invmm.similarity import PixelSimilarity
-from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import build_tiny_dit, build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
 
 FAMILIES = {
     "pixel": (build_tiny_pixel, {}),
@@ -23,6 +23,8 @@ FAMILIES = {
     "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
     "sd": (build_tiny_sd, {}),
     "sd3": (build_tiny_sd3, {}),
+    "dit": (build_tiny_dit, {}),
+    "dit-pixel": (build_tiny_dit, {"latent": False}),
 }
 
 
@@ -38,14 +40,21 @@ def _images(adapter, n=2, seed=0):
     return torch.rand(n, c, adapter.image_size, adapter.image_size, generator=g) * 2 - 1
 
 
+def _given(adapter, i=0):
+    """A known conditioning of image i: a caption, or a class (by name and by index)."""
+    if CLASS in adapter.capabilities:
+        return ["goldfish", "7"][i % 2]
+    return "a red square" if adapter.conditional else None
+
+
 def _cond(adapter, n):
-    return adapter.prompt_embeddings(["a red square"] * n) if TEXT in adapter.capabilities else None
+    return adapter.prompt_embeddings([_given(adapter, i) for i in range(n)]) if adapter.conditional else None
 
 
 def test_declares_the_contract(adapter):
     assert isinstance(adapter, ModelAdapter)
     assert set(adapter.capabilities) <= set(CAPABILITIES)
-    assert adapter.conditional == (TEXT in adapter.capabilities)
+    assert adapter.conditional == bool({TEXT, CLASS} & adapter.capabilities)
     assert adapter.image_mode in ("L", "RGB") and adapter.image_size == adapter.native_resolution
     d = adapter.describe()
     assert d["family"] == adapter.family and d["resolution"] == adapter.image_size
@@ -96,7 +105,7 @@ def test_guided_output_is_classifier_free_guidance(adapter):
     with torch.no_grad():
         plain = adapter.guided_output(x, t)
         assert plain.shape == x.shape
-        if TEXT not in adapter.capabilities:
+        if not adapter.conditional:
             return
         cond = _cond(adapter, 2)
         u = adapter.guided_output(x, t, adapter.uncond_embeddings(2))
@@ -138,10 +147,12 @@ def _small_config(adapter, **kw):
     return default_config(adapter, **{**base, **kw})
 
 
-def _invert(adapter, cfg, captions=("a red square", None)):
+def _invert(adapter, cfg):
+    """Image 0 with its known conditioning, image 1 with the conditioning inverted."""
     x = _images(adapter)
-    ts = [Target(id=f"img-{i}", pixels=x[i], caption=captions[i] if adapter.conditional else None)
-          for i in range(2)]
+    given = [_given(adapter), None]
+    ts = [Target(id=f"img-{i}", pixels=x[i], caption=given[i] if TEXT in adapter.capabilities else None,
+                 class_label=given[i] if CLASS in adapter.capabilities else None) for i in range(2)]
     return [o.result for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(ts)]
 
 

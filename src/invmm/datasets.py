@@ -100,10 +100,10 @@ def _rows_to_items(p: Path, rows: list[dict]) -> list[ImageItem]:
         if image_id in seen:
             raise InvMMInputError(f"{p}: id {image_id!r} appears in rows {seen[image_id]} and {n}; ids must be unique")
         seen[image_id] = n
-        caption = row.get("caption")
-        label = row.get("label")
+        caption, label, cls = row.get("caption"), row.get("label"), row.get("class")
         it = ImageItem(id=image_id, path=str(path), caption=None if caption in (None, "") else str(caption),
-                       label=None if label in (None, "") else str(label))
+                       label=None if label in (None, "") else str(label),
+                       class_label=None if cls in (None, "") else str(cls))
         if not path.is_file():
             it.error = f"{path}: no such file (row {n} of {p})"
         items.append(it)

@@ -19,6 +19,7 @@ class ImageItem:
     path: str
     caption: str | None = None
     label: str | None = None
+    class_label: str | None = None  # class-conditional models: the image's class (index or name)
     pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]
     original_size: tuple[int, int] | None = None
     resized: bool = False

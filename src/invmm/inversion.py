@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_cat, cond_rows, conditioner
+from invmm.conditioning import cond_cat, cond_rows, conditioner, given_condition
 from invmm.config import InvMMConfig
 from invmm.cost import RowCounter, denoiser, sample_forwards, text_encoders, vae_encoder
 from invmm.errors import InvMMInputError
@@ -31,6 +31,7 @@ class Target:
     pixels: torch.Tensor  # [C, S, S] in [-1, 1], as the model sees it
     path: str = ""
     caption: str | None = None
+    class_label: str | None = None  # class-conditional models: the image's class (index or name)
     repeat: int = 0  # which independent inversion of this image (its random streams follow from it)
 
 
@@ -129,8 +130,9 @@ class Inverter:
                 x0 = self.adapter.encode(target.pixels[None], generator=vae_gen)[0]
             cond = None
             if getattr(self.adapter, "conditional", False):
-                invert = cfg.invert_prompt if cfg.invert_prompt is not None else target.caption is None
-                cond = conditioner(self.adapter, target.caption, invert_prompt=invert, tau=cfg.gumbel_tau,
+                given = given_condition(target, self.adapter)
+                invert = cfg.invert_prompt if cfg.invert_prompt is not None else given is None
+                cond = conditioner(self.adapter, given, invert_prompt=invert, tau=cfg.gumbel_tau,
                                    seed=seed_from(image_seed, "gumbel"))
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)

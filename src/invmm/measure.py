@@ -33,6 +33,7 @@ def measure(
     on_start: Callable[[int], None] | None = None,
     run_extra: dict | None = None,
     prompt: str | None = None,
+    class_label: str | None = None,
 ) -> list[Result]:
     """Measure InvMM for each image. `model` is a diffusers folder (or hub id with hub=True) or an adapter.
 
@@ -53,6 +54,9 @@ def measure(
     if prompt is not None:
         for it in items:
             it.caption = it.caption if it.caption is not None else prompt
+    if class_label is not None:
+        for it in items:
+            it.class_label = it.class_label if it.class_label is not None else str(class_label)
     summary = run_images(
         adapter, items, config, out, kind="measure", resume=False, backend=backend, batch_images=batch_images,
         repeats=repeats,

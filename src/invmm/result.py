@@ -32,6 +32,9 @@ class Result:
     label: str | None = None  # from the dataset manifest, when it has labels
     prompt_mode: str | None = None  # text-to-image: "caption" (given) or "inverted" (soft prompt learned)
     prompt: str | None = None  # the caption used, or the inverted soft prompt's argmax tokens as text
+    class_mode: str | None = None  # class-conditional: "known" (given) or "inverted" (class distribution learned)
+    class_label: int | None = None  # the class used, or the inverted distribution's most likely class
+    class_name: str | None = None  # its name, where the model names its classes
     guidance_scale: float | None = None  # the guidance scale at which the success check passed
     model: str | None = None
     calls: dict = field(default_factory=dict)  # model calls spent on this inversion (invmm.cost)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from invmm.conditioning import check_class_labels, given_condition
 from invmm.config import stored_config
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
@@ -155,6 +156,7 @@ def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[Scor
     Images are decoded here, from copies, so the caller's items stay light and a large dataset never has to
     fit in memory."""
     loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size) for it in items]
+    check_class_labels(adapter, loaded)
     records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
                            error=it.error) for it in loaded if it.error]
     chunk = [it for it in loaded if not it.error]
@@ -164,7 +166,7 @@ def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[Scor
 def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]:
     t0 = time.perf_counter()
     scores = scorer.score(torch.stack([it.pixels for it in chunk]), [it.id for it in chunk],
-                          [it.caption for it in chunk], seed=seed)
+                          [given_condition(it, scorer.adapter) for it in chunk], seed=seed)
     per_image = (time.perf_counter() - t0) / len(chunk)
     records = []
     for it, score in zip(chunk, scores):

@@ -15,16 +15,17 @@ import torch
 # What a scorer may need beyond the contract (`Scorer.requires`):
 NOISE_SCHEDULE = "noise_schedule"  # a DDPM alpha_bar schedule: alpha_bar(t), eps_prediction
 TEXT = "text"  # text conditioning: prompt_embeddings, uncond_embeddings, soft prompts
-CAPABILITIES = (NOISE_SCHEDULE, TEXT)
+CLASS = "class"  # class labels: prompt_embeddings(labels), uncond_embeddings, soft_class_conditioning
+CAPABILITIES = (NOISE_SCHEDULE, TEXT, CLASS)
 
 
 @runtime_checkable
 class ModelAdapter(Protocol):
     """One diffusion model, frozen, seen through the few operations InvMM and the baselines need."""
 
-    family: str  # "pixel", "latent", "text2image", "flow"
+    family: str  # "pixel", "latent", "text2image", "flow", "sdxl", "flux", "pixart", "class"
     capabilities: frozenset[str]  # a subset of CAPABILITIES
-    conditional: bool  # takes a text conditioning
+    conditional: bool  # takes a conditioning: a text (capability TEXT) or a class label (CLASS)
     image_mode: str  # "L" or "RGB": what images are converted to before encoding
     image_size: int  # images are resized/center-cropped to this square side
     native_resolution: int  # the side the model was built for

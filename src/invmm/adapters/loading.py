@@ -262,3 +262,31 @@ TRANSFORMER_LOADERS = {
     "PixArtTransformer2DModel": lambda *a, **k: _load_pixart(*a, **k),
     "DiTTransformer2DModel": lambda *a, **k: _load_class_conditional(*a, **k),
 }
+
+
+def _load_class_conditional(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+                            resolution=None, latent_scale=None):
+    import diffusers
+
+    from invmm.adapters.classcond import ClassConditionalAdapter
+
+    if not (root / "transformer" / "config.json").exists():
+        raise InvMMInputError(
+            f"model {root}: a class-conditional UNet2DModel is not supported (no convention names its "
+            "unconditional class, which guidance needs); supported class-conditional models are DiT "
+            "(transformer/ with DiTTransformer2DModel)"
+        )
+    cls_name = _read_json(root / "transformer" / "config.json", f"model {root}").get("_class_name")
+    transformer = _load_component(getattr(diffusers, cls_name), root / "transformer", allow_pickle, root)
+    vae, vae_saved = None, None
+    if (root / "vae" / "config.json").exists():
+        vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+        vae_saved = _read_json(root / "vae" / "config.json", f"model {root}")
+    elif latent_scale is not None:
+        raise InvMMInputError(f"model {root}: --latent-scale needs a VAE, and this pixel-space model has none")
+    index = _read_json(root / "model_index.json", f"model {root}") if (root / "model_index.json").exists() else {}
+    id2label = index.get("id2label")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise InvMMInputError(f"model {root}: model_index.json id2label must map class indices to names")
+    return _build(ClassConditionalAdapter, root, transformer, vae, scheduler_config, id2label=id2label, device=device,
+                  source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)

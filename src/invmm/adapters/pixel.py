@@ -56,10 +56,12 @@ class PixelAdapter(CodecImages):
         self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
         size = self.unet.config.sample_size
         self.native_resolution = int(size if isinstance(size, int) else size[0]) * self.codec.factor
-        # The UNet halves the side once per down block but the last; the codec shrinks it by its factor.
-        multiple = self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        self.image_size = check_resolution(resolution, self.native_resolution, multiple)
+        self.image_size = check_resolution(resolution, self.native_resolution, self.codec.factor * self._side_step())
         self.source = source
+
+    def _side_step(self) -> int:
+        # The UNet halves the side once per down block but the last.
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from invmm.adapters.loading import load_options
+from invmm.conditioning import check_class_labels
 from invmm.config import InvMMConfig, check_config_for_model
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
@@ -86,6 +87,7 @@ def run_images(
     if repeats < 1:
         raise InvMMInputError(f"--repeats must be >= 1, got {repeats}")
     check_config_for_model(adapter, config)
+    check_class_labels(adapter, items)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -153,7 +155,8 @@ def run_images(
                         record(Result(id=it.id, path=it.path, status="error", error=it.error, error_kind="input",
                                       repeat=rep))
                     else:
-                        yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption, repeat=rep)
+                        yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption,
+                                     class_label=it.class_label, repeat=rep)
 
         t0 = time.perf_counter()
         n_workers, worker_device = 1, str(adapter.device)

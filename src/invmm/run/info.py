@@ -48,7 +48,9 @@ def model_fingerprint(model_dir: str | Path, loras: list[dict] | None = None) ->
 
 
 def dataset_hash(items) -> str:
-    rows = [[it.id, it.path, it.caption, it.label] for it in items]
+    # A class label joins the row only where there is one, so datasets hashed before classes keep their hash.
+    rows = [[it.id, it.path, it.caption, it.label] + ([it.class_label] if it.class_label is not None else [])
+            for it in items]
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 

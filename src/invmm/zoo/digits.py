@@ -147,7 +147,7 @@ def train_denoiser(unet, scheduler, data, cfg: DigitsTrainConfig, gen: torch.Gen
                    condition=None, on_step=None) -> tuple[list[float], float]:
     """The epsilon-prediction DDPM training loop of the toy models (AdamW, linear warm-up).
 
-    `condition(idx)` returns the cross-attention states of the drawn samples (conditional models); it
+    `condition(idx)` returns the conditioning of the drawn samples (cross-attention states, class labels); it
     draws after the batch, noise and timesteps, so every draw comes from `gen` in a fixed order.
     """
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -161,7 +161,8 @@ def train_denoiser(unet, scheduler, data, cfg: DigitsTrainConfig, gen: torch.Gen
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
         xt = scheduler.add_noise(x0, noise, t)
         pred = unet(xt, t).sample if condition is None else unet(xt, t, condition(idx)).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        # A learned-variance model (DiT) outputs [eps, variance]: the toys train the eps channels only.
+        loss = torch.nn.functional.mse_loss(pred[:, : noise.shape[1]], noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

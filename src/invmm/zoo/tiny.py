@@ -115,3 +115,30 @@ def build_tiny_sd3(path: Path, *, seed=0) -> Path:
         "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
     }
     return _save(path, components, "StableDiffusion3Pipeline")
+
+
+def build_tiny_dit(path: Path, *, seed=0, latent=True) -> Path:
+    """A class-conditional DiT (ImageNet's 1,000 classes and null class 1000, as DiTPipeline assumes) with a
+    learned-sigma output, on a tiny VAE's latents (or on RGB pixels with latent=False)."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    channels = 4 if latent else 3
+    components = {
+        "transformer": DiTTransformer2DModel(
+            num_attention_heads=2, attention_head_dim=8, in_channels=channels, out_channels=2 * channels,
+            num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=1,
+        ),
+        "scheduler": DDIMScheduler(num_train_timesteps=100),
+    }
+    if latent:
+        from diffusers import DiTPipeline
+
+        DiTPipeline(vae=tiny_vae("kl"), **components).save_pretrained(path)
+    else:  # DiTPipeline cannot hold a pixel-space model: the folder only
+        _save(path, components, "DiTPipeline")
+    names = {str(i): f"class {i}" for i in range(1000)}
+    names.update({"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus"})
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "id2label": names}))
+    return path

@@ -1,0 +1,121 @@
+"""Class-conditional DiT (ImageNet DiT-XL/2 and the like): `DiTTransformer2DModel` + VAE (or pixels) + labels.
+
+The forward process, x0 conversion and DDIM check are pixel.py's (through the VAE codec, or in pixel space).
+DiT outputs [eps, variance] on channels (learned sigma); the mean channels are the prediction, as DiTPipeline
+steps with them. Classifier-free guidance mixes the class with the null class, the extra row of the label
+table that DiT's training label dropout used (index num_classes; DiTPipeline hard-codes 1000, ImageNet's).
+
+A conditioning is a batch of distributions over the rows of the label table, [n, num_classes + 1]: a known
+class is its one-hot row, the unconditional the null's, and class inversion a Gumbel-softmax draw over the
+real classes. Every block of DiT has its own label table (in its adaptive norm); the model sees, in each, the
+mixture of the table's rows under the distribution. For a one-hot row that is exactly the table lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from invmm.adapters.codecs import VAECodec
+from invmm.adapters.pixel import PixelAdapter
+from invmm.conditioning import classifier_free_guidance
+
+
+class ClassConditionalAdapter(PixelAdapter):
+    family = "class"
+    conditional = True
+    capabilities = frozenset({"noise_schedule", "class"})
+    # One Gumbel-softmax class draw per check, shared by its samples, as prompt inversion does for SD 1.x.
+    check_prompt_draws = "shared"
+
+    def __init__(self, transformer, vae, scheduler_config: dict, *, id2label: dict | None = None,
+                 device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
+                 vae_saved_config: dict | None = None, latent_scale: float | None = None):
+        from diffusers.models.embeddings import LabelEmbedding
+
+        codec = None  # without a VAE, pixel space (the zoo's toy DiT)
+        if vae is not None:
+            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+        super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
+                         codec=codec)
+        self.transformer = self.unet  # the denoiser, under the name the transformer families use
+        self.label_tables = [m.embedding_table for m in self.unet.modules() if isinstance(m, LabelEmbedding)]
+        if not self.label_tables:
+            raise ValueError(f"{type(self.unet).__name__} has no class-label embedding; not a class-conditional DiT")
+        self.num_classes = int(self.unet.config.num_embeds_ada_norm)
+        rows = {int(t.weight.shape[0]) for t in self.label_tables}
+        if rows != {self.num_classes + 1}:
+            raise ValueError(f"the label tables have {sorted(rows)} rows; a DiT trained with label dropout has "
+                             f"num_classes + 1 = {self.num_classes + 1} (the last: the null class guidance needs)")
+        self.null_class = self.num_classes
+        self.id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
+        # Every comma-separated name of a class, as DiTPipeline.get_label_ids reads id2label.
+        self.label2id = {name.strip().lower(): k for k, v in self.id2label.items() for name in v.split(",")}
+        self._uncond = self.one_hot([self.null_class])
+
+    def _side_step(self) -> int:
+        return int(self.unet.config.patch_size)
+
+    # --- conditioning ---
+    def class_id(self, label) -> int:
+        """A class given as its index ("207", 207) or one of its names in id2label ("golden retriever")."""
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            k = int(text)
+            if 0 <= k < self.num_classes:
+                return k
+            raise ValueError(f"class {k} is out of range: the model has classes 0..{self.num_classes - 1}")
+        if text.lower() in self.label2id:
+            return self.label2id[text.lower()]
+        raise ValueError(f"class {text!r} is neither an index 0..{self.num_classes - 1} nor a class name of the "
+                         "model (its model_index.json id2label)" + ("" if self.id2label else "; it has none"))
+
+    def class_name(self, k: int) -> str | None:
+        return self.id2label.get(k)
+
+    def one_hot(self, ids: list[int]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor(ids, device=self.device),
+                                           self.num_classes + 1).to(torch.float32)
+
+    def prompt_embeddings(self, labels: list) -> torch.Tensor:
+        """The conditioning of per-image classes (the contract's name; "" or None: the null class)."""
+        return self.one_hot([self.null_class if label in (None, "") else self.class_id(label) for label in labels])
+
+    def uncond_embeddings(self, n: int) -> torch.Tensor:
+        return self._uncond.expand(n, -1)
+
+    def soft_class_conditioning(self, probs: torch.Tensor) -> torch.Tensor:
+        """[n, num_classes] class distributions -> conditionings (the null class gets no mass)."""
+        return torch.nn.functional.pad(probs, (0, 1))
+
+    @contextlib.contextmanager
+    def _mixed_labels(self, cond: torch.Tensor):
+        def mix(module, inputs, output):
+            return cond.to(module.weight.dtype) @ module.weight
+
+        handles = [t.register_forward_hook(mix) for t in self.label_tables]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            cond = self.uncond_embeddings(len(x_t))
+        # The labels passed are placeholders: every label table's output is replaced by the mixture.
+        placeholder = torch.zeros(len(x_t), dtype=torch.long, device=self.device)
+        with self._mixed_labels(cond):
+            out = self.unet(x_t, t.to(self.device), class_labels=placeholder).sample
+        return out[:, : self.channels]  # the eps channels of a learned-sigma output
+
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
+                      guidance: float | list[float] = 1.0) -> torch.Tensor:
+        return classifier_free_guidance(self._model_output, x, t, cond, self.uncond_embeddings(len(x)), guidance)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(denoiser_class=type(self.unet).__name__, num_classes=self.num_classes,
+                 class_names=bool(self.id2label))
+        return d
