@@ -233,3 +233,14 @@ def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
     for a, b in zip(exact, runs["preview, wide margin"]):
         assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
         assert b.calls["check_forward"] > a.calls["check_forward"] and not b.check_skips
+
+
+def test_memory_options_run_on_every_family(adapter):
+    """--precision bf16 (CPU autocast), gradient checkpointing and attention slicing on a fresh copy of the model:
+    every family's denoiser takes them and the inversion runs."""
+    fresh = load_adapter(adapter.describe()["source"])
+    cfg = _small_config(fresh, max_steps=2, check_every=2, precision="bf16", gradient_checkpointing=True,
+                        attention_slicing=True)
+    results = _invert(fresh, cfg)
+    assert all(r.status == "ok" and r.steps == 2 for r in results)
+    assert denoiser(fresh).is_gradient_checkpointing

@@ -25,10 +25,11 @@ def forward_equivalents(calls: dict) -> int:
     return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0))
 
 
-def sample_forwards(sampler_steps: int, conditional: bool, scale: float) -> int:
+def sample_forwards(sampler_steps: int, conditional: bool, scale: float, guidance_kind: str = "cfg") -> int:
     """Denoiser forwards to generate one check sample: one per sampler step, two at a guidance scale other
     than 1 (conditional and unconditional pass)."""
-    return sampler_steps * (2 if conditional and scale != 1.0 else 1)
+    # A guidance-distilled model ("embedded", Flux dev) takes the scale as an input: one pass at any scale.
+    return sampler_steps * (2 if conditional and scale != 1.0 and guidance_kind == "cfg" else 1)
 
 
 def sum_calls(many) -> Counter:

@@ -103,6 +103,7 @@ class Inverter:
         self.preview_steps = len(adapter.check_timesteps(config.check_preview_steps, config.check_schedule)) \
             if config.check_preview_steps else 0
         self.decodes = getattr(adapter, "vae", None) is not None
+        self.guidance_kind = getattr(adapter, "guidance_kind", "cfg")  # how a guidance scale costs (cost.py)
         self._text = RowCounter(text_encoders(adapter))
         self._encoder = RowCounter([vae_encoder(adapter)])
 
@@ -343,7 +344,8 @@ class Inverter:
                 batch = images[offset : offset + m].cpu()
                 offset += m
                 values = [round(float(v), 6) for v in self.similarity(batch, s.target.pixels)]
-                s.calls["check_forward"] += m * sample_forwards(self.check_steps, conditional, scales[k])
+                s.calls["check_forward"] += m * sample_forwards(self.check_steps, conditional, scales[k],
+                                                                self.guidance_kind)
                 s.calls["vae_decode"] += m if self.decodes else 0
                 s.calls["similarity"] += m
                 sims.setdefault((id(s), k), []).extend(values)
@@ -416,7 +418,8 @@ class Inverter:
             values = [round(float(v), 6) for v in self.similarity(images[rows], s.target.pixels)]
             for i, v in zip(rows, values):
                 k = parts[i][1]
-                s.calls["check_forward"] += sample_forwards(self.preview_steps, conditional, scales[k])
+                s.calls["check_forward"] += sample_forwards(self.preview_steps, conditional, scales[k],
+                                                            self.guidance_kind)
                 s.calls["vae_decode"] += 1 if self.decodes else 0
                 s.calls["similarity"] += 1
                 if v < cfg.beta - cfg.check_preview_margin:

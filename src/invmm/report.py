@@ -286,7 +286,7 @@ def _top_section(run_dir: Path, finite: list[Result], k: int, out: Path, beta) -
         img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
         below = f"{compare_scores(r, top[i + 1]):.2f}" if i + 1 < len(top) else "-"
         rows_html.append(
-            f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or '')}</span></td><td>{img}<br>"
+            f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or _class_text(r))}</span></td><td>{img}<br>"
             f"{_curves(out, r, beta, f'top-{i}')}</td><td>{_fmt(r.score)}</td>"
             f"<td>{r.successes or 0}/{r.n_repeats}</td><td>{_interval_text(r)}</td><td>{below}</td>"
             f"<td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
@@ -326,6 +326,14 @@ def _misses_section(ok: list[Result], k: int, out: Path, beta) -> str:
             "reproduce the image; a flat one far below the threshold means it is not memorized at this budget.</p>"
             "<table><thead><tr><th>image</th><th>best min similarity</th><th>reproduced (scores)</th><th>steps</th>"
             "<th>similarity and KL per check</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
+
+
+def _class_text(r: Result) -> str:
+    """A class-conditional result's class: given, or decoded from the inverted distribution."""
+    if r.class_label is None:
+        return ""
+    name = f" ({r.class_name})" if r.class_name else ""
+    return f"class {r.class_label}{name}" + (", inverted" if r.class_mode == "inverted" else "")
 
 
 def _table_section(results: list[Result]) -> str:

@@ -9,11 +9,11 @@ A conditioning is a batch of distributions over the rows of the label table, [n,
 class is its one-hot row, the unconditional the null's, and class inversion a Gumbel-softmax draw over the
 real classes. Every block of DiT has its own label table (in its adaptive norm); the model sees, in each, the
 mixture of the table's rows under the distribution. For a one-hot row that is exactly the table lookup.
+The distributions go in as the model's `class_labels` argument, which the label embeddings are taught to take
+(integer labels keep their own path): gradient checkpointing then recomputes a block from the same inputs.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -40,7 +40,10 @@ class ClassConditionalAdapter(PixelAdapter):
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
         self.transformer = self.unet  # the denoiser, under the name the transformer families use
-        self.label_tables = [m.embedding_table for m in self.unet.modules() if isinstance(m, LabelEmbedding)]
+        embedders = [m for m in self.unet.modules() if isinstance(m, LabelEmbedding)]
+        self.label_tables = [m.embedding_table for m in embedders]
+        for m in embedders:
+            _take_distributions(m)
         if not self.label_tables:
             raise ValueError(f"{type(self.unet).__name__} has no class-label embedding; not a class-conditional DiT")
         self.num_classes = int(self.unet.config.num_embeds_ada_norm)
@@ -89,25 +92,10 @@ class ClassConditionalAdapter(PixelAdapter):
         """[n, num_classes] class distributions -> conditionings (the null class gets no mass)."""
         return torch.nn.functional.pad(probs, (0, 1))
 
-    @contextlib.contextmanager
-    def _mixed_labels(self, cond: torch.Tensor):
-        def mix(module, inputs, output):
-            return cond.to(module.weight.dtype) @ module.weight
-
-        handles = [t.register_forward_hook(mix) for t in self.label_tables]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
             cond = self.uncond_embeddings(len(x_t))
-        # The labels passed are placeholders: every label table's output is replaced by the mixture.
-        placeholder = torch.zeros(len(x_t), dtype=torch.long, device=self.device)
-        with self._mixed_labels(cond):
-            out = self.unet(x_t, t.to(self.device), class_labels=placeholder).sample
+        out = self.unet(x_t, t.to(self.device), class_labels=cond).sample
         return out[:, : self.channels]  # the eps channels of a learned-sigma output
 
     def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
@@ -119,3 +107,20 @@ class ClassConditionalAdapter(PixelAdapter):
         d.update(denoiser_class=type(self.unet).__name__, num_classes=self.num_classes,
                  class_names=bool(self.id2label))
         return d
+
+
+def _take_distributions(embedder) -> None:
+    """Let a LabelEmbedding take [n, rows] class distributions as well as integer labels: a distribution's output
+    is the mixture of the table's rows (for a one-hot row, exactly that row)."""
+    if getattr(embedder, "_invmm_distributions", False):
+        return
+    integer_forward = embedder.forward
+    table = embedder.embedding_table
+
+    def forward(labels, force_drop_ids=None):
+        if labels.is_floating_point():
+            return labels.to(table.weight.dtype) @ table.weight
+        return integer_forward(labels, force_drop_ids)
+
+    embedder.forward = forward
+    embedder._invmm_distributions = True

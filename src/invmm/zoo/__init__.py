@@ -7,6 +7,7 @@ from pathlib import Path
 SHIPPED_DIGITS = Path(__file__).parent / "digits_model"
 SHIPPED_DIGITS_T2I = Path(__file__).parent / "digits_t2i_model"
 SHIPPED_DIGITS_LORA = Path(__file__).parent / "digits_t2i_lora"
+SHIPPED_DIGITS_DIT = Path(__file__).parent / "digits_dit_model"
 
 
 def shipped_digits_model() -> Path:
@@ -28,3 +29,10 @@ def shipped_digits_lora() -> Path:
     if not (SHIPPED_DIGITS_LORA / "manifest.json").exists():
         raise FileNotFoundError(f"the shipped toy LoRA is missing from {SHIPPED_DIGITS_LORA}")
     return SHIPPED_DIGITS_LORA
+
+
+def shipped_digits_dit_model() -> Path:
+    """The trained toy class-conditional DiT on the digits (see zoo/digits_dit_model/README.md)."""
+    if not (SHIPPED_DIGITS_DIT / "model_index.json").exists():
+        raise FileNotFoundError(f"the shipped toy class-conditional DiT is missing from {SHIPPED_DIGITS_DIT}")
+    return SHIPPED_DIGITS_DIT
