@@ -20,15 +20,34 @@ from invmm import measure
 from invmm.adapters.loading import load_adapter
 from invmm.images import ImageItem
 from invmm.measure import default_config
-from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import (
+    build_tiny_dit,
+    build_tiny_flux,
+    build_tiny_ldm,
+    build_tiny_pixart,
+    build_tiny_pixel,
+    build_tiny_sd,
+    build_tiny_sd3,
+    build_tiny_sdxl,
+)
 
-CASES = [
-    ("pixel DDPM (UNet2DModel)", lambda p: build_tiny_pixel(p, channels=3, size=16), None),
-    ("latent diffusion (VAE + UNet2DModel)", build_tiny_ldm, None),
-    ("Stable Diffusion, known caption", build_tiny_sd, "a red square"),
-    ("Stable Diffusion, prompt inversion", build_tiny_sd, None),
-    ("SD3 flow matching, known caption (no T5)", build_tiny_sd3, "a red square"),
-    ("SD3 flow matching, CLIP-L prompt inversion (no T5)", build_tiny_sd3, None),
+CASES = [  # name, builder, caption, class
+    ("pixel DDPM (UNet2DModel)", lambda p: build_tiny_pixel(p, channels=3, size=16), None, None),
+    ("latent diffusion (VAE + UNet2DModel)", build_tiny_ldm, None, None),
+    ("Stable Diffusion, known caption", build_tiny_sd, "a red square", None),
+    ("Stable Diffusion, prompt inversion", build_tiny_sd, None, None),
+    ("SD3 flow matching, known caption (no T5)", build_tiny_sd3, "a red square", None),
+    ("SD3 flow matching, CLIP-L prompt inversion (no T5)", build_tiny_sd3, None, None),
+    ("SDXL, known caption", build_tiny_sdxl, "a red square", None),
+    ("SDXL, prompt inversion", build_tiny_sdxl, None, None),
+    ("Flux dev, known caption", build_tiny_flux, "a red square", None),
+    ("Flux dev, CLIP-L prompt inversion", build_tiny_flux, None, None),
+    ("Flux schnell, known caption", lambda p: build_tiny_flux(p, guidance_embeds=False), "a red square", None),
+    ("PixArt-alpha, known caption", build_tiny_pixart, "a red square", None),
+    ("PixArt-Sigma, known caption", lambda p: build_tiny_pixart(p, sigma=True), "a red square", None),
+    ("PixArt-alpha, T5 prompt inversion", build_tiny_pixart, None, None),
+    ("DiT (class-conditional), known class", build_tiny_dit, None, "1"),
+    ("DiT (class-conditional), class inversion", build_tiny_dit, None, None),
 ]
 
 
@@ -40,14 +59,15 @@ def main():
         tmp = Path(tmp)
         Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp / "red.png")
         print("| family (tiny pipeline) | preset | steps | checks x scales | s / image |\n|---|---|---|---|---|")
-        for i, (name, build, caption) in enumerate(CASES):
+        for i, (name, build, caption, label) in enumerate(CASES):
             model = build(tmp / f"m{i}")
             adapter = load_adapter(str(model))
             cfg = default_config(adapter, similarity="pixel", max_steps=args.max_steps)
             # The tiny DDPM-family models have 100 training timesteps: DDIM cannot take more steps.
             cfg = cfg.replace(sampler_steps=min(cfg.sampler_steps, getattr(adapter, "num_train_timesteps", 10**9)))
             t0 = time.perf_counter()
-            (r,) = measure(adapter, [ImageItem(id="red", path=str(tmp / "red.png"), caption=caption)], cfg)
+            (r,) = measure(adapter, [ImageItem(id="red", path=str(tmp / "red.png"), caption=caption,
+                                                class_label=label)], cfg)
             dt = time.perf_counter() - t0
             scales = len(cfg.guidance_scales) if getattr(adapter, "conditional", False) else 1
             print(f"| {name} | {cfg.preset} | {r.steps} | {len(r.checks)} x {scales} | {dt:.1f} |", flush=True)

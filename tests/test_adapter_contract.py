@@ -14,7 +14,14 @@ from invmm.cost import RowCounter, denoiser, text_encoders, vae_encoder
 from invmm.inversion import Inverter, Target
 from invmm.scorers import SCORERS, ScorerError, build_scorer
 from invmm.similarity import PixelSimilarity
-from invmm.zoo.tiny import build_tiny_dit, build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import (
+    build_tiny_dit,
+    build_tiny_ldm,
+    build_tiny_pixart,
+    build_tiny_pixel,
+    build_tiny_sd,
+    build_tiny_sd3,
+)
 
 FAMILIES = {
     "pixel": (build_tiny_pixel, {}),
@@ -23,6 +30,8 @@ FAMILIES = {
     "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
     "sd": (build_tiny_sd, {}),
     "sd3": (build_tiny_sd3, {}),
+    "pixart-alpha": (build_tiny_pixart, {}),
+    "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
     "dit": (build_tiny_dit, {}),
     "dit-pixel": (build_tiny_dit, {"latent": False}),
 }

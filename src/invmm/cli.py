@@ -88,7 +88,7 @@ SSCDResize = Annotated[int, typer.Option(help="side the images are resized to be
 InvertPrompt = Annotated[bool, typer.Option("--invert-prompt/--no-invert-prompt",
                                             help="conditional models: learn soft prompts, or for class-conditional "
                                                  "models a class distribution (default: when no caption or class "
-                                                 "is given)")]
+                                                 "is given; PixArt: only when asked)")]
 Precision = Annotated[str, typer.Option(help="fp32, or autocast the frozen model in fp16/bf16 (GPU memory)")]
 GradientCheckpointing = Annotated[bool, typer.Option(help="recompute activations in backward (GPU memory)")]
 AttentionSlicing = Annotated[bool, typer.Option(help="compute attention in slices (GPU memory)")]

@@ -49,7 +49,9 @@ class InvMMConfig:
     check_schedule: str = "paper"
     eta: float = 0.0
     guidance_scales: list[float] = field(default_factory=lambda: [1.0])
-    invert_prompt: bool | None = None  # text-to-image: learn soft prompts; None = when no caption is given
+    # Conditional models: learn soft prompts (or a class distribution); None = when no caption (or class) is given,
+    # for families that invert by default (PixArt does not: its images need a caption, or an explicit choice).
+    invert_prompt: bool | None = None
     gumbel_tau: float = 2.0
     similarity: str = "sscd"
     threshold: float | None = None  # beta; None: the similarity's calibrated default
@@ -218,6 +220,20 @@ def default_config(adapter, **overrides) -> InvMMConfig:
     # An adapter may name its own preset (a Flux model without a guidance input has no guidance to try).
     name = overrides.pop("preset", None) or getattr(adapter, "preset", None) or FAMILY_PRESET[adapter.family]
     return preset(name, similarity=similarity, **overrides)
+
+
+def check_captions(adapter, config: InvMMConfig, items) -> None:
+    """A family measured with the known caption by default (adapter.default_invert_prompt False: PixArt, whose
+    only text encoder is T5) needs every image's caption, unless the prompt mode is chosen explicitly."""
+    if not getattr(adapter, "conditional", False) or config.invert_prompt is not None \
+            or getattr(adapter, "default_invert_prompt", True):
+        return
+    missing = [it.id for it in items if it.caption is None]
+    if missing:
+        raise InvMMInputError(
+            f"{len(missing)} image(s) have no caption (first: {missing[0]!r}); {adapter.family} models are measured "
+            "with the training caption by default. Pass --prompt or a caption column; or --invert-prompt to learn "
+            "a soft T5 prompt instead (costly, see the README); or --no-invert-prompt to use the empty caption")
 
 
 def check_config_for_model(adapter, config: InvMMConfig) -> None:

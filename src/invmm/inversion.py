@@ -132,7 +132,8 @@ class Inverter:
             cond = None
             if getattr(self.adapter, "conditional", False):
                 given = given_condition(target, self.adapter)
-                invert = cfg.invert_prompt if cfg.invert_prompt is not None else given is None
+                invert = cfg.invert_prompt if cfg.invert_prompt is not None else (
+                    given is None and getattr(self.adapter, "default_invert_prompt", True))
                 cond = conditioner(self.adapter, given, invert_prompt=invert, tau=cfg.gumbel_tau,
                                    seed=seed_from(image_seed, "gumbel"))
         mu = torch.zeros_like(x0, requires_grad=True)

@@ -290,3 +290,32 @@ def _load_class_conditional(root: Path, scheduler_config: dict, listing: str, *,
         raise InvMMInputError(f"model {root}: model_index.json id2label must map class indices to names")
     return _build(ClassConditionalAdapter, root, transformer, vae, scheduler_config, id2label=id2label, device=device,
                   source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
+
+
+def _load_pixart(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+                 resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    from invmm.adapters.pixart import PixArtAdapter
+
+    missing = [c for c in ("vae", "text_encoder", "tokenizer") if not (root / c).is_dir()]
+    if missing:
+        raise InvMMInputError(f"model {root}: a PixArt model needs {', '.join(missing)} (found: {listing})")
+    encoder_cfg = _read_json(root / "text_encoder" / "config.json", f"model {root}")
+    arch = (encoder_cfg.get("architectures") or ["T5EncoderModel"])[0]
+    if arch != "T5EncoderModel":
+        raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a T5 encoder (T5EncoderModel)")
+    # Alpha and Sigma differ in their prompt length (120 / 300 T5 tokens); only the pipeline class says which.
+    index_path = root / "model_index.json"
+    pipeline_class = _read_json(index_path, f"model {root}").get("_class_name") if index_path.exists() else None
+    transformer = _load_component(diffusers.PixArtTransformer2DModel, root / "transformer", allow_pickle, root)
+    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    text_encoder = _load_component(transformers.T5EncoderModel, root / "text_encoder", allow_pickle, root)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
+    return _build(PixArtAdapter, root, transformer, vae, text_encoder, tokenizer, scheduler_config, device=device,
+                  source=source, resolution=resolution, latent_scale=latent_scale, pipeline_class=pipeline_class,
+                  vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))

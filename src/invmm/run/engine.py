@@ -19,7 +19,7 @@ from pathlib import Path
 
 from invmm.adapters.loading import load_options
 from invmm.conditioning import check_class_labels
-from invmm.config import InvMMConfig, check_config_for_model
+from invmm.config import InvMMConfig, check_captions, check_config_for_model
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
@@ -87,6 +87,7 @@ def run_images(
     if repeats < 1:
         raise InvMMInputError(f"--repeats must be >= 1, got {repeats}")
     check_config_for_model(adapter, config)
+    check_captions(adapter, config, items)
     check_class_labels(adapter, items)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):

@@ -142,3 +142,56 @@ def build_tiny_dit(path: Path, *, seed=0, latent=True) -> Path:
     index = json.loads((path / "model_index.json").read_text())
     (path / "model_index.json").write_text(json.dumps({**index, "id2label": names}))
     return path
+
+
+def build_tiny_t5_tokenizer():
+    """An offline T5 tokenizer: transformers' own `T5Tokenizer` (a tokenizers-library Unigram model) over a
+    lowercase character vocabulary with T5's special tokens at T5's ids (<pad> 0, </s> 1, <unk> 2) and no
+    sentinel tokens. The PixArt pipelines lowercase prompts, so lowercase pieces cover every prompt's letters."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    chars = string.ascii_lowercase + string.digits + ".,!?'-"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_tiny_pixart(path: Path, *, seed=0, sigma=False) -> Path:
+    """PixArt-alpha (sigma=False) or PixArt-Sigma (sigma=True), saved by the diffusers pipeline itself.
+
+    The alpha model has the 1024 checkpoint's sample_size 128, so that it takes the resolution and
+    aspect-ratio micro-conditions as that checkpoint does (patch 8 keeps it to 256 tokens); the Sigma model
+    is 8 x 8 latents and takes none. Both: a learned-sigma output (8 channels for 4 latent channels), a tiny
+    T5 v1.1-style encoder, and the DPM-Solver scheduler config the real checkpoints ship."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                 pad_token_id=0, eos_token_id=1))
+    transformer = PixArtTransformer2DModel(
+        sample_size=8 if sigma else 128, patch_size=2 if sigma else 8, in_channels=4, out_channels=8, num_layers=2,
+        num_attention_heads=2, attention_head_dim=12, cross_attention_dim=24, caption_channels=32, norm_num_groups=4,
+    )  # the micro-conditions take a third of the width each: a width divisible by 3
+    # A slimmer VAE than tiny_vae's, with no attention in its middle block (at 128 x 128 latents that would be
+    # a 16384-token attention): still a factor 2 between pixels and latents, so a micro-condition given in
+    # latent rather than pixel units shows.
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 4), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=2, mid_block_add_attention=False)
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                                            beta_schedule="linear", prediction_type="epsilon")
+    pipeline = (PixArtSigmaPipeline if sigma else PixArtAlphaPipeline)(
+        tokenizer=tokenizer, text_encoder=t5, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipeline.save_pretrained(path)
+    return path
