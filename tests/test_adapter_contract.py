@@ -16,6 +16,7 @@ from invmm.scorers import SCORERS, ScorerError, build_scorer
 from invmm.similarity import PixelSimilarity
 from invmm.zoo.tiny import (
     build_tiny_dit,
+    build_tiny_flux,
     build_tiny_ldm,
     build_tiny_pixart,
     build_tiny_pixel,
@@ -30,6 +31,8 @@ FAMILIES = {
     "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
     "sd": (build_tiny_sd, {}),
     "sd3": (build_tiny_sd3, {}),
+    "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
+    "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
     "pixart-alpha": (build_tiny_pixart, {}),
     "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
     "dit": (build_tiny_dit, {}),
@@ -108,7 +111,9 @@ def test_noise_schedule_capability(adapter):
     torch.testing.assert_close(a.sqrt() * x0_hat + (1 - a).sqrt() * eps_hat, x_t, rtol=1e-4, atol=1e-4)
 
 
-def test_guided_output_is_classifier_free_guidance(adapter):
+def test_guided_output_follows_the_guidance_kind(adapter):
+    """"cfg": u + s (c - u). "embedded" (Flux dev): the scale is a model input, one forward per sample, and
+    it changes the output. "none" (Flux schnell): the scale is ignored. Per-row scales: each row as if alone."""
     x = torch.randn(2, *adapter.latent_shape, generator=torch.Generator().manual_seed(3))
     t = adapter.sampler(2).timesteps[0].expand(2)
     with torch.no_grad():
@@ -116,11 +121,23 @@ def test_guided_output_is_classifier_free_guidance(adapter):
         assert plain.shape == x.shape
         if not adapter.conditional:
             return
+        kind = getattr(adapter, "guidance_kind", "cfg")
+        assert kind in ("cfg", "embedded", "none")
         cond = _cond(adapter, 2)
         u = adapter.guided_output(x, t, adapter.uncond_embeddings(2))
         c = adapter.guided_output(x, t, cond)
         torch.testing.assert_close(plain, u)  # no prompt: the empty prompt's output
-        torch.testing.assert_close(adapter.guided_output(x, t, cond, 3.0), u + 3.0 * (c - u), rtol=1e-4, atol=1e-5)
+        counter = RowCounter([denoiser(adapter)])
+        with counter.attached():
+            guided = adapter.guided_output(x, t, cond, 3.0)
+        if kind == "cfg":  # classifier-free guidance against the empty prompt
+            torch.testing.assert_close(guided, u + 3.0 * (c - u), rtol=1e-4, atol=1e-5)
+        else:  # the scale is a model input (Flux dev) or there is none (Flux schnell): no unconditional pass
+            assert counter.rows == len(x)
+            if kind == "embedded":
+                assert not torch.allclose(guided, c)
+            else:
+                torch.testing.assert_close(guided, c)
         # One scale per row (the success check batches images at different scales): row i as if alone.
         x4, t4, cond4 = torch.cat([x, x]), torch.cat([t, t]), _cond(adapter, 4)
         rows = adapter.guided_output(x4, t4, cond4, [1.0, 3.0, 3.0, 5.0])
@@ -182,8 +199,10 @@ def test_model_calls_are_counted_exactly(adapter, preview):
     assert counters["encoder"].rows == total["vae_encode"]
     assert counters["decoder"].rows == total["vae_decode"]
     steps = len(adapter.check_timesteps(preview or 3, cfg.check_schedule))
-    per_scale = [2 if adapter.conditional and s != 1.0 else 1 for s in cfg.guidance_scales[: 3 if adapter.conditional
-                                                                                          else 1]]
+    # Classifier-free guidance adds an unconditional pass at a scale other than 1; a model that takes the scale
+    # as an input (Flux dev) or has no guidance (Flux schnell) runs once per sample at any scale.
+    cfg_guided = adapter.conditional and getattr(adapter, "guidance_kind", "cfg") == "cfg"
+    per_scale = [2 if cfg_guided and s != 1.0 else 1 for s in cfg.guidance_scales[: 3 if adapter.conditional else 1]]
     for r in results:
         assert r.calls["opt_forward"] == r.calls["opt_backward"] == 9 * 2
         # 3 checks, one sample per scale (round 1 fails), each scale's forwards per sampler step.

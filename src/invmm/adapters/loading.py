@@ -292,6 +292,31 @@ def _load_class_conditional(root: Path, scheduler_config: dict, listing: str, *,
                   source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
 
 
+def _load_flux(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+               resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    from invmm.adapters.flux import FluxAdapter
+
+    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+               if not (root / c).is_dir()]
+    if missing:
+        raise InvMMInputError(f"model {root}: a Flux model needs {', '.join(missing)} (found: {listing})")
+    transformer = _load_component(diffusers.FluxTransformer2DModel, root / "transformer", allow_pickle, root)
+    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    encoders = [_load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
+                _load_component(transformers.T5EncoderModel, root / "text_encoder_2", allow_pickle, root)]
+    try:
+        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True),
+                      transformers.AutoTokenizer.from_pretrained(root / "tokenizer_2", local_files_only=True)]
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    return _build(FluxAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
+                  source=source, resolution=resolution, latent_scale=latent_scale,
+                  vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
+
+
 def _load_pixart(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
                  resolution=None, latent_scale=None):
     import diffusers

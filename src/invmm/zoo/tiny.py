@@ -144,6 +144,42 @@ def build_tiny_dit(path: Path, *, seed=0, latent=True) -> Path:
     return path
 
 
+def build_tiny_flux(path: Path, *, seed=0, guidance_embeds=True) -> Path:
+    """Flux.1: "dev" with a guidance input (guidance_embeds), "schnell" without one. The T5 tokenizer is the real
+    class (transformers' T5Tokenizer, the Unigram tokenizers backend) over a character vocabulary."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    torch.manual_seed(seed)
+    clip_tokenizer = build_clip_tokenizer()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    for c in map(chr, range(33, 127)):
+        pieces += [("\u2581" + c, -3.0), (c, -4.0)]
+    # model_max_length caps the T5 sequence the adapter uses (the real tokenizer says 512).
+    t5_tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=32)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(pieces), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                 decoder_start_token_id=0))
+    # Flux's VAE: 16 latent channels, shifted and scaled, no quant convs.
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=16, norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1,
+                        use_quant_conv=False, use_post_quant_conv=False)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(2, 2, 4))
+    # The real schedulers (dev: dynamic shifting; schnell: none, shift 1) with sequence lengths scaled down so
+    # that the native side (16 px, 4 x 4 packed patches) is the longest one, as 4096 is at 1024 px.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0 if guidance_embeds else 1.0, use_dynamic_shifting=guidance_embeds,
+        base_shift=0.5, max_shift=1.15, base_image_seq_len=4, max_image_seq_len=16)
+    FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=tiny_clip(clip_tokenizer.get_vocab()),
+                 tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer,
+                 transformer=transformer).save_pretrained(path)
+    return path
+
+
 def build_tiny_t5_tokenizer():
     """An offline T5 tokenizer: transformers' own `T5Tokenizer` (a tokenizers-library Unigram model) over a
     lowercase character vocabulary with T5's special tokens at T5's ids (<pad> 0, </s> 1, <unk> 2) and no

@@ -1,0 +1,229 @@
+"""Flux.1 ("dev" and "schnell"): VAE (16 latent channels) + `FluxTransformer2DModel` +
+`FlowMatchEulerDiscreteScheduler`, conditioned on CLIP-L's pooled vector and T5's hidden states, as
+`FluxPipeline` builds them.
+
+x0 lives in the unpacked latent space [C, H, W] (a Gaussian per latent element, as for SD3); the transformer
+sees 2 x 2 latent patches packed into a sequence [(H/2)(W/2), 4C], with position ids (0, row, col) per patch
+and zeros per text token, so every call packs its input and unpacks the velocity. Forward process
+x_s = s * eps + (1 - s) * x0 and x0_hat = x_s - s * v, with the transformer given s (its timestep / 1000).
+
+Sigmas: FluxPipeline samples on sigmas linspace(1, 1/N, N), shifted by the scheduler; with dynamic shifting
+(dev) the shift mu depends on the image sequence length (linear in it between the scheduler config's base and
+max lengths). The training sigmas here are that same grid at N = num_train_timesteps at the measured
+resolution: the pipeline's own notion of the noise levels for an image of this size.
+
+Guidance: "dev" is guidance-distilled and takes the guidance scale as an input (`guidance_kind = "embedded"`),
+"schnell" takes none (`"none"`); either way one forward per sample, never an unconditional pass. The
+optimisation (predict_x0) runs dev at guidance 1, the conditional output the distillation started from.
+
+Prompt inversion learns CLIP-L's 75 tokens while T5 keeps the caption (as flow.py does for SD3). CLIP-L
+contributes only its pooled vector, which CLIP reads at the first end-of-text token: the soft tokens are
+therefore placed as a full-length prompt ([BOS] + 75 tokens + [EOS]), so that the pooled vector attends to
+every one of them (in the tokenized empty prompt the end token sits right after BOS, and only the first
+soft token would count).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from invmm.adapters.codecs import CodecImages, VAECodec, check_resolution
+from invmm.adapters.text2image import encode_soft_tokens
+from invmm.functional import x0_from_flow_velocity
+
+# As for SD3: models with a larger native side are measured at 512 unless the user asks for another.
+PAPER_RESOLUTION = 512
+# T5 tokens: FluxPipeline's default 512; schnell was trained with 256 (the Black Forest Labs reference code and
+# diffusers' Flux documentation run it so). A tokenizer declaring a shorter maximum caps both.
+T5_TOKENS = {"embedded": 512, "none": 256}
+
+
+def image_shift(seq_len: int, config: dict) -> float:
+    """FluxPipeline's mu: linear in the packed image sequence length, base_shift at base_image_seq_len and
+    max_shift at max_image_seq_len (the scheduler config's values, else the pipeline's defaults)."""
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base, top = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    return base + (top - base) * (seq_len - base_len) / (max_len - base_len)
+
+
+def pack(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/2)(W/2), 4C]: each 2 x 2 patch one token, its features channel-major."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, f = x.shape
+    return x.reshape(b, h // 2, w // 2, f // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, f // 4, h, w)
+
+
+def image_ids(h: int, w: int, device) -> torch.Tensor:
+    """Rotary position ids of the packed patches: (0, row, col), row-major."""
+    rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(device, torch.float32)
+
+
+class FluxAdapter(CodecImages):
+    family = "flux"
+    conditional = True
+    capabilities = frozenset({"text"})
+    # No authors' setting for Flux: the SD3 check's (each sample its own Gumbel-softmax draw of the soft prompt).
+    check_prompt_draws = "per_sample"
+    train_guidance = 1.0
+
+    def __init__(self, transformer, vae, text_encoders, tokenizers, scheduler_config: dict, *,
+                 device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
+                 vae_saved_config: dict | None = None, latent_scale: float | None = None,
+                 max_sequence_length: int | None = None):
+        self.device = torch.device(device)
+        self.transformer = transformer.to(self.device).eval().requires_grad_(False)
+        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale)
+        self.vae = self.codec.vae
+        self.text_encoders = [e.to(self.device).eval().requires_grad_(False) for e in text_encoders]
+        self.tokenizers = list(tokenizers)
+        self.scheduler_config = dict(scheduler_config)
+        config = self.transformer.config
+        self.guidance_kind = "embedded" if config.guidance_embeds else "none"
+        self.preset = "flux" if config.guidance_embeds else "flux-schnell"
+        self.channels = self.codec.channels
+        if int(config.in_channels) != 4 * self.channels or (config.out_channels or config.in_channels) != \
+                config.in_channels or int(config.patch_size) != 1:
+            raise ValueError(f"the transformer takes {config.in_channels} channels (patch size {config.patch_size}) "
+                             f"but 2 x 2 packed patches of the VAE's {self.channels} latent channels have "
+                             f"{4 * self.channels}")
+        self.image_mode = self.codec.image_mode
+        side = 2 * self.codec.factor  # one packed patch, in pixels
+        # The longest image sequence the dynamic shift is defined for is the model's own size (4096 patches:
+        # 1024 px, FluxPipeline's default size).
+        self.native_resolution = math.isqrt(int(self.scheduler_config.get("max_image_seq_len", 4096))) * side
+        if resolution is None:
+            resolution = min(self.native_resolution, PAPER_RESOLUTION)
+        self.image_size = check_resolution(resolution, self.native_resolution, side)
+        self.image_seq_len = (self.image_size // side) ** 2
+        self.mu = image_shift(self.image_seq_len, self.scheduler_config)
+        grid = self.sampler(int(self.scheduler_config.get("num_train_timesteps", 1000)))
+        self.sigmas = grid.sigmas[:-1].to(self.device, torch.float32)  # the terminal 0 is no training level
+        self.timesteps = grid.timesteps.to(self.device, torch.float32)
+        h = self.latent_shape[1]
+        self._img_ids = image_ids(h, h, self.device)
+        self.source = source
+        clip, t5_tokenizer = self.tokenizers
+        self.max_sequence_length = max_sequence_length or min(T5_TOKENS[self.guidance_kind],
+                                                              int(t5_tokenizer.model_max_length))
+        self._txt_ids = torch.zeros(self.max_sequence_length, 3, device=self.device)
+        self.soft_tokenizer = clip
+        self.max_length = int(clip.model_max_length)
+        self.n_soft_tokens = self.max_length - 2
+        self.vocab_size = int(self.text_encoders[0].get_input_embeddings().weight.shape[0])
+        # A full-length prompt; the filler ids only place the end token (their embeddings are replaced).
+        self._soft_ids = torch.tensor([[clip.bos_token_id] * (self.max_length - 1) + [clip.eos_token_id]],
+                                      device=self.device)
+        self._uncond = self.prompt_embeddings([""])
+
+    # --- forward process and x0 ---
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
+
+    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
+        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        s = self._sigma(idx, x0.ndim)
+        return s * eps + (1.0 - s) * x0
+
+    def _guidance(self, guidance, n: int) -> torch.Tensor | None:
+        if self.guidance_kind == "none":
+            return None
+        g = torch.as_tensor(guidance, dtype=torch.float32, device=self.device)
+        return g.expand(n) if g.ndim == 0 else g
+
+    def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond, guidance) -> torch.Tensor:
+        embeds, pooled = cond if cond is not None else self.uncond_embeddings(len(x))
+        h, w = x.shape[-2:]
+        img_ids = self._img_ids if (h, w) == self.latent_shape[1:] else image_ids(h, w, self.device)
+        out = self.transformer(hidden_states=pack(x), encoder_hidden_states=embeds, pooled_projections=pooled,
+                               timestep=timestep.to(self.device, x.dtype) / 1000, img_ids=img_ids,
+                               txt_ids=self._txt_ids[: embeds.shape[1]], guidance=self._guidance(guidance, len(x)))
+        return unpack(out.sample, h, w)
+
+    def predict_x0(self, x_t: torch.Tensor, idx: torch.Tensor, cond=None) -> torch.Tensor:
+        v = self._velocity(x_t, self.timesteps[idx.to(self.device)], cond, self.train_guidance)
+        return x0_from_flow_velocity(v, x_t, self._sigma(idx, x_t.ndim))
+
+    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
+                      guidance: float | list[float] = 1.0) -> torch.Tensor:
+        """The velocity at model timesteps t (0..1000), one forward: dev takes each row's guidance scale as an
+        input, schnell has none to take."""
+        return self._velocity(x, t, cond, guidance)
+
+    def sampler(self, steps: int, schedule: str = "model"):
+        """FluxPipeline's grid: sigmas linspace(1, 1/steps, steps) through the scheduler's shift at this
+        resolution's mu (unless the config asks for its own flow sigmas)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if schedule != "model":
+            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        if self.scheduler_config.get("use_flow_sigmas"):
+            scheduler.set_timesteps(steps, device=self.device, mu=self.mu)
+        else:
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=self.device, mu=self.mu)
+        return scheduler
+
+    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
+        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
+                 guidance: float | list[float] = 1.0,
+                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
+        if eta:
+            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
+        scheduler = self.sampler(steps, schedule)
+        x = noise.to(self.device, torch.float32)
+        for t in scheduler.timesteps:
+            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
+        return self.decode(x)
+
+    # --- text conditioning: (T5 hidden states [n, L, D], CLIP-L pooled [n, 768]) ---
+    def _tokenize(self, k: int, texts: list[str], max_length: int) -> torch.Tensor:
+        return self.tokenizers[k](texts, padding="max_length", max_length=max_length, truncation=True,
+                                  return_tensors="pt").input_ids.to(self.device)
+
+    def _t5(self, texts: list[str]) -> torch.Tensor:
+        return self.text_encoders[1](self._tokenize(1, texts, self.max_sequence_length))[0]
+
+    @torch.no_grad()
+    def prompt_embeddings(self, texts: list[str]):
+        pooled = self.text_encoders[0](self._tokenize(0, texts, self.max_length)).pooler_output
+        return self._t5(texts), pooled
+
+    def uncond_embeddings(self, n: int):
+        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
+
+    @torch.no_grad()
+    def soft_prompt_context(self, caption: str):
+        """T5 keeps the caption while CLIP-L's tokens are inverted."""
+        return self._t5([caption])
+
+    def soft_prompt_embeddings(self, probs: torch.Tensor, context):
+        pooled = encode_soft_tokens(self.text_encoders[0], self._soft_ids, probs).pooler_output
+        return context.expand(len(probs), *context.shape[1:]), pooled
+
+    def describe(self) -> dict:
+        return {
+            "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
+            "resolution": self.image_size, "native_resolution": self.native_resolution,
+            "latent_channels": self.channels, **self.codec.describe(),
+            "guidance_kind": self.guidance_kind, "train_guidance": self.train_guidance if self.guidance_kind ==
+            "embedded" else None, "t5_tokens": self.max_sequence_length, "vocab_size": self.vocab_size,
+            "scheduler_class": self.scheduler_config.get("_class_name"),
+            "shift": self.scheduler_config.get("shift"),
+            "dynamic_shifting": bool(self.scheduler_config.get("use_dynamic_shifting")),
+            "image_seq_len": self.image_seq_len,
+            "mu": round(self.mu, 6) if self.scheduler_config.get("use_dynamic_shifting") else None,
+            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
+        }
