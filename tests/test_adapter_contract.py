@@ -22,6 +22,7 @@ from invmm.zoo.tiny import (
     build_tiny_pixel,
     build_tiny_sd,
     build_tiny_sd3,
+    build_tiny_sdxl,
 )
 
 FAMILIES = {
@@ -31,6 +32,7 @@ FAMILIES = {
     "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
     "sd": (build_tiny_sd, {}),
     "sd3": (build_tiny_sd3, {}),
+    "sdxl": (build_tiny_sdxl, {}),
     "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
     "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
     "pixart-alpha": (build_tiny_pixart, {}),

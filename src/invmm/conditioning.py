@@ -59,12 +59,21 @@ def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, u
     return c.index_copy(0, guided, u + s * (c[guided] - u))
 
 
-def conditioner(adapter, given: str | None, *, invert_prompt: bool, tau: float, seed: int = 0):
+def conditioner(adapter, given: str | None, *, invert_prompt: bool, tau: float, seed: int = 0,
+                original_size: tuple[int, int] | None = None):
     """What a conditional model is conditioned on while one image is inverted: `given` is the image's caption,
-    or for a class-conditional model its class label."""
+    or for a class-conditional model its class label. `original_size`: the (width, height) of the image's file,
+    for models conditioned on it (SDXL)."""
     if "class" in adapter.capabilities:
         return SoftClass(adapter, tau, seed) if invert_prompt else KnownClass(adapter, given)
-    return SoftPrompt(adapter, tau, given, seed) if invert_prompt else KnownPrompt(adapter, given or "")
+    sized = _size_kwargs(adapter, original_size)
+    if invert_prompt:
+        return SoftPrompt(adapter, tau, given, seed, **sized)
+    return KnownPrompt(adapter, given or "", **sized)
+
+
+def _size_kwargs(adapter, original_size) -> dict:
+    return {"original_size": original_size} if getattr(adapter, "size_conditioned", False) else {}
 
 
 def check_class_labels(adapter, items) -> None:
@@ -87,9 +96,10 @@ def given_condition(item, adapter) -> str | None:
 
 
 class KnownPrompt:
-    def __init__(self, adapter, text: str):
+    def __init__(self, adapter, text: str, **size):
         self.text = text
-        self.embedding = adapter.prompt_embeddings([text])  # [1, L, D] (or a tuple, e.g. with pooled vectors)
+        # [1, L, D] (or a tuple, e.g. with pooled vectors; SDXL's with the image's size conditioning)
+        self.embedding = adapter.prompt_embeddings([text], **size)
         self.params: list[torch.Tensor] = []
 
     def sample(self, n: int, generator: torch.Generator):
@@ -106,14 +116,14 @@ class KnownPrompt:
 
 
 class SoftPrompt:
-    def __init__(self, adapter, tau: float, caption: str | None = None, seed: int = 0):
+    def __init__(self, adapter, tau: float, caption: str | None = None, seed: int = 0, **size):
         self.adapter = adapter
         self.tau = tau
         self.caption = caption
         # Gumbel draws come from the image's own stream, on the model's device (see functional.gumbel_noise).
         self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
         # What is not inverted (SD3: the large text encoders, which keep the caption) is computed once.
-        self.context = adapter.soft_prompt_context(caption or "")
+        self.context = adapter.soft_prompt_context(caption or "", **size)
         self.logits = torch.zeros(adapter.n_soft_tokens, adapter.vocab_size, device=adapter.device,
                                   requires_grad=True)
         self.params = [self.logits]

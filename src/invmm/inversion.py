@@ -32,6 +32,7 @@ class Target:
     path: str = ""
     caption: str | None = None
     class_label: str | None = None  # class-conditional models: the image's class (index or name)
+    original_size: tuple[int, int] | None = None  # (width, height) of the file, for size-conditioned models (SDXL)
     repeat: int = 0  # which independent inversion of this image (its random streams follow from it)
 
 
@@ -135,7 +136,7 @@ class Inverter:
                 invert = cfg.invert_prompt if cfg.invert_prompt is not None else (
                     given is None and getattr(self.adapter, "default_invert_prompt", True))
                 cond = conditioner(self.adapter, given, invert_prompt=invert, tau=cfg.gumbel_tau,
-                                   seed=seed_from(image_seed, "gumbel"))
+                                   seed=seed_from(image_seed, "gumbel"), original_size=target.original_size)
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)

@@ -344,3 +344,39 @@ def _load_pixart(root: Path, scheduler_config: dict, listing: str, *, device, al
     return _build(PixArtAdapter, root, transformer, vae, text_encoder, tokenizer, scheduler_config, device=device,
                   source=source, resolution=resolution, latent_scale=latent_scale, pipeline_class=pipeline_class,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
+
+
+def _load_sdxl(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
+               resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    from invmm.adapters.sdxl import SDXLAdapter
+
+    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+               if not (root / c).is_dir()]
+    if missing:
+        refiner = "text_encoder" in missing and (root / "text_encoder_2").is_dir()
+        raise InvMMInputError(
+            f"model {root}: an SDXL model needs {', '.join(missing)} (found: {listing})"
+            + ("; an SDXL refiner (text_encoder_2 only, aesthetic-score conditioning) is not supported" if refiner
+               else "")
+        )
+    index = _read_json(root / "model_index.json", f"model {root}") if (root / "model_index.json").exists() else {}
+    unet = _load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
+    vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
+    encoders = [
+        _load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
+        _load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
+    ]
+    try:
+        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
+                      for name in ("tokenizer", "tokenizer_2")]
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    # The pipeline's own setting (default True): the unconditional prompt is zeros, not the encoded "".
+    force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
+    return _build(SDXLAdapter, root, unet, vae, encoders, tokenizers, scheduler_config, device=device,
+                  source=source, resolution=resolution, latent_scale=latent_scale,
+                  vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"),
+                  force_zeros_for_empty_prompt=force_zeros)

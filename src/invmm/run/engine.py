@@ -157,7 +157,7 @@ def run_images(
                                       repeat=rep))
                     else:
                         yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption,
-                                     class_label=it.class_label, repeat=rep)
+                                     class_label=it.class_label, original_size=it.original_size, repeat=rep)
 
         t0 = time.perf_counter()
         n_workers, worker_device = 1, str(adapter.device)

@@ -231,3 +231,48 @@ def build_tiny_pixart(path: Path, *, seed=0, sigma=False) -> Path:
         tokenizer=tokenizer, text_encoder=t5, vae=vae, transformer=transformer, scheduler=scheduler)
     pipeline.save_pretrained(path)
     return path
+
+
+def build_tiny_sdxl(path: Path, *, seed=0, prediction_type="epsilon", force_zeros_for_empty_prompt=True) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer()
+    tokenizer_2.pad_token = "!"  # as SDXL's: the second tokenizer pads with "!", the first with the end token
+    vocab = tokenizer.get_vocab()
+
+    def clip(cls, hidden: int, projection: int, **ids):
+        return cls(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=2, projection_dim=projection, max_position_embeddings=77,
+            **{"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+               "pad_token_id": vocab["<|endoftext|>"], **ids}))
+
+    # Unequal widths (16 + 24 features, a 20-wide projection) so that a mix-up of the encoders cannot pass; the
+    # second encoder keeps the legacy eos_token_id 2 of the real SDXL configs (it pools at the highest id).
+    text_encoder = clip(CLIPTextModel, 16, 16)
+    text_encoder_2 = clip(CLIPTextModelWithProjection, 24, 20, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=16 + 24, norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=20 + 6 * time_dim,
+    )
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=100, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", prediction_type=prediction_type,
+                                       timestep_spacing="leading", steps_offset=1)
+    StableDiffusionXLPipeline(
+        vae=tiny_vae("kl", scaling_factor=0.13025, force_upcast=True), text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False,
+    ).save_pretrained(path, safe_serialization=True)
+    # The real SDXL scheduler file also carries the DDIM/PNDM keys it was derived from; without them a DDIM
+    # built from it would clip latents and take alpha_bar = 1 as the final step.
+    config_path = path / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, sample_max_value=1.0)
+    config_path.write_text(json.dumps(config, indent=2))
+    return path
