@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from invmm.adapters.classcond import ClassConditionalAdapter
 from invmm.adapters.flow import FlowAdapter
+from invmm.adapters.flux import FluxAdapter
 from invmm.adapters.latent import LatentAdapter
 from invmm.adapters.lora import LoraSpec, apply_loras
+from invmm.adapters.pixart import PixArtAdapter
 from invmm.adapters.pixel import PixelAdapter
+from invmm.adapters.sdxl import SDXLAdapter
 from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.errors import InvMMInputError
 
@@ -256,19 +260,9 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
 
 
-TRANSFORMER_LOADERS = {
-    "SD3Transformer2DModel": _load_flow,
-    "FluxTransformer2DModel": lambda *a, **k: _load_flux(*a, **k),
-    "PixArtTransformer2DModel": lambda *a, **k: _load_pixart(*a, **k),
-    "DiTTransformer2DModel": lambda *a, **k: _load_class_conditional(*a, **k),
-}
-
-
 def _load_class_conditional(root: Path, scheduler_config: dict, listing: str, *, device, allow_pickle, source,
                             resolution=None, latent_scale=None):
     import diffusers
-
-    from invmm.adapters.classcond import ClassConditionalAdapter
 
     if not (root / "transformer" / "config.json").exists():
         raise InvMMInputError(
@@ -297,8 +291,6 @@ def _load_flux(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import diffusers
     import transformers
 
-    from invmm.adapters.flux import FluxAdapter
-
     missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
                if not (root / c).is_dir()]
     if missing:
@@ -321,8 +313,6 @@ def _load_pixart(root: Path, scheduler_config: dict, listing: str, *, device, al
                  resolution=None, latent_scale=None):
     import diffusers
     import transformers
-
-    from invmm.adapters.pixart import PixArtAdapter
 
     missing = [c for c in ("vae", "text_encoder", "tokenizer") if not (root / c).is_dir()]
     if missing:
@@ -351,8 +341,6 @@ def _load_sdxl(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import diffusers
     import transformers
 
-    from invmm.adapters.sdxl import SDXLAdapter
-
     missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
                if not (root / c).is_dir()]
     if missing:
@@ -380,3 +368,11 @@ def _load_sdxl(root: Path, scheduler_config: dict, listing: str, *, device, allo
                   source=source, resolution=resolution, latent_scale=latent_scale,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"),
                   force_zeros_for_empty_prompt=force_zeros)
+
+
+TRANSFORMER_LOADERS = {
+    "SD3Transformer2DModel": _load_flow,
+    "FluxTransformer2DModel": _load_flux,
+    "PixArtTransformer2DModel": _load_pixart,
+    "DiTTransformer2DModel": _load_class_conditional,
+}

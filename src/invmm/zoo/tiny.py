@@ -148,16 +148,14 @@ def build_tiny_flux(path: Path, *, seed=0, guidance_embeds=True) -> Path:
     """Flux.1: "dev" with a guidance input (guidance_embeds), "schnell" without one. The T5 tokenizer is the real
     class (transformers' T5Tokenizer, the Unigram tokenizers backend) over a character vocabulary."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     clip_tokenizer = build_clip_tokenizer()
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    for c in map(chr, range(33, 127)):
-        pieces += [("\u2581" + c, -3.0), (c, -4.0)]
-    # model_max_length caps the T5 sequence the adapter uses (the real tokenizer says 512).
-    t5_tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=32)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(pieces), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+    # Every printable ASCII character (Flux does not lowercase prompts). model_max_length caps the T5 sequence
+    # the adapter uses (the real tokenizer says 512).
+    t5_tokenizer = build_tiny_t5_tokenizer("".join(map(chr, range(33, 127))), model_max_length=32)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
                                  decoder_start_token_id=0))
     # Flux's VAE: 16 latent channels, shifted and scaled, no quant convs.
@@ -180,18 +178,15 @@ def build_tiny_flux(path: Path, *, seed=0, guidance_embeds=True) -> Path:
     return path
 
 
-def build_tiny_t5_tokenizer():
+def build_tiny_t5_tokenizer(chars: str = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-", **kwargs):
     """An offline T5 tokenizer: transformers' own `T5Tokenizer` (a tokenizers-library Unigram model) over a
-    lowercase character vocabulary with T5's special tokens at T5's ids (<pad> 0, </s> 1, <unk> 2) and no
-    sentinel tokens. The PixArt pipelines lowercase prompts, so lowercase pieces cover every prompt's letters."""
-    import string
-
+    character vocabulary with T5's special tokens at T5's ids (<pad> 0, </s> 1, <unk> 2) and no sentinel
+    tokens. The default is lowercase: the PixArt pipelines lowercase prompts."""
     from transformers import T5Tokenizer
 
-    chars = string.ascii_lowercase + string.digits + ".,!?'-"
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, **kwargs)
 
 
 def build_tiny_pixart(path: Path, *, seed=0, sigma=False) -> Path:
