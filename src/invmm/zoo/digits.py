@@ -231,14 +231,15 @@ def group_name(entry: dict) -> str:
 
 def write_manifest_csv(manifest: dict, paths: list[Path], out: Path) -> Path:
     """manifest.csv beside exported images: path, id, source index, copies, split, label (the group: "64
-    copies", "held out", ...) and, for a text-to-image toy, the caption; `invmm audit` reads it as is."""
+    copies", "held out", ...) and, for a text-to-image toy, the caption, for a class-conditional one, the class;
+    `invmm audit` reads it as is."""
     import csv
 
-    captions = any("caption" in e for e in manifest["images"])
+    extra = [k for k in ("caption", "class") if any(k in e for e in manifest["images"])]
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "id", "source_index", "copies", "split", "label"] + (["caption"] if captions else []))
+        w.writerow(["path", "id", "source_index", "copies", "split", "label"] + extra)
         for p, e in zip(paths, manifest["images"]):
             w.writerow([p.name, e["id"], e["source_index"], e["copies"], e["split"], group_name(e)]
-                       + ([e.get("caption", "")] if captions else []))
+                       + [e.get(k, "") for k in extra])
     return out / "manifest.csv"
