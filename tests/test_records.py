@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from invmm.config import InvMMConfig, preset
+from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.result import Result
 from invmm.run.files import Ledger
@@ -31,8 +31,15 @@ def test_presets_are_data_and_round_trip():
     sd = preset("sd")
     assert (sd.delta, sd.batch_size, sd.sampler_steps, sd.guidance_scales) == (1e-3, 16, 50, [1, 2, 3, 4, 5, 6, 7])
     assert InvMMConfig.from_json(json.loads(json.dumps(sd.to_json()))) == sd
+    # The families the paper does not set take their nearest paper preset's numbers (README, "Why these presets").
+    assert PRESETS["sdxl"] == PRESETS["sd"]
+    assert PRESETS["pixart"] == PRESETS["sd"]
+    assert {k: v for k, v in PRESETS["flux"].items() if k != "guidance_scales"} == \
+        {k: v for k, v in PRESETS["sd3"].items() if k != "guidance_scales"}
+    assert {k: v for k, v in PRESETS["dit"].items() if k != "guidance_scales"} == PRESETS["ldm"]
+    assert preset("flux-schnell").guidance_scales == [1.0] and preset("dit").guidance_scales == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="unknown preset"):
-        preset("sdxl")
+        preset("sdxl-turbo")
     with pytest.raises(ValueError, match="batch_size"):
         InvMMConfig(batch_size=0)
 
