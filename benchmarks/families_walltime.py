@@ -2,7 +2,8 @@
 
 Builds each tiny pipeline from config (invmm.zoo.tiny), measures one 16x16 image with the family's
 preset at a 100-step budget (checks at their preset intervals, all guidance scales tried, similarity
-pixel: the tiny models never succeed, so every check runs in full), and prints seconds per image.
+pixel: the tiny models never succeed, so every check runs round 1 at every scale), and prints seconds per
+image. Conditional families run with a known caption (or class) and with inversion.
 
     python benchmarks/families_walltime.py
 """
@@ -65,6 +66,8 @@ def main():
             cfg = default_config(adapter, similarity="pixel", max_steps=args.max_steps)
             # The tiny DDPM-family models have 100 training timesteps: DDIM cannot take more steps.
             cfg = cfg.replace(sampler_steps=min(cfg.sampler_steps, getattr(adapter, "num_train_timesteps", 10**9)))
+            if adapter.conditional and caption is None and label is None:
+                cfg = cfg.replace(invert_prompt=True)  # PixArt inverts only when asked
             t0 = time.perf_counter()
             (r,) = measure(adapter, [ImageItem(id="red", path=str(tmp / "red.png"), caption=caption,
                                                 class_label=label)], cfg)

@@ -37,6 +37,8 @@ def _table(results, level, title: str, wall: float, budget: int) -> float:
               f"{statistics.median(r.score for r in rs):.4f} | {shown} | {scales} |")
     top = max(lv for lv, _ in rows)
     pair = [(lv == top, r.score) for lv, r in rows if lv in (top, 0)]
+    if len({y for y, _ in pair}) < 2:
+        return float("nan")  # one group only (--only): no AUC
     auc = roc_metrics([int(y) for y, _ in pair], [s for _, s in pair], higher_is_better=False)["auc"]
     print(f"\nROC AUC, {top} copies vs held out ({title}): {auc:.3f}")
     return auc
@@ -50,6 +52,8 @@ def main():
     ap.add_argument("--batch-images", type=int, default=8)
     ap.add_argument("--modes", default="known,inverted",
                     help="known: the digit as the class; inverted: class inversion (no class), on the same images")
+    ap.add_argument("--tau", type=float, default=None, help="Gumbel-softmax temperature (default: the preset's, 2)")
+    ap.add_argument("--only", default=None, help="comma-separated image ids: measure only these of the selection")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench-out/toy_dit"))
     args = ap.parse_args()
@@ -57,10 +61,12 @@ def main():
     model = args.model or shipped_digits_dit_model()
     manifest = load_manifest(model)
     chosen = select_images(manifest, parse_level_counts(args.counts))
+    if args.only:
+        chosen = [e for e in chosen if e["id"] in args.only.split(",")]
     paths = export_images(manifest, args.out / "inputs", ids=[e["id"] for e in chosen])
     level = {e["id"]: e["copies"] for e in chosen}
     truth = {e["id"]: e["class"] for e in chosen}
-    cfg = preset("dit", similarity="pixel", max_steps=args.max_steps, seed=args.seed)
+    cfg = preset("dit", similarity="pixel", max_steps=args.max_steps, seed=args.seed, gumbel_tau=args.tau)
     summary = {"max_steps": args.max_steps, "n": len(chosen), "preset": cfg.to_json()}
     for mode in args.modes.split(","):
         known = mode == "known"
