@@ -10,7 +10,7 @@ from invmm.adapters.loading import load_adapter, lora_components
 from invmm.adapters.lora import LoraSpec, lora_specs, save_lora
 from invmm.cli import app
 from invmm.errors import InvMMInputError
-from invmm.zoo.tiny import build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import build_tiny_dit, build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
 
 runner = CliRunner()
 TARGETS = {"pixel": ["conv1", "conv2"], "latent": ["conv1", "conv2"],
@@ -127,6 +127,10 @@ def test_bad_loras_are_refused_with_the_file_named(tmp_path, tiny_model):
         load_adapter(str(sd), loras=[LoraSpec(str(pixel_lora))])
     with pytest.raises(InvMMInputError, match="one per --lora"):
         lora_specs(["a", "b", "c"], [1.0, 0.5])
+    # The families without a tested LoRA path say so, before touching the file.
+    dit = build_tiny_dit(tmp_path / "dit")
+    with pytest.raises(InvMMInputError, match="class model is not supported"):
+        load_adapter(str(dit), loras=[LoraSpec(str(pixel_lora))])
 
 
 def test_audit_with_another_lora_is_refused_and_nothing_is_written(tmp_path, tiny_model, toy_images):

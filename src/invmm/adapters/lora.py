@@ -75,6 +75,11 @@ def weights_file(path: str, allow_pickle: bool) -> Path:
     return p
 
 
+# Families whose LoRA files have a tested loading path: diffusers' SD and SD3 loaders, or a peft folder on a
+# UNet2DModel.
+LORA_FAMILIES = ("pixel", "latent", "text2image", "flow")
+
+
 def apply_loras(family: str, components: dict, specs: list[LoraSpec], *, allow_pickle: bool = False) -> list[dict]:
     """Load every LoRA into the model's components (in place) and scale it; returns what run.json records.
 
@@ -82,6 +87,9 @@ def apply_loras(family: str, components: dict, specs: list[LoraSpec], *, allow_p
     "text_encoder_2"."""
     if not specs:
         return []
+    if family not in LORA_FAMILIES:
+        raise InvMMInputError(f"--lora: loading LoRAs into a {family} model is not supported yet (supported: "
+                              f"{', '.join(LORA_FAMILIES)}); audit the model with the LoRA merged into its weights")
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
     records, names = [], []
