@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import statistics
 import sys
@@ -18,6 +19,7 @@ from invmm.adapters.lora import lora_specs
 from invmm.audit import audit as run_audit
 from invmm.compare import compare_runs, format_comparison, write_comparison
 from invmm.config import InvMMConfig, check_config_for_model, default_config
+from invmm.dataset_inference import format_dataset_test, run_dataset_test, write_dataset_test
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.estimate import estimate as estimate_cost
@@ -680,6 +682,40 @@ def export_digits_cmd(
     paths = export_images(manifest, out)
     write_manifest_csv(manifest, paths, out)
     typer.echo(f"wrote {len(paths)} images and manifest.csv to {out}")
+
+
+@app.command("dataset-test")
+def dataset_test_cmd(
+    run: Annotated[Path, typer.Argument(help="an invmm evaluate run folder with per-image scores of >= 2 scorers")],
+    suspect: Annotated[list[str], typer.Option(help="label(s) of the suspect images (\"was this set used?\")")],
+    reference: Annotated[list[str], typer.Option(help="label(s) of reference images: same distribution, known "
+                                                      "non-members")],
+    scorers: Annotated[str, typer.Option(help="comma-separated scorers to combine (default: every scorer in "
+                                              "RUN)")] = None,
+    splits: Annotated[int, typer.Option(min=1, help="random fit/test splits")] = 50,
+    alpha: Annotated[float, typer.Option(help="significance level of the verdict")] = 0.05,
+    curve: Annotated[bool, typer.Option(help="also the p-value against the number of suspect images (a "
+                                             "plot)")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the splits and subsets")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+):
+    """Dataset inference (CDI): a p-value for "the model was trained on the suspect set", from the per-image scores
+    of several scorers in RUN, against a reference set of known non-members from the same distribution."""
+    try:
+        result, extra = run_dataset_test(run, suspect, reference,
+                                         scorers=[s.strip() for s in scorers.split(",")] if scorers else None,
+                                         n_splits=splits, seed=seed, alpha=alpha, curve=curve)
+    except InvMMInputError as exc:
+        _fail(str(exc))
+    name = "-".join(suspect) + "-vs-" + "-".join(reference)
+    files = write_dataset_test(result, run / "dataset_test" / name, f"{', '.join(suspect)} vs {', '.join(reference)}")
+    if as_json:
+        typer.echo(json.dumps({**result.to_json(), **extra}, indent=1))
+        return
+    typer.echo(format_dataset_test(result, suspect, reference))
+    if extra["missing_scores"]:
+        typer.echo(f"\nleft out (a scorer's score missing): {len(extra['missing_scores'])} images")
+    typer.echo(f"\nwrote {', '.join(str(f) for f in files)}")
 
 
 def main():  # pragma: no cover

@@ -138,3 +138,22 @@ def check_curves_png(runs: list[tuple[str, list[list[float]]]], beta: float, pat
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def pvalue_curve_png(curve: list[dict], alpha: float, path: Path, title: str) -> Path:
+    """A dataset test's p-value against the number of suspect images: each random subset, and their median."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    floor = 1e-300  # a log axis cannot show 0
+    for c in curve:
+        ax.scatter([c["n"]] * len(c["draws"]), np.clip(c["draws"], floor, 1), s=8, color="grey", alpha=0.4)
+    ax.plot([c["n"] for c in curve], np.clip([c["p_value"] for c in curve], floor, 1), marker="o",
+            label="median over subsets")
+    ax.axhline(alpha, color="black", ls="--", lw=0.8, label=f"alpha {alpha}")
+    ax.set(xscale="log", yscale="log", xlabel="suspect images", ylabel="p-value", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
