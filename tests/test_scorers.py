@@ -179,3 +179,27 @@ def test_scorer_specs_split_and_parse():
     assert split_specs("invmm,pia:t=100") == ["invmm", "pia:t=100"]
     assert parse_spec("pia:t=100,p=2") == ("pia", {"t": 100, "p": 2})
     assert parse_spec("invmm:similarity=pixel") == ("invmm", {"similarity": "pixel"})
+
+
+def test_timesteps_outside_the_schedule_are_refused_at_construction(pixel):
+    from invmm.scorers import SecMIScorer
+
+    # The tiny model has 100 training timesteps.
+    with pytest.raises(ScorerError, match=r"scorer 'loss': t=1500 is outside the model's 0\.\.99 timesteps"):
+        LossScorer(pixel, t=1500)
+    with pytest.raises(ScorerError, match=r"t=100 is outside the model's 0\.\.99 timesteps"):
+        build_scorer("loss", pixel)  # the default t=100 needs a longer schedule
+    with pytest.raises(ScorerError, match=r"scorer 'pia': t=-1 is outside"):
+        PIAScorer(pixel, t=-1)
+    with pytest.raises(ScorerError, match="not a whole timestep"):
+        build_scorer("pia:t=2.5", pixel)
+    with pytest.raises(ScorerError, match=r"t_sec=1500 is outside"):
+        SecMIScorer(pixel, t_sec=1500)
+    with pytest.raises(ScorerError, match=r"t_sec \+ stride=100 is outside the model's 0\.\.99 timesteps"):
+        SecMIScorer(pixel, t_sec=90, stride=10)  # the round trip goes one stride above t_sec
+    with pytest.raises(ScorerError, match="divisor"):
+        SecMIScorer(pixel, t_sec=50, stride=20)  # the inversion would stop at 40, not t_sec
+    with pytest.raises(ScorerError, match="divisor"):
+        SecMIScorer(pixel, t_sec=50, stride=0)
+    assert SecMIScorer(pixel, t_sec=80, stride=10).t_sec == 80
+    assert PIAScorer(pixel, t=99).t == 99 and LossScorer(pixel, t=0).t == 0

@@ -31,7 +31,7 @@ from invmm.measure import measure as run_measure_images
 from invmm.report import build_report
 from invmm.run.files import atomic_write_json
 from invmm.scorers import DEFAULT_SCORERS, ScorerError
-from invmm.scoring import score_with_specs
+from invmm.scoring import load_scoring_dataset, score_with_specs
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import (
@@ -492,8 +492,10 @@ def evaluate(
                                              "kept)")],
     model: Annotated[str, typer.Option(help="diffusers model folder; with --data, scores missing from RUN are "
                                             "computed")] = None,
-    data: Annotated[Path, typer.Option(help="labelled images: a folder per label, or a CSV/JSONL with path,label"
-                                            "[,caption,class,id]")] = None,
+    data: Annotated[Path, typer.Option(help="labelled images: a folder per label, or a CSV/JSONL/Parquet with "
+                                            "path,label[,caption,class,id]; for caption-level scorers only "
+                                            "(anisotropy, sharpness) the path may be left out: caption,label[,id]")
+                    ] = None,
     scorers: Annotated[str, typer.Option(help="comma-separated scorers; options as name:key=value, separated by ';' "
                                               "(e.g. 'loss;pia:t=100;invmm:max_steps=1000')")] = DEFAULT_SCORERS,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as member / memorized")] = None,
@@ -536,7 +538,7 @@ def evaluate(
         _fail("give both --model and --data to compute scores, or neither to evaluate the scores in RUN")
     try:
         if model is not None:
-            items = load_dataset(data, labelled=True)
+            items = load_scoring_dataset(data, scorers)  # captions alone where every scorer scores captions
             choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
             overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                          sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
@@ -563,7 +565,7 @@ def evaluate(
                     bar.close()
         rows, out = evaluate_run(run, positive=positive or None, negative=negative or None, n_boot=bootstrap,
                                  seed=seed)
-    except InvMMInputError as exc:
+    except (InvMMInputError, ScorerError) as exc:
         _fail(str(exc))
     typer.echo((out / "summary.txt").read_text(encoding="utf-8"))
     typer.echo(f"\nwrote {out}/summary.csv, roc.png, histograms.png")

@@ -2,6 +2,9 @@
 
 Ids are stable: the manifest's `id` column, else the path relative to the folder or manifest, so the same
 dataset gives the same ids (and so the same per-image seeds) wherever it lies.
+
+Caption-level scorers read no image: for them a manifest may list captions without a `path` (`caption,label
+[,id]`); such a row's item has path "" and, without an `id`, its row number (1 = first data row) as id.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from invmm.images import IMAGE_SUFFIXES, ImageItem, collect_images
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
 
 
-def load_dataset(source: str | Path, *, labelled: bool = False) -> list[ImageItem]:
-    """Items (not yet decoded) of a folder or manifest. With `labelled`, a folder's subfolders are the labels."""
+def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok: bool = False) -> list[ImageItem]:
+    """Items (not yet decoded) of a folder or manifest. With `labelled`, a folder's subfolders are the labels.
+    With `captions_only_ok`, manifest rows may give a caption instead of an image path (see the module doc)."""
     p = Path(source)
     if not p.exists():
         raise InvMMInputError(f"{p}: no such file or folder; give a folder of images or a CSV/JSONL/Parquet manifest")
@@ -26,8 +30,8 @@ def load_dataset(source: str | Path, *, labelled: bool = False) -> list[ImageIte
     if p.suffix.lower() not in MANIFEST_SUFFIXES:
         raise InvMMInputError(f"{p}: not a dataset manifest; expected a folder or a .csv, .jsonl or .parquet file "
                               "with a 'path' column")
-    rows = _read_manifest(p)
-    items = _rows_to_items(p, rows)
+    rows = _read_manifest(p, captions_only_ok)
+    items = _rows_to_items(p, rows, captions_only_ok)
     if labelled:
         unlabelled = [it.id for it in items if not it.label]
         if unlabelled:
@@ -54,15 +58,16 @@ def _labelled_folder(root: Path) -> list[ImageItem]:
     return items
 
 
-def _read_manifest(p: Path) -> list[dict]:
+def _read_manifest(p: Path, captions_only_ok: bool = False) -> list[dict]:
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
             with open(p, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                if not reader.fieldnames or "path" not in reader.fieldnames:
-                    raise InvMMInputError(f"{p}: the CSV header must name a 'path' column; it has "
-                                          f"{reader.fieldnames or 'no header'}")
+                columns = ("path", "caption") if captions_only_ok else ("path",)
+                if not reader.fieldnames or not set(columns) & set(reader.fieldnames):
+                    raise InvMMInputError(f"{p}: the CSV header must name a {' or a '.join(map(repr, columns))} "
+                                          f"column; it has {reader.fieldnames or 'no header'}")
                 return [dict(r) for r in reader]
         if suffix == ".jsonl":
             rows = []
@@ -87,24 +92,27 @@ def _read_manifest(p: Path) -> list[dict]:
         raise InvMMInputError(f"{p}: not UTF-8 text; save the manifest as UTF-8") from None
 
 
-def _rows_to_items(p: Path, rows: list[dict]) -> list[ImageItem]:
+def _rows_to_items(p: Path, rows: list[dict], captions_only_ok: bool = False) -> list[ImageItem]:
     base = p.parent
     items, seen = [], {}
     for n, row in enumerate(rows, 1):
         raw = row.get("path")
         if raw in (None, ""):
-            raise InvMMInputError(f"{p}: row {n} has no 'path'")
-        path = Path(str(raw))
-        path = path if path.is_absolute() else base / path
-        image_id = str(row.get("id") or "") or Path(str(raw)).as_posix()
+            if not captions_only_ok:
+                raise InvMMInputError(f"{p}: row {n} has no 'path'")
+            if row.get("caption") in (None, ""):
+                raise InvMMInputError(f"{p}: row {n} has neither an image 'path' nor a 'caption'")
+        path = None if raw in (None, "") else Path(str(raw))
+        path = path if path is None or path.is_absolute() else base / path
+        image_id = str(row.get("id") or "") or (Path(str(raw)).as_posix() if path else str(n))
         if image_id in seen:
             raise InvMMInputError(f"{p}: id {image_id!r} appears in rows {seen[image_id]} and {n}; ids must be unique")
         seen[image_id] = n
         caption, label, cls = row.get("caption"), row.get("label"), row.get("class")
-        it = ImageItem(id=image_id, path=str(path), caption=None if caption in (None, "") else str(caption),
+        it = ImageItem(id=image_id, path=str(path or ""), caption=None if caption in (None, "") else str(caption),
                        label=None if label in (None, "") else str(label),
                        class_label=None if cls in (None, "") else str(cls))
-        if not path.is_file():
+        if path is not None and not path.is_file():
             it.error = f"{path}: no such file (row {n} of {p})"
         items.append(it)
     if not items:

@@ -3,6 +3,9 @@
 The run folder holds run.json (model, seed, dataset, every scorer's settings) and scores.jsonl, one line
 per (image, scorer), appended durably as each batch finishes. Running again with the same folder skips
 what is there, so evaluation (evaluate_run.py) never recomputes a score, and an interrupted scoring resumes.
+
+Caption-level scorers (`needs_image = False`) score each row's caption: their rows need no image file, and
+where there is one it is not decoded for them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from invmm.conditioning import check_class_labels, given_condition
 from invmm.config import stored_config
+from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
 from invmm.result import score_from_json, score_to_json
@@ -26,7 +30,7 @@ from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
 from invmm.run.folder import model_settings, settings_diff
 from invmm.run.info import run_info
 from invmm.run.lock import RunLock
-from invmm.scorers import build_scorer, split_specs
+from invmm.scorers import SCORERS, ScorerError, build_scorer, parse_spec, split_specs
 
 SCORES_FILE = "scores.jsonl"
 CHEAP_BATCH = 16  # images per call for the one-pass scorers
@@ -151,10 +155,38 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
         return read_scores(run_dir)
 
 
+def load_scoring_dataset(data: str | Path, scorers: str) -> list[ImageItem]:
+    """The labelled dataset `data` for the scorers `scorers` (specs, as score_with_specs takes them). When
+    every requested scorer scores captions, the manifest may list captions without images; otherwise every
+    row needs its image, and a row without one is refused here, before any model is loaded."""
+    names = []
+    for spec in split_specs(scorers):
+        name = parse_spec(spec)[0]
+        if name not in SCORERS:
+            raise ScorerError(f"unknown scorer {name!r}; available: {', '.join(SCORERS)}")
+        names.append(name)
+    image_scorers = [n for n in names if SCORERS[n].needs_image]
+    caption_scorers = ", ".join(n for n, cls in SCORERS.items() if not cls.needs_image)
+    items = load_dataset(data, labelled=True, captions_only_ok=True)
+    imageless = [it for it in items if not it.path]
+    if image_scorers and imageless:
+        raise InvMMInputError(
+            f"{data}: {len(imageless)} of {len(items)} row(s) have no image 'path' (first: {imageless[0].id}), "
+            f"but the scorer(s) {', '.join(image_scorers)} score images. Give every row a 'path' to its image "
+            f"file, or request only scorers that score captions ({caption_scorers})")
+    if not image_scorers and not any(it.caption for it in items):
+        raise InvMMInputError(
+            f"{data}: no row has a caption, and the scorer(s) {', '.join(names)} score captions. Give a CSV, "
+            "JSONL or Parquet manifest with a 'caption' column (caption,label[,id]; a 'path' is optional)")
+    return items
+
+
 def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[ScoreRecord]:
     """One batch of images through one scorer: a record per image (an unreadable file gets an error record).
     Images are decoded here, from copies, so the caller's items stay light and a large dataset never has to
-    fit in memory."""
+    fit in memory. A caption-level scorer decodes nothing: a row without a caption gets an error record."""
+    if not scorer.needs_image:
+        return _score_captions(scorer, items, seed)
     loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size) for it in items]
     check_class_labels(adapter, loaded)
     records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
@@ -170,7 +202,7 @@ def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]
     per_image = (time.perf_counter() - t0) / len(chunk)
     records = []
     for it, score in zip(chunk, scores):
-        details, status, error = {}, "ok", None
+        details, status, error = scorer.pop_details(it.id), "ok", None
         result = getattr(scorer, "results", {}).pop(it.id, None)  # recorded: no need to keep it
         if result is not None:
             details = {"success": result.success, "steps": result.steps,
@@ -183,6 +215,21 @@ def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]
         records.append(ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
                                    error=error, seconds=round(per_image, 4), details=details))
     return records
+
+
+def _score_captions(scorer, items: list[ImageItem], seed: int) -> list[ScoreRecord]:
+    # The image file's own state (missing, unreadable) does not matter here: only the caption is read.
+    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
+                           error=f"row {it.id!r} has no caption; the {scorer.name} scorer scores captions")
+               for it in items if not it.caption]
+    chunk = [it for it in items if it.caption]
+    if not chunk:
+        return records
+    t0 = time.perf_counter()
+    scores = scorer.score_captions([it.caption for it in chunk], [it.id for it in chunk], seed=seed)
+    per_item = round((time.perf_counter() - t0) / len(chunk), 4)
+    return records + [ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, seconds=per_item,
+                                  details=scorer.pop_details(it.id)) for it, score in zip(chunk, scores)]
 
 
 def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,

@@ -6,18 +6,22 @@ import dataclasses
 import json
 
 from invmm.config import default_config
+from invmm.scorers.anisotropy import AnisotropyScorer
 from invmm.scorers.base import Scorer, ScorerError
+from invmm.scorers.clid import CLiDScorer
 from invmm.scorers.generate_compare import GenerateCompareScorer
 from invmm.scorers.invmm_score import InvMMScorer
 from invmm.scorers.loss import LossScorer
 from invmm.scorers.noise_norm import NoiseNormScorer
 from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
+from invmm.scorers.sharpness import SharpnessScorer
+from invmm.scorers.sima import SimAScorer
 
 DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
-}
+} | {cls.name: cls for cls in (SimAScorer, CLiDScorer, AnisotropyScorer, SharpnessScorer)}
 
 
 def split_specs(text: str) -> list[str]:
@@ -72,6 +76,8 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
 
 
 __all__ = [
+    "AnisotropyScorer", "SharpnessScorer",
     "DEFAULT_SCORERS", "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer",
-    "PIAScorer", "Scorer", "ScorerError", "SecMIScorer", "build_scorer", "parse_spec", "split_specs",
+    "PIAScorer", "Scorer", "ScorerError", "SecMIScorer", "SimAScorer", "CLiDScorer", "build_scorer", "parse_spec",
+    "split_specs",
 ]

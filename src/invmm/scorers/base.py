@@ -3,6 +3,10 @@
 Like an estimator/attack split: the adapter is the estimator (the model's numerical path), a scorer is an
 attack bound to it. Binding happens at construction so a scorer that cannot run on the model fails before
 any image is read.
+
+Prompt-level detectors (`PromptScorer`, `needs_image = False`) score an image's caption instead: the model's
+response to the caption from pure noise. They take captions alone (`score_captions`), so a dataset of
+captions without image files can be scored, and where images are given they are never decoded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ class ScorerError(ValueError):
     """A scorer was asked to run on a model it cannot handle."""
 
 
+def check_timesteps(scorer: Scorer, **timesteps) -> None:
+    """Refuse at construction a timestep outside the model's training schedule 0..T-1: indexing alpha_bar
+    there would fail mid-run, or (a negative t) silently read the schedule from its end."""
+    n = getattr(scorer.adapter, "num_train_timesteps", None)
+    for key, value in timesteps.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScorerError(f"scorer {scorer.name!r}: {key}={value!r} is not a whole timestep")
+        if n is not None and not 0 <= value < n:
+            raise ScorerError(f"scorer {scorer.name!r}: {key}={value} is outside the model's 0..{n - 1} timesteps")
+
+
 @dataclass
 class Scorer:
     """Subclasses are dataclasses of their settings and define `name`, `higher_is_better` (whether a higher
@@ -35,6 +50,8 @@ class Scorer:
     higher_is_better = False
     # capabilities the model must declare (adapters/base.py): NOISE_SCHEDULE, TEXT
     requires: ClassVar[tuple[str, ...]] = ()
+    # False: the score depends on the caption only (PromptScorer); the engine then never decodes the image
+    needs_image: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.check(self.adapter)
@@ -66,6 +83,10 @@ class Scorer:
     def _score(self, adapter, x0: torch.Tensor, ids: list[str], cond, seed: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def pop_details(self, image_id: str) -> dict:
+        """Numbers the last score of `image_id` was made of, recorded beside it (ScoreRecord.details); once."""
+        return {}
+
     def settings(self) -> dict:
         # Fields with repr=False are state (the model, caches), not settings.
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
@@ -73,3 +94,64 @@ class Scorer:
     def to_json(self) -> dict:
         return {"name": self.name, "higher_is_better": self.higher_is_better, **self.settings()}
 
+
+@dataclass
+class PromptScorer(Scorer):
+    """A caption-level memorization detector on a text-to-image DDPM-family model.
+
+    Subclasses define `_score_caption(adapter, cond, noise) -> (score, details)`: `cond` is the caption's
+    conditioning [1, ...], `noise` the starting noise [n, C, H, W]. The noise is one draw per seed and scorer,
+    shared by every caption, as the authors draw it (their seed is reset before each prompt): a score is a
+    function of the caption alone, so rows with the same caption score the same (and are computed once), and
+    two captions are compared on the same noise rather than on different draws.
+    """
+
+    n_generations: int = 1  # noise draws per caption; the score averages over them
+
+    needs_image = False
+    requires = (NOISE_SCHEDULE, TEXT)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.n_generations, bool) or not isinstance(self.n_generations, int) or self.n_generations < 1:
+            raise ScorerError(f"scorer {self.name!r}: n_generations must be a whole number >= 1, got "
+                              f"{self.n_generations!r}")
+        self._details: dict[str, dict] = {}
+        self._done: dict[tuple[int, str], tuple[float, dict]] = {}  # (seed, caption) -> (score, details)
+
+    def score(self, images: torch.Tensor | None, ids: list[str], captions: list[str | None] | None = None,
+              seed: int = 0) -> list[float]:
+        """The image interface: `images` are ignored (None is fine); see score_captions."""
+        return self.score_captions(captions or [None] * len(ids), ids, seed=seed)
+
+    def score_captions(self, captions: list[str | None], ids: list[str], seed: int = 0) -> list[float]:
+        """One score per caption, in order; `ids` key the details kept for pop_details."""
+        if len(captions) != len(ids):
+            raise ValueError(f"{len(captions)} captions for {len(ids)} ids")
+        missing = [i for i, c in zip(ids, captions) if not c]
+        if missing:
+            raise ScorerError(f"scorer {self.name!r} scores captions, and {missing[0]!r} has none; give every row "
+                              "a caption")
+        noise = None
+        scores = []
+        for image_id, caption in zip(ids, captions):
+            if (seed, caption) not in self._done:
+                noise = self.noise(seed) if noise is None else noise
+                with torch.no_grad():
+                    cond = self.adapter.prompt_embeddings([caption])
+                value, details = self._score_caption(self.adapter, cond, noise)
+                self._done[seed, caption] = (float(value), details)
+            value, details = self._done[seed, caption]
+            self._details[image_id] = dict(details)
+            scores.append(value)
+        return scores
+
+    def noise(self, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed_from(seed, self.name))
+        return torch.randn((self.n_generations, *self.adapter.latent_shape), generator=g).to(self.adapter.device)
+
+    def _score_caption(self, adapter, cond, noise: torch.Tensor) -> tuple[float, dict]:
+        raise NotImplementedError
+
+    def pop_details(self, image_id: str) -> dict:
+        return self._details.pop(image_id, {})

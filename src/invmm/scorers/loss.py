@@ -13,7 +13,7 @@ import torch
 
 from invmm.adapters.base import NOISE_SCHEDULE
 from invmm.conditioning import cond_expand
-from invmm.scorers.base import Scorer
+from invmm.scorers.base import Scorer, check_timesteps
 
 
 @dataclass
@@ -24,6 +24,10 @@ class LossScorer(Scorer):
     name = "loss"
     higher_is_better = False
     requires = (NOISE_SCHEDULE,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_timesteps(self, t=self.t)
 
     def _score(self, adapter, x0, ids, cond, seed):
         scores = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from invmm.adapters.base import NOISE_SCHEDULE
-from invmm.scorers.base import Scorer
+from invmm.scorers.base import Scorer, check_timesteps
 
 
 @dataclass
@@ -24,6 +24,10 @@ class PIAScorer(Scorer):
     name = "pia"
     higher_is_better = False
     requires = (NOISE_SCHEDULE,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_timesteps(self, t=self.t)
 
     def _score(self, adapter, x0, ids, cond, seed):
         n = len(x0)

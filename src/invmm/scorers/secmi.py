@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from invmm.adapters.base import NOISE_SCHEDULE
-from invmm.scorers.base import Scorer
+from invmm.scorers.base import Scorer, ScorerError, check_timesteps
 
 
 def ddim_transfer(adapter, x: torch.Tensor, t_from: int, t_to: int, cond) -> torch.Tensor:
@@ -39,6 +39,16 @@ class SecMIScorer(Scorer):
     name = "secmi"
     higher_is_better = False
     requires = (NOISE_SCHEDULE,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_timesteps(self, t_sec=self.t_sec, stride=self.stride)
+        if self.stride < 1 or self.t_sec % self.stride:
+            # The inversion walks 0, stride, 2 stride, ...: it must land on t_sec itself.
+            raise ScorerError(f"scorer 'secmi': stride={self.stride} must be a positive divisor of "
+                              f"t_sec={self.t_sec}")
+        # The round trip goes one stride above t_sec.
+        check_timesteps(self, **{"t_sec + stride": self.t_sec + self.stride})
 
     def _score(self, adapter, x0, ids, cond, seed):
         x, t = x0, -1

@@ -1,0 +1,90 @@
+"""Every scorer, old and new, on the shipped toy models: AUC and TPR@1%FPR, members vs non-members and
+64-copy vs held out, with seconds per image, in one table per model.
+
+digits (unconditional DDPM): 8 images of 64 copies, 200 single-copy members, 200 held out. With --reuse-claims
+the scores run of `benchmarks/claims.py --section scores` is copied first, so its InvMM scores (40 images, 1,000
+steps) and its baseline scores are reused and only the new scorers are computed.
+t2i (pixel-space text-to-image, captions "a handwritten seven"): 8 images of 64 copies, 64 single-copy members,
+64 held out, each with its caption; the prompt-level detectors score the captions.
+
+    python benchmarks/scorers_table.py --reuse-claims bench-out/claims/scores --out bench-out/scorers_table
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from invmm.adapters.loading import load_adapter
+from invmm.evaluate_run import evaluate_run
+from invmm.images import ImageItem
+from invmm.scoring import score_with_specs
+from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
+from invmm.zoo.digits import export_images, load_manifest, select_images
+
+LABELS = {64: "dup64", 1: "single", 0: "heldout"}
+DIGITS_SCORERS = "loss;secmi;pia;sima;generate_compare"
+T2I_SCORERS = "loss;secmi;pia;sima;clid;noise_norm;anisotropy;sharpness"
+
+
+def labelled_items(model: Path, counts: dict[int, int], root: Path) -> list[ImageItem]:
+    manifest = load_manifest(model)
+    chosen = select_images(manifest, counts)
+    paths = export_images(manifest, root, ids=[e["id"] for e in chosen])
+    return [ImageItem(id=f"{LABELS[e['copies']]}/{e['id']}.png", path=str(p), label=LABELS[e["copies"]],
+                      caption=e.get("caption")) for e, p in zip(chosen, paths)]
+
+
+def table(run: Path, title: str) -> None:
+    rows = {}
+    for pos in ("dup64", "single"):
+        summary, _ = evaluate_run(run, positive=[pos], negative=["heldout"], n_boot=200)
+        rows[pos] = {r["scorer"]: r for r in summary}
+    print(f"\n{title}\n")
+    print("| scorer | direction | 64 copies vs held out: n+/n-, AUC, TPR@1%FPR | members vs held out: n+/n-, AUC, "
+          "TPR@1%FPR | s/image |\n|---|---|---|---|---|")
+
+    def cell(r):
+        if r is None or r.get("auc") is None:
+            return "-"
+        return f"{r['n_positive']}/{r['n_negative']}, {r['auc']:.3f}, {r['tpr@1%fpr']:.3f}"
+
+    for name in rows["dup64"]:
+        a, b = rows["dup64"][name], rows["single"].get(name)
+        sec = a["seconds_per_image"]
+        print(f"| {name} | {a['direction']} | {cell(a)} | {cell(b)} | "
+              f"{'-' if sec is None else f'{sec:.4g}'} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("bench-out/scorers_table"))
+    ap.add_argument("--reuse-claims", type=Path, default=None, help="the claims.py scores run folder to start from")
+    ap.add_argument("--models", default="digits,t2i")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    if "digits" in args.models:
+        run = args.out / "digits"
+        if args.reuse_claims and not run.exists():
+            shutil.copytree(args.reuse_claims, run)
+        model = shipped_digits_model()
+        items = labelled_items(model, {64: 8, 1: 200, 0: 200}, args.out / "digits-data")
+        t0 = time.perf_counter()
+        score_with_specs(load_adapter(str(model)), items, DIGITS_SCORERS, run, seed=args.seed)
+        print(f"digits: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
+        table(run, "shipped toy digits model (unconditional DDPM)")
+    if "t2i" in args.models:
+        run = args.out / "t2i"
+        model = shipped_digits_t2i_model()
+        items = labelled_items(model, {64: 8, 1: 64, 0: 64}, args.out / "t2i-data")
+        t0 = time.perf_counter()
+        score_with_specs(load_adapter(str(model)), items, T2I_SCORERS, run, seed=args.seed)
+        print(f"t2i: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
+        table(run, "shipped toy text-to-image model (known captions)")
+
+
+if __name__ == "__main__":
+    main()
