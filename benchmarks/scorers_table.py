@@ -5,7 +5,9 @@ digits (unconditional DDPM): 8 images of 64 copies, 200 single-copy members, 200
 the scores run of `benchmarks/claims.py --section scores` is copied first, so its InvMM scores (40 images, 1,000
 steps) and its baseline scores are reused and only the new scorers are computed.
 t2i (pixel-space text-to-image, captions "a handwritten seven"): 8 images of 64 copies, 64 single-copy members,
-64 held out, each with its caption; the prompt-level detectors score the captions.
+64 held out, each with its caption; the prompt-level detectors score the captions, which this toy shares per digit.
+lora (the t2i model with the shipped toy LoRA): its 8 planted images repeated 32 times and 8 seen once, each with
+a caption of its own ("client image 03"), and 16 held out with captions never trained on: a caption-level test.
 
     python benchmarks/scorers_table.py --reuse-claims bench-out/claims/scores --out bench-out/scorers_table
 """
@@ -18,13 +20,14 @@ import time
 from pathlib import Path
 
 from invmm.adapters.loading import load_adapter
+from invmm.adapters.lora import LoraSpec
 from invmm.evaluate_run import evaluate_run
 from invmm.images import ImageItem
 from invmm.scoring import score_with_specs
-from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
+from invmm.zoo import shipped_digits_lora, shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, select_images
 
-LABELS = {64: "dup64", 1: "single", 0: "heldout"}
+LABELS = {64: "dup64", 32: "rep32", 1: "single", 0: "heldout"}
 DIGITS_SCORERS = "loss;secmi;pia;sima;generate_compare"
 T2I_SCORERS = "loss;secmi;pia;sima;clid;noise_norm;anisotropy;sharpness"
 
@@ -37,22 +40,23 @@ def labelled_items(model: Path, counts: dict[int, int], root: Path) -> list[Imag
                       caption=e.get("caption")) for e, p in zip(chosen, paths)]
 
 
-def table(run: Path, title: str) -> None:
+def table(run: Path, title: str, top: str = "dup64") -> None:
     rows = {}
-    for pos in ("dup64", "single"):
+    for pos in (top, "single"):
         summary, _ = evaluate_run(run, positive=[pos], negative=["heldout"], n_boot=200)
         rows[pos] = {r["scorer"]: r for r in summary}
     print(f"\n{title}\n")
-    print("| scorer | direction | 64 copies vs held out: n+/n-, AUC, TPR@1%FPR | members vs held out: n+/n-, AUC, "
-          "TPR@1%FPR | s/image |\n|---|---|---|---|---|")
+    copies = top.removeprefix("dup").removeprefix("rep")
+    print(f"| scorer | direction | {copies} copies vs held out: n+/n-, AUC, TPR@1%FPR | members (1 copy) vs held out: "
+          "n+/n-, AUC, TPR@1%FPR | s/image |\n|---|---|---|---|---|")
 
     def cell(r):
         if r is None or r.get("auc") is None:
             return "-"
         return f"{r['n_positive']}/{r['n_negative']}, {r['auc']:.3f}, {r['tpr@1%fpr']:.3f}"
 
-    for name in rows["dup64"]:
-        a, b = rows["dup64"][name], rows["single"].get(name)
+    for name in rows[top]:
+        a, b = rows[top][name], rows["single"].get(name)
         sec = a["seconds_per_image"]
         print(f"| {name} | {a['direction']} | {cell(a)} | {cell(b)} | "
               f"{'-' if sec is None else f'{sec:.4g}'} |", flush=True)
@@ -62,7 +66,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench-out/scorers_table"))
     ap.add_argument("--reuse-claims", type=Path, default=None, help="the claims.py scores run folder to start from")
-    ap.add_argument("--models", default="digits,t2i")
+    ap.add_argument("--models", default="digits,t2i,lora")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -84,6 +88,15 @@ def main():
         score_with_specs(load_adapter(str(model)), items, T2I_SCORERS, run, seed=args.seed)
         print(f"t2i: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
         table(run, "shipped toy text-to-image model (known captions)")
+    if "lora" in args.models:
+        run = args.out / "lora"
+        lora = shipped_digits_lora()
+        items = labelled_items(lora, {32: 8, 1: 8, 0: 16}, args.out / "lora-data")
+        adapter = load_adapter(str(shipped_digits_t2i_model()), loras=[LoraSpec(str(lora), 1.0)])
+        t0 = time.perf_counter()
+        score_with_specs(adapter, items, T2I_SCORERS, run, seed=args.seed)
+        print(f"lora: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
+        table(run, "shipped toy LoRA on the text-to-image model (a caption per planted image)", top="rep32")
 
 
 if __name__ == "__main__":
