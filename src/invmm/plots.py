@@ -151,6 +151,8 @@ def pvalue_curve_png(curve: list[dict], alpha: float, path: Path, title: str) ->
             label="median over subsets")
     ax.axhline(alpha, color="black", ls="--", lw=0.8, label=f"alpha {alpha}")
     ax.set(xscale="log", yscale="log", xlabel="suspect images", ylabel="p-value", title=title)
+    ax.set_xticks([c["n"] for c in curve], [str(c["n"]) for c in curve], minor=False)
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
