@@ -21,6 +21,15 @@ def test_inf_survives_json():
     assert math.isnan(err.score) and err.status == "error"
 
 
+def test_class_fields_only_on_class_conditional_lines():
+    plain = Result(id="a", path="a.png", score=0.5, success=True).to_json()
+    assert not {"class_mode", "class_label", "class_name"} & set(plain)
+    line = Result(id="b", path="b.png", class_mode="inverted", class_label=7, class_name="seven").to_json()
+    back = Result.from_json(json.loads(json.dumps(line)))
+    assert (back.class_mode, back.class_label, back.class_name) == ("inverted", 7, "seven")
+    assert Result.from_json(json.loads(json.dumps(plain))).class_mode is None
+
+
 def test_presets_are_data_and_round_trip():
     ddpm = preset("ddpm")
     assert (ddpm.lr, ddpm.batch_size, ddpm.max_steps, ddpm.check_every, ddpm.delta, ddpm.xi) == (

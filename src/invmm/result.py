@@ -56,6 +56,9 @@ class Result:
                 d.pop(name)
         if not self.check_skips:  # the default, exact checks: lines stay as they were
             d.pop("check_skips")
+        if self.class_mode is None:  # not a class-conditional model
+            for name in ("class_mode", "class_label", "class_name"):
+                d.pop(name)
         for name in ("score_low", "score_high"):
             if d.get(name) is not None:
                 d[name], d[f"{name}_is_inf"] = score_to_json(d[name])
