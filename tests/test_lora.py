@@ -10,12 +10,22 @@ from invmm.adapters.loading import load_adapter, lora_components
 from invmm.adapters.lora import LoraSpec, lora_specs, save_lora
 from invmm.cli import app
 from invmm.errors import InvMMInputError
-from invmm.zoo.tiny import build_tiny_dit, build_tiny_ldm, build_tiny_pixel, build_tiny_sd, build_tiny_sd3
+from invmm.zoo.tiny import (
+    build_tiny_dit,
+    build_tiny_flux,
+    build_tiny_ldm,
+    build_tiny_pixel,
+    build_tiny_sd,
+    build_tiny_sd3,
+    build_tiny_sdxl,
+)
 
 runner = CliRunner()
 TARGETS = {"pixel": ["conv1", "conv2"], "latent": ["conv1", "conv2"],
-           "text2image": ["to_q", "to_k", "to_v", "to_out.0"], "flow": ["to_q", "to_k", "to_v"]}
-BUILDERS = {"pixel": build_tiny_pixel, "latent": build_tiny_ldm, "text2image": build_tiny_sd, "flow": build_tiny_sd3}
+           "text2image": ["to_q", "to_k", "to_v", "to_out.0"], "flow": ["to_q", "to_k", "to_v"],
+           "sdxl": ["to_q", "to_k", "to_v", "to_out.0"], "flux": ["to_q", "to_k", "to_v"]}
+BUILDERS = {"pixel": build_tiny_pixel, "latent": build_tiny_ldm, "text2image": build_tiny_sd, "flow": build_tiny_sd3,
+            "sdxl": build_tiny_sdxl, "flux": build_tiny_flux}
 
 
 def make_lora(model_dir, out, seed=0, targets=None):
@@ -231,3 +241,35 @@ def test_the_shipped_lora_matches_its_plan_and_loads():
     assert manifest["images"] == plan_finetune(load_manifest(shipped_digits_t2i_model()), cfg)
     adapter = load_adapter(str(shipped_digits_t2i_model()), loras=[LoraSpec(str(shipped_digits_lora()))])
     assert adapter.describe()["loras"][0]["path"].endswith("pytorch_lora_weights.safetensors")
+
+
+@pytest.mark.parametrize("family", ["text2image", "sdxl", "flow", "flux"])
+def test_text_encoder_loras_load_into_their_encoders(tmp_path, family):
+    """A LoRA that also trains the CLIP text encoder(s) changes the conditioning at scale 1 and not at scale 0."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = BUILDERS[family](tmp_path / "model")
+    adapter = load_adapter(str(model))
+    comps = lora_components(adapter)
+    torch.manual_seed(0)
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=TARGETS[family], init_lora_weights=False),
+                            comps["denoiser"])
+    # Flux's second encoder is T5, which has no LoRA format: only CLIP-L is trained there.
+    encoders = ["text_encoder"] + ([] if family in ("text2image", "flux") else ["text_encoder_2"])
+    for key in encoders:
+        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False), comps[key])
+    lora = save_lora(family, comps, tmp_path / "lora")
+    base = load_adapter(str(model))
+    tuned = load_adapter(str(model), loras=[LoraSpec(str(lora), 1.0)])
+    off = load_adapter(str(model), loras=[LoraSpec(str(lora), 0.0)])
+    for key in encoders:
+        assert _lora_count(lora_components(tuned)[key]) > 0, key
+    with torch.no_grad():
+        e0, e1, e_off = (tensors(a.prompt_embeddings(["a red square"])) for a in (base, tuned, off))
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(e0, e1))
+    assert all(torch.equal(a, b) for a, b in zip(e0, e_off))
+
+
+def _lora_count(module) -> int:
+    return sum(1 for n, _ in module.named_parameters() if "lora_" in n)

@@ -75,9 +75,9 @@ def weights_file(path: str, allow_pickle: bool) -> Path:
     return p
 
 
-# Families whose LoRA files have a tested loading path: diffusers' SD and SD3 loaders, or a peft folder on a
-# UNet2DModel.
-LORA_FAMILIES = ("pixel", "latent", "text2image", "flow")
+# Families whose LoRA files have a tested loading path: diffusers' SD, SDXL, SD3 and Flux loaders, or a peft
+# folder on a UNet2DModel.
+LORA_FAMILIES = ("pixel", "latent", "text2image", "flow", "sdxl", "flux")
 
 
 def apply_loras(family: str, components: dict, specs: list[LoraSpec], *, allow_pickle: bool = False) -> list[dict]:
@@ -153,6 +153,25 @@ def _load_one(family: str, components: dict, f: Path, name: str) -> int:
             if any(k.startswith(prefix + ".") for k in state):
                 Loader.load_lora_into_text_encoder(state, None, components[prefix], prefix=prefix, adapter_name=name)
         return _state_tensors(state)
+    if family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline as Loader
+
+        state, alphas = Loader.lora_state_dict(str(f.parent), unet_config=components["denoiser"].config, **fetch)
+        Loader.load_lora_into_unet(state, alphas, components["denoiser"], adapter_name=name)
+        for prefix in ("text_encoder", "text_encoder_2"):
+            if any(k.startswith(prefix + ".") for k in state):
+                Loader.load_lora_into_text_encoder(state, alphas, components[prefix], prefix=prefix, adapter_name=name)
+        return _state_tensors(state)
+    if family == "flux":
+        from diffusers import FluxPipeline as Loader
+
+        # Flux LoRAs train CLIP-L at most; the T5 encoder (text_encoder_2 here) has no LoRA format.
+        state, alphas = Loader.lora_state_dict(str(f.parent), return_alphas=True, **fetch)
+        Loader.load_lora_into_transformer(state, alphas, components["denoiser"], adapter_name=name)
+        if any(k.startswith("text_encoder.") for k in state):
+            Loader.load_lora_into_text_encoder(state, alphas, components["text_encoder"], prefix="text_encoder",
+                                               adapter_name=name)
+        return _state_tensors(state)
     return _load_peft(components["denoiser"], f, name)
 
 
@@ -194,7 +213,7 @@ def save_lora(family: str, components: dict, out: str | Path, *, adapter_name: s
     out.mkdir(parents=True, exist_ok=True)
     denoiser = components["denoiser"]
     layers = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-    if family in ("text2image", "flow"):
+    if family in ("text2image", "flow", "sdxl", "flux"):
         # peft's own key names (lora_A / lora_B), which diffusers' loaders read for every layer type; the older
         # diffusers names (lora.down / lora.up) exist only for linear layers.
         extra = {}
@@ -206,6 +225,16 @@ def save_lora(family: str, components: dict, out: str | Path, *, adapter_name: s
             from diffusers import StableDiffusionPipeline
 
             StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True, **extra)
+        elif family == "sdxl":
+            from diffusers import StableDiffusionXLPipeline
+
+            StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True,
+                                                        **extra)
+        elif family == "flux":
+            from diffusers import FluxPipeline
+
+            extra.pop("text_encoder_2_lora_layers", None)
+            FluxPipeline.save_lora_weights(out, transformer_lora_layers=layers, safe_serialization=True, **extra)
         else:
             from diffusers import StableDiffusion3Pipeline
 
