@@ -282,9 +282,9 @@ def audit(
                                               "slot)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="independent inversions per image (R); resuming with a "
                                                      "larger R adds the missing repeats")] = 1,
-    screen: Annotated[str, typer.Option(help="rank every image with this cheap scorer first (loss, secmi, pia, "
-                                             "noise_norm, generate_compare; options as pia:t=100) and invert only "
-                                             "the most suspicious (--keep or --keep-top)")] = None,
+    screen: Annotated[str, typer.Option(help="rank every image with this cheap scorer first (sima, loss, secmi, "
+                                             "pia, clid, noise_norm, generate_compare; options as pia:t=100) and "
+                                             "invert only the most suspicious (--keep or --keep-top)")] = None,
     keep: Annotated[float, typer.Option(help="with --screen: the fraction of images to invert, e.g. 0.1")] = None,
     keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
     batch_images: BatchImages = 8,

@@ -1,8 +1,8 @@
 """Screen, then invert: a cheap scorer ranks the whole dataset, InvMM runs only on the most suspicious part.
 
 Most images of a real audit are not memorized and would each run InvMM's whole budget. A one-pass
-membership score (loss, SecMI, PIA, noise norm, generate-and-compare) costs a few denoiser calls per image;
-its ranking decides which images get inverted. The screen's scores live in RUN/screen (a scores folder, as
+membership score (SimA, loss, SecMI, PIA, CLiD, noise norm, generate-and-compare) costs a few denoiser calls
+per image; its ranking decides which images get inverted. The screen's scores live in RUN/screen (a scores folder, as
 `evaluate` writes them: resumable, locked), so a resumed audit reuses them and keeps the same images.
 """
 
@@ -62,8 +62,8 @@ def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, k
     `ray` (the options of run/ray_screen.score_on_ray but the model's) scores them on a Ray cluster."""
     count = n_kept(len(items), keep, keep_top)
     if parse_spec(spec)[0] == "invmm":
-        raise InvMMInputError("--screen takes a cheap scorer (loss, secmi, pia, noise_norm, generate_compare); "
-                              "InvMM is what runs after it")
+        raise InvMMInputError("--screen takes a cheap scorer (sima, loss, secmi, pia, clid, noise_norm, "
+                              "generate_compare); InvMM is what runs after it")
     try:
         scorer = build_scorer(spec, adapter)
     except ScorerError as exc:
