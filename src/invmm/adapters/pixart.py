@@ -22,7 +22,6 @@ import torch
 
 from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
-from invmm.conditioning import classifier_free_guidance
 
 # diffusers' default `max_sequence_length` of each pipeline's encode_prompt and __call__.
 MAX_SEQUENCE_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -43,9 +42,6 @@ class PixArtAdapter(PixelAdapter):
                  device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
                  vae_saved_config: dict | None = None, latent_scale: float | None = None,
                  pipeline_class: str | None = None):
-        # DPM-Solver never clips x0, and its config does not say so: DDIM's default (clip_sample=True) would
-        # clip latents to [-1, 1] on the model's own grid.
-        scheduler_config = {"clip_sample": False, **scheduler_config}
         codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
@@ -90,10 +86,6 @@ class PixArtAdapter(PixelAdapter):
                                timestep=t.to(self.device).expand(len(x_t)),
                                added_cond_kwargs=self._micro_conditions(x_t)).sample
         return out[:, : self.channels]  # learned sigma: [eps, variance] on channels
-
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
-                      guidance: float | list[float] = 1.0) -> torch.Tensor:
-        return classifier_free_guidance(self._model_output, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
     # --- text conditioning ---
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from invmm.adapters.codecs import CodecImages, PixelCodec, check_resolution
+from invmm.conditioning import classifier_free_guidance
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 # The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
@@ -41,7 +42,9 @@ class PixelAdapter(CodecImages):
                              f"denoiser takes {self.channels}")
         self.vae = getattr(self.codec, "vae", None)
         self.image_mode = self.codec.image_mode
-        self.scheduler_config = dict(scheduler_config)
+        # A saved DDPM/DDIM config always states clip_sample; one that does not (DPM-Solver, Euler) comes from a
+        # sampler that never clips x0, and DDIM's default (True) would clip latents on the model's own grid.
+        self.scheduler_config = {"clip_sample": False, **scheduler_config}
         prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -94,8 +97,15 @@ class PixelAdapter(CodecImages):
 
     def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
                       guidance: float | list[float] = 1.0) -> torch.Tensor:
-        """The raw model output a sampler steps with (text-conditional models add classifier-free guidance)."""
-        return self._model_output(x, t, cond)
+        """The raw model output a sampler steps with; conditional models (the subclasses) guide it against the
+        unconditional rows of `_uncond_rows`."""
+        if not self.conditional:
+            return self._model_output(x, t, cond)
+        uncond = None if cond is None else self._uncond_rows(cond, len(x))
+        return classifier_free_guidance(self._model_output, x, t, cond, uncond, guidance)
+
+    def _uncond_rows(self, cond, n: int):
+        return self.uncond_embeddings(n)
 
     def sampler(self, steps: int, schedule: str = "model"):
         """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS)."""

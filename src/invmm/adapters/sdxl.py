@@ -30,7 +30,6 @@ import torch
 from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
 from invmm.adapters.text2image import encode_soft_tokens
-from invmm.conditioning import classifier_free_guidance
 
 N_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
@@ -116,13 +115,9 @@ class SDXLAdapter(PixelAdapter):
                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
         return out[:, : self.channels]
 
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
-                      guidance: float | list[float] = 1.0) -> torch.Tensor:
-        uncond = None
-        if cond is not None:
-            embeds, pooled = (c.expand(len(x), *c.shape[1:]) for c in self._uncond_text)
-            uncond = (embeds, pooled, cond[2])  # each unconditional row keeps its conditional row's sizes
-        return classifier_free_guidance(self._model_output, x, t, cond, uncond, guidance)
+    def _uncond_rows(self, cond, n: int):
+        embeds, pooled = (c.expand(n, *c.shape[1:]) for c in self._uncond_text)
+        return embeds, pooled, cond[2]  # each unconditional row keeps its conditional row's sizes
 
     # --- images: the SDXL VAE overflows in float16 ---
     def _fp16_autocast(self) -> bool:

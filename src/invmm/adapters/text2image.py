@@ -14,7 +14,6 @@ import torch
 
 from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
-from invmm.conditioning import classifier_free_guidance
 
 
 class Text2ImageAdapter(PixelAdapter):
@@ -64,10 +63,6 @@ class Text2ImageAdapter(PixelAdapter):
             cond = self.uncond_embeddings(len(x_t))
         out = self.unet(x_t, t.to(self.device), encoder_hidden_states=cond).sample
         return out[:, : self.channels]
-
-    def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
-                      guidance: float | list[float] = 1.0) -> torch.Tensor:
-        return classifier_free_guidance(self._model_output, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
     def describe(self) -> dict:
         d = super().describe()
