@@ -24,7 +24,47 @@ from invmm.functional import x0_from_flow_velocity
 PAPER_RESOLUTION = 512
 
 
-class FlowAdapter(CodecImages):
+class FlowMatching(CodecImages):
+    """What SD3 and Flux share: the forward process over the training sigmas `self.sigmas` (drawn by index) and
+    the Euler check on the scheduler of the subclass's `sampler()`."""
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
+
+    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
+        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        s = self._sigma(idx, x0.ndim)
+        return s * eps + (1.0 - s) * x0
+
+    def _euler(self, schedule: str):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if schedule != "model":
+            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
+        return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+
+    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
+        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
+                 guidance: float | list[float] = 1.0,
+                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
+        if eta:
+            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
+        scheduler = self.sampler(steps, schedule)
+        x = noise.to(self.device, torch.float32)
+        for t in scheduler.timesteps:
+            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
+        return self.decode(x)
+
+    def uncond_embeddings(self, n: int):
+        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
+
+
+class FlowAdapter(FlowMatching):
     family = "flow"
     conditional = True
     capabilities = frozenset({"text"})
@@ -67,16 +107,6 @@ class FlowAdapter(CodecImages):
         self._uncond = self.prompt_embeddings([""])
 
     # --- forward process and x0 ---
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
-
-    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
-        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        s = self._sigma(idx, x0.ndim)
-        return s * eps + (1.0 - s) * x0
-
     def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
         embeds, pooled = cond if cond is not None else self.uncond_embeddings(len(x))
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
@@ -92,28 +122,9 @@ class FlowAdapter(CodecImages):
         return classifier_free_guidance(self._velocity, x, t, cond, self.uncond_embeddings(len(x)), guidance)
 
     def sampler(self, steps: int, schedule: str = "model"):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        if schedule != "model":
-            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler = self._euler(schedule)
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
-
-    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
-        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
-
-    @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
-                 guidance: float | list[float] = 1.0,
-                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
-        if eta:
-            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
-        scheduler = self.sampler(steps, schedule)
-        x = noise.to(self.device, torch.float32)
-        for t in scheduler.timesteps:
-            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
-        return self.decode(x)
 
     # --- text conditioning ---
     def _tokenize(self, k: int, texts: list[str], max_length: int | None = None) -> torch.Tensor:
@@ -139,9 +150,6 @@ class FlowAdapter(CodecImages):
     @torch.no_grad()
     def prompt_embeddings(self, texts: list[str]):
         return self._join(*self._clip(0, texts), *self._clip(1, texts), self._t5(texts))
-
-    def uncond_embeddings(self, n: int):
-        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
 
     @torch.no_grad()
     def soft_prompt_context(self, caption: str):

@@ -30,7 +30,8 @@ import math
 import numpy as np
 import torch
 
-from invmm.adapters.codecs import CodecImages, VAECodec, check_resolution
+from invmm.adapters.codecs import VAECodec, check_resolution
+from invmm.adapters.flow import FlowMatching
 from invmm.adapters.text2image import encode_soft_tokens
 from invmm.functional import x0_from_flow_velocity
 
@@ -66,7 +67,7 @@ def image_ids(h: int, w: int, device) -> torch.Tensor:
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(device, torch.float32)
 
 
-class FluxAdapter(CodecImages):
+class FluxAdapter(FlowMatching):
     family = "flux"
     conditional = True
     capabilities = frozenset({"text"})
@@ -123,17 +124,7 @@ class FluxAdapter(CodecImages):
                                       device=self.device)
         self._uncond = self.prompt_embeddings([""])
 
-    # --- forward process and x0 ---
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
-
-    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
-        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        s = self._sigma(idx, x0.ndim)
-        return s * eps + (1.0 - s) * x0
-
+    # --- the velocity and x0 (the forward process and the Euler check: flow.FlowMatching) ---
     def _guidance(self, guidance, n: int) -> torch.Tensor | None:
         if self.guidance_kind == "none":
             return None
@@ -162,31 +153,12 @@ class FluxAdapter(CodecImages):
     def sampler(self, steps: int, schedule: str = "model"):
         """FluxPipeline's grid: sigmas linspace(1, 1/steps, steps) through the scheduler's shift at this
         resolution's mu (unless the config asks for its own flow sigmas)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        if schedule != "model":
-            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler = self._euler(schedule)
         if self.scheduler_config.get("use_flow_sigmas"):
             scheduler.set_timesteps(steps, device=self.device, mu=self.mu)
         else:
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=self.device, mu=self.mu)
         return scheduler
-
-    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
-        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
-
-    @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
-                 guidance: float | list[float] = 1.0,
-                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
-        if eta:
-            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
-        scheduler = self.sampler(steps, schedule)
-        x = noise.to(self.device, torch.float32)
-        for t in scheduler.timesteps:
-            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
-        return self.decode(x)
 
     # --- text conditioning: (T5 hidden states [n, L, D], CLIP-L pooled [n, 768]) ---
     def _tokenize(self, k: int, texts: list[str], max_length: int) -> torch.Tensor:
@@ -200,9 +172,6 @@ class FluxAdapter(CodecImages):
     def prompt_embeddings(self, texts: list[str]):
         pooled = self.text_encoders[0](self._tokenize(0, texts, self.max_length)).pooler_output
         return self._t5(texts), pooled
-
-    def uncond_embeddings(self, n: int):
-        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
 
     @torch.no_grad()
     def soft_prompt_context(self, caption: str):
