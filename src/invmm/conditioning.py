@@ -95,12 +95,11 @@ def given_condition(item, adapter) -> str | None:
     return item.class_label if "class" in adapter.capabilities else item.caption
 
 
-class KnownPrompt:
-    def __init__(self, adapter, text: str, **size):
-        self.text = text
-        # [1, L, D] (or a tuple, e.g. with pooled vectors; SDXL's with the image's size conditioning)
-        self.embedding = adapter.prompt_embeddings([text], **size)
-        self.params: list[torch.Tensor] = []
+class _Fixed:
+    """A conditioning that is given, not learned: the same `embedding` for every sample, nothing drawn."""
+
+    embedding = None
+    params: list[torch.Tensor] = []
 
     def sample(self, n: int, generator: torch.Generator):
         return cond_expand(self.embedding, n)
@@ -109,42 +108,68 @@ class KnownPrompt:
         return cond_expand(self.embedding, n)
 
     def skip_check(self, n: int) -> None:
-        """A skipped check draws nothing here (see SoftPrompt.skip_check)."""
+        """A skipped check draws nothing here (see _Relaxed.skip_check)."""
+
+
+class _Relaxed:
+    """A learned distribution over discrete choices (tokens per position, or classes): logits learned with mu and
+    logvar; every noise sample draws its own relaxed one-hot (Gumbel-softmax) from the image's own stream, on
+    the model's device (see functional.gumbel_noise), and `_encode` turns draws into the model's conditioning."""
+
+    def __init__(self, adapter, tau: float, seed: int, shape: tuple[int, ...]):
+        self.adapter = adapter
+        self.tau = tau
+        self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
+        self.logits = torch.zeros(*shape, device=adapter.device, requires_grad=True)
+        self.params = [self.logits]
+
+    def _encode(self, probs: torch.Tensor):
+        raise NotImplementedError
+
+    def _check_draws(self, n: int) -> int:
+        return n if self.adapter.check_prompt_draws == "per_sample" else 1
+
+    def _draw(self, n: int):
+        g = gumbel_noise((n, *self.logits.shape), self.gen)
+        return self._encode(gumbel_softmax_sample(self.logits, g, self.tau))
+
+    def sample(self, n: int, generator: torch.Generator):
+        return self._draw(n)
+
+    def for_check(self, n: int):
+        """The conditionings of an n-sample success check: Gumbel-softmax draws, as the authors' check takes them
+        (not the mean mixture softmax(logits / tau)), from the same stream as the optimisation's draws.
+        One draw shared by all samples, or one per sample, as the adapter's family does it."""
+        return cond_expand(self._draw(self._check_draws(n)), n)
+
+    def skip_check(self, n: int) -> None:
+        """Consume for_check's Gumbel draws without encoding them: a check skipped by an opt-in shortcut then
+        leaves the optimisation's draws exactly as the full check would."""
+        gumbel_noise((self._check_draws(n), *self.logits.shape), self.gen)
+
+
+class KnownPrompt(_Fixed):
+    def __init__(self, adapter, text: str, **size):
+        self.text = text
+        # [1, L, D] (or a tuple, e.g. with pooled vectors; SDXL's with the image's size conditioning)
+        self.embedding = adapter.prompt_embeddings([text], **size)
 
     def describe(self) -> dict:
         return {"prompt_mode": "caption", "prompt": self.text}
 
 
-class SoftPrompt:
+class SoftPrompt(_Relaxed):
+    """Per token position, logits over the whole text-encoder vocabulary; the token embeddings are the
+    mixture of the encoder's embedding rows under each draw."""
+
     def __init__(self, adapter, tau: float, caption: str | None = None, seed: int = 0, **size):
-        self.adapter = adapter
-        self.tau = tau
+        super().__init__(adapter, tau, seed, (adapter.n_soft_tokens, adapter.vocab_size))
         self.caption = caption
-        # Gumbel draws come from the image's own stream, on the model's device (see functional.gumbel_noise).
-        self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
         # What is not inverted (SD3: the large text encoders, which keep the caption) is computed once.
         self.context = adapter.soft_prompt_context(caption or "", **size)
-        self.logits = torch.zeros(adapter.n_soft_tokens, adapter.vocab_size, device=adapter.device,
-                                  requires_grad=True)
-        self.params = [self.logits]
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        g = gumbel_noise((n, *self.logits.shape), self.gen)
-        return self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau), self.context)
-
-    def for_check(self, n: int):
-        """The prompts of an n-sample success check: Gumbel-softmax draws, as the authors' check takes them
-        (not the mean mixture softmax(logits / tau)), from the same stream as the optimisation's draws.
-        One draw shared by all samples, or one per sample, as the adapter's family does it."""
-        per_sample = self.adapter.check_prompt_draws == "per_sample"
-        g = gumbel_noise((n if per_sample else 1, *self.logits.shape), self.gen)
-        return cond_expand(self.adapter.soft_prompt_embeddings(gumbel_softmax_sample(self.logits, g, self.tau),
-                                                               self.context), n)
-
-    def skip_check(self, n: int) -> None:
-        """Consume for_check's Gumbel draws without encoding them: a check skipped by an opt-in shortcut then
-        leaves the optimisation's prompt draws exactly as the full check would."""
-        gumbel_noise((n if self.adapter.check_prompt_draws == "per_sample" else 1, *self.logits.shape), self.gen)
+    def _encode(self, probs: torch.Tensor):
+        return self.adapter.soft_prompt_embeddings(probs, self.context)
 
     def describe(self) -> dict:
         ids = self.logits.argmax(-1).tolist()
@@ -152,7 +177,7 @@ class SoftPrompt:
                 "prompt": self.adapter.soft_tokenizer.decode(ids, skip_special_tokens=True).strip()}
 
 
-class KnownClass:
+class KnownClass(_Fixed):
     def __init__(self, adapter, label: str | None):
         if label in (None, ""):
             raise ValueError("class-conditional model: give the image's class (a 'class' column in the manifest, or "
@@ -160,46 +185,20 @@ class KnownClass:
         self.label = adapter.class_id(label)
         self.name = adapter.class_name(self.label)
         self.embedding = adapter.prompt_embeddings([self.label])
-        self.params: list[torch.Tensor] = []
-
-    def sample(self, n: int, generator: torch.Generator):
-        return cond_expand(self.embedding, n)
-
-    def for_check(self, n: int):
-        return cond_expand(self.embedding, n)
-
-    def skip_check(self, n: int) -> None:
-        """Nothing is drawn (see SoftPrompt.skip_check)."""
 
     def describe(self) -> dict:
         return {"class_mode": "known", "class_label": self.label, "class_name": self.name}
 
 
-class SoftClass:
-    """Class inversion, the analogue of prompt inversion: logits over the model's classes, learned with mu and
-    logvar; every noise sample draws a Gumbel-softmax relaxed one-hot class, and the model sees the matching
-    mixture of its class embeddings. The result records the class of the largest logit."""
+class SoftClass(_Relaxed):
+    """Class inversion, the analogue of prompt inversion: logits over the model's classes; the model sees the
+    mixture of its class embeddings under each draw. The result records the class of the largest logit."""
 
     def __init__(self, adapter, tau: float, seed: int = 0):
-        self.adapter = adapter
-        self.tau = tau
-        self.gen = torch.Generator(device=adapter.device).manual_seed(seed)
-        self.logits = torch.zeros(adapter.num_classes, device=adapter.device, requires_grad=True)
-        self.params = [self.logits]
+        super().__init__(adapter, tau, seed, (adapter.num_classes,))
 
-    def _draw(self, n: int) -> torch.Tensor:
-        g = gumbel_noise((n, *self.logits.shape), self.gen)
-        return self.adapter.soft_class_conditioning(gumbel_softmax_sample(self.logits, g, self.tau))
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self._draw(n)
-
-    def for_check(self, n: int):
-        per_sample = self.adapter.check_prompt_draws == "per_sample"
-        return cond_expand(self._draw(n if per_sample else 1), n)
-
-    def skip_check(self, n: int) -> None:
-        gumbel_noise((n if self.adapter.check_prompt_draws == "per_sample" else 1, *self.logits.shape), self.gen)
+    def _encode(self, probs: torch.Tensor):
+        return self.adapter.soft_class_conditioning(probs)
 
     def describe(self) -> dict:
         k = int(self.logits.argmax())
