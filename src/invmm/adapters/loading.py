@@ -83,6 +83,26 @@ def _load_component(cls, directory: Path, allow_pickle: bool, root: Path, **extr
         raise InvMMInputError(f"model {root}: {directory.name} could not be loaded: {exc}") from exc
 
 
+def _require(root: Path, listing: str, what: str, names: tuple[str, ...]) -> None:
+    missing = [c for c in names if not (root / c).is_dir()]
+    if missing:
+        raise InvMMInputError(f"model {root}: {what} needs {', '.join(missing)} (found: {listing})")
+
+
+def _model_index(root: Path) -> dict:
+    """model_index.json (the pipeline's own settings), or {} for a folder without one."""
+    path = root / "model_index.json"
+    return _read_json(path, f"model {root}") if path.exists() else {}
+
+
+def _tokenizers(root: Path, classes: dict[str, type]) -> list:
+    """Tokenizers by folder name, with a clear error for one that does not load."""
+    try:
+        return [cls.from_pretrained(root / name, local_files_only=True) for name, cls in classes.items()]
+    except Exception as exc:
+        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+
+
 VAE_CLASSES = ("AutoencoderKL", "VQModel")
 
 
@@ -200,7 +220,6 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
     import diffusers
     import transformers
 
-
     missing = [c for c in ("text_encoder", "tokenizer") if not (root / c).is_dir()]
     if missing:
         raise InvMMInputError(
@@ -219,10 +238,7 @@ def _load_text2image(root: Path, scheduler_config: dict, listing: str, *, device
     elif latent_scale is not None:
         raise InvMMInputError(f"model {root}: --latent-scale needs a VAE, and this pixel-space model has none")
     text_encoder = _load_component(getattr(transformers, arch), root / "text_encoder", allow_pickle, root)
-    try:
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-    except Exception as exc:
-        raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
+    (tokenizer,) = _tokenizers(root, {"tokenizer": transformers.CLIPTokenizer})
     return _build(Text2ImageAdapter, root, unet, vae, text_encoder, tokenizer, scheduler_config, device=device,
                   source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
 
@@ -232,11 +248,7 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import diffusers
     import transformers
 
-
-    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-               if not (root / c).is_dir()]
-    if missing:
-        raise InvMMInputError(f"model {root}: an SD3 model needs {', '.join(missing)} (found: {listing})")
+    _require(root, listing, "an SD3 model", ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
     transformer = _load_component(diffusers.SD3Transformer2DModel, root / "transformer", allow_pickle, root)
     vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
     encoders = [
@@ -244,17 +256,12 @@ def _load_flow(root: Path, scheduler_config: dict, listing: str, *, device, allo
         _load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
         None,
     ]
-    try:
-        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
-                      for name in ("tokenizer", "tokenizer_2")] + [None]
-        # T5 is optional: SD3 runs (slightly worse) without it, and it is 4.7B parameters.
-        if (root / "text_encoder_3").is_dir():
-            encoders[2] = _load_component(transformers.T5EncoderModel, root / "text_encoder_3", allow_pickle, root)
-            tokenizers[2] = transformers.AutoTokenizer.from_pretrained(root / "tokenizer_3", local_files_only=True)
-    except InvMMInputError:
-        raise
-    except Exception as exc:
-        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    tokenizers = _tokenizers(root, {"tokenizer": transformers.CLIPTokenizer, "tokenizer_2": transformers.CLIPTokenizer})
+    tokenizers.append(None)
+    # T5 is optional: SD3 runs (slightly worse) without it, and it is 4.7B parameters.
+    if (root / "text_encoder_3").is_dir():
+        encoders[2] = _load_component(transformers.T5EncoderModel, root / "text_encoder_3", allow_pickle, root)
+        tokenizers[2] = _tokenizers(root, {"tokenizer_3": transformers.AutoTokenizer})[0]
     return _build(FlowAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
                   source=source, resolution=resolution, latent_scale=latent_scale,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
@@ -278,8 +285,7 @@ def _load_class_conditional(root: Path, scheduler_config: dict, listing: str, *,
         vae_saved = _read_json(root / "vae" / "config.json", f"model {root}")
     elif latent_scale is not None:
         raise InvMMInputError(f"model {root}: --latent-scale needs a VAE, and this pixel-space model has none")
-    index = _read_json(root / "model_index.json", f"model {root}") if (root / "model_index.json").exists() else {}
-    id2label = index.get("id2label")
+    id2label = _model_index(root).get("id2label")
     if id2label is not None and not isinstance(id2label, dict):
         raise InvMMInputError(f"model {root}: model_index.json id2label must map class indices to names")
     return _build(ClassConditionalAdapter, root, transformer, vae, scheduler_config, id2label=id2label, device=device,
@@ -291,19 +297,12 @@ def _load_flux(root: Path, scheduler_config: dict, listing: str, *, device, allo
     import diffusers
     import transformers
 
-    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-               if not (root / c).is_dir()]
-    if missing:
-        raise InvMMInputError(f"model {root}: a Flux model needs {', '.join(missing)} (found: {listing})")
+    _require(root, listing, "a Flux model", ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
     transformer = _load_component(diffusers.FluxTransformer2DModel, root / "transformer", allow_pickle, root)
     vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
     encoders = [_load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
                 _load_component(transformers.T5EncoderModel, root / "text_encoder_2", allow_pickle, root)]
-    try:
-        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True),
-                      transformers.AutoTokenizer.from_pretrained(root / "tokenizer_2", local_files_only=True)]
-    except Exception as exc:
-        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    tokenizers = _tokenizers(root, {"tokenizer": transformers.CLIPTokenizer, "tokenizer_2": transformers.AutoTokenizer})
     return _build(FluxAdapter, root, transformer, vae, encoders, tokenizers, scheduler_config, device=device,
                   source=source, resolution=resolution, latent_scale=latent_scale,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
@@ -314,23 +313,17 @@ def _load_pixart(root: Path, scheduler_config: dict, listing: str, *, device, al
     import diffusers
     import transformers
 
-    missing = [c for c in ("vae", "text_encoder", "tokenizer") if not (root / c).is_dir()]
-    if missing:
-        raise InvMMInputError(f"model {root}: a PixArt model needs {', '.join(missing)} (found: {listing})")
+    _require(root, listing, "a PixArt model", ("vae", "text_encoder", "tokenizer"))
     encoder_cfg = _read_json(root / "text_encoder" / "config.json", f"model {root}")
     arch = (encoder_cfg.get("architectures") or ["T5EncoderModel"])[0]
     if arch != "T5EncoderModel":
         raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a T5 encoder (T5EncoderModel)")
     # Alpha and Sigma differ in their prompt length (120 / 300 T5 tokens); only the pipeline class says which.
-    index_path = root / "model_index.json"
-    pipeline_class = _read_json(index_path, f"model {root}").get("_class_name") if index_path.exists() else None
+    pipeline_class = _model_index(root).get("_class_name")
     transformer = _load_component(diffusers.PixArtTransformer2DModel, root / "transformer", allow_pickle, root)
     vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
     text_encoder = _load_component(transformers.T5EncoderModel, root / "text_encoder", allow_pickle, root)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-    except Exception as exc:
-        raise InvMMInputError(f"model {root}: the tokenizer could not be loaded: {exc}") from exc
+    (tokenizer,) = _tokenizers(root, {"tokenizer": transformers.AutoTokenizer})
     return _build(PixArtAdapter, root, transformer, vae, text_encoder, tokenizer, scheduler_config, device=device,
                   source=source, resolution=resolution, latent_scale=latent_scale, pipeline_class=pipeline_class,
                   vae_saved_config=_read_json(root / "vae" / "config.json", f"model {root}"))
@@ -350,18 +343,14 @@ def _load_sdxl(root: Path, scheduler_config: dict, listing: str, *, device, allo
             + ("; an SDXL refiner (text_encoder_2 only, aesthetic-score conditioning) is not supported" if refiner
                else "")
         )
-    index = _read_json(root / "model_index.json", f"model {root}") if (root / "model_index.json").exists() else {}
+    index = _model_index(root)
     unet = _load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
     vae = _load_component(diffusers.AutoencoderKL, root / "vae", allow_pickle, root)
     encoders = [
         _load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
         _load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
     ]
-    try:
-        tokenizers = [transformers.CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
-                      for name in ("tokenizer", "tokenizer_2")]
-    except Exception as exc:
-        raise InvMMInputError(f"model {root}: a tokenizer could not be loaded: {exc}") from exc
+    tokenizers = _tokenizers(root, {"tokenizer": transformers.CLIPTokenizer, "tokenizer_2": transformers.CLIPTokenizer})
     # The pipeline's own setting (default True): the unconditional prompt is zeros, not the encoded "".
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     return _build(SDXLAdapter, root, unet, vae, encoders, tokenizers, scheduler_config, device=device,
