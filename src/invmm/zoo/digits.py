@@ -71,6 +71,30 @@ def plan_dataset(cfg: DigitsTrainConfig) -> list[dict]:
     return entries
 
 
+def training_sources(entries: list[dict]) -> np.ndarray:
+    """The source index of every training sample: each copy of a duplicated image is its own sample, so it is
+    drawn proportionally more often."""
+    train = [e for e in entries if e["split"] == "train"]
+    return np.concatenate([[e["source_index"]] * e["copies"] for e in train])
+
+
+def write_trained_manifest(out: Path, kind: str, cfg, entries: list[dict], n_samples: int, losses: list[float],
+                           seconds: float) -> dict:
+    """manifest.json of a trained toy: its plan, training config and final loss."""
+    manifest = {
+        "kind": kind,
+        "pixels": "sklearn.datasets.load_digits().images, 0..16 scaled to uint8 0..255",
+        "train_config": cfg.to_json(),
+        "n_train_samples": int(n_samples),
+        "images": entries,
+        "step": cfg.steps,
+        "train_seconds": seconds,
+        "final_loss": float(np.mean(losses[-500:])),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
 def to_model_space(pixels_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels_uint8.astype(np.float32) / 127.5 - 1.0)
 
@@ -114,11 +138,7 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
     """Train the toy model and write a diffusers folder (`DDPMPipeline` layout) plus manifest.json."""
     torch.manual_seed(cfg.seed)
     entries = plan_dataset(cfg)
-    pixels = digits_uint8()
-    train = [e for e in entries if e["split"] == "train"]
-    # The training list holds every copy, so a duplicated image is drawn proportionally more often.
-    train_src = np.concatenate([[e["source_index"]] * e["copies"] for e in train])
-    data = to_model_space(pixels[train_src]).unsqueeze(1)
+    data = to_model_space(digits_uint8()[training_sources(entries)]).unsqueeze(1)
 
     unet = build_unet(cfg)
     scheduler = build_scheduler(cfg)

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from invmm.functional import seed_from
-from invmm.zoo.digits import DigitsTrainConfig, digits_uint8, plan_dataset, to_model_space, train_denoiser
+from invmm.zoo.digits import (
+    DigitsTrainConfig,
+    digits_uint8,
+    plan_dataset,
+    to_model_space,
+    train_denoiser,
+    training_sources,
+    write_trained_manifest,
+)
 from invmm.zoo.digits_t2i import WORDS, digit_labels
 
 
@@ -49,10 +57,8 @@ def train_digits_dit(cfg: DigitsDiTConfig, out: Path, log=print) -> dict:
     labels = digit_labels()
     for e in entries:
         e["class"] = int(labels[e["source_index"]])
-    pixels = digits_uint8()
-    train = [e for e in entries if e["split"] == "train"]
-    train_src = np.concatenate([[e["source_index"]] * e["copies"] for e in train])
-    data = to_model_space(pixels[train_src]).unsqueeze(1)
+    train_src = training_sources(entries)
+    data = to_model_space(digits_uint8()[train_src]).unsqueeze(1)
     classes = torch.from_numpy(labels[train_src].astype(np.int64))
 
     model = build_dit(cfg)
@@ -67,15 +73,4 @@ def train_digits_dit(cfg: DigitsDiTConfig, out: Path, log=print) -> dict:
         "_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
         "scheduler": ["diffusers", "DDPMScheduler"], "id2label": {str(i): w for i, w in enumerate(WORDS)},
     }, indent=1) + "\n")
-    manifest = {
-        "kind": "invmm-zoo-digits-dit",
-        "pixels": "sklearn.datasets.load_digits().images, 0..16 scaled to uint8 0..255",
-        "train_config": cfg.to_json(),
-        "n_train_samples": int(len(data)),
-        "images": entries,
-        "step": cfg.steps,
-        "train_seconds": seconds,
-        "final_loss": float(np.mean(losses[-500:])),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return write_trained_manifest(out, "invmm-zoo-digits-dit", cfg, entries, len(data), losses, seconds)
