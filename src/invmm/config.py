@@ -148,49 +148,17 @@ PRESETS: dict[str, dict] = {
         "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
         "sscd_resize": 320,
     },
-    # The paper has no setting for the families below; each choice and its reason is in the README.
-    "sdxl": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler_steps": 50,
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
-        "sscd_resize": 320,
-    },
-    "flux": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler": "euler",
-        "sampler_steps": 50,
-        "check_schedule": "model",
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
-        "sscd_resize": 320,
-    },
-    # Timestep-distilled Flux ("schnell") has no guidance input and samples in a few steps.
-    "flux-schnell": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler": "euler",
-        "sampler_steps": 4,
-        "check_schedule": "model",
-        "guidance_scales": [1.0],
-        "sscd_resize": 320,
-    },
-    "pixart": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler_steps": 50,
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
-        "sscd_resize": 320,
-    },
-    "dit": {
-        "check_every": 10,
-        "delta": 5e-4,
-        "batch_size": 16,
-        "sampler_steps": 50,
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0],
-        "sscd_resize": 256,
-    },
 }
+# The paper has no setting for the families below: each takes its nearest paper preset (the README says why).
+PRESETS.update({
+    "sdxl": dict(PRESETS["sd"]),
+    "pixart": dict(PRESETS["sd"]),
+    "flux": dict(PRESETS["sd3"]),
+    # Timestep-distilled Flux ("schnell") has no guidance input and samples in a few steps.
+    "flux-schnell": {**PRESETS["sd3"], "sampler_steps": 4, "guidance_scales": [1.0]},
+    # A class-conditional latent diffusion model, with its pipeline's guidance (default 4) in the range.
+    "dit": {**PRESETS["ldm"], "guidance_scales": [1.0, 2.0, 3.0, 4.0]},
+})
 
 
 def preset(name: str, **overrides) -> InvMMConfig:
