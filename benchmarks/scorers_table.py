@@ -70,34 +70,27 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    if "digits" in args.models:
-        run = args.out / "digits"
-        if args.reuse_claims and not run.exists():
+    # name: (folder with the manifest, counts per duplication level, scorers, LoRA or None, title, top level)
+    parts = {
+        "digits": (shipped_digits_model(), {64: 8, 1: 200, 0: 200}, DIGITS_SCORERS, None,
+                   "shipped toy digits model (unconditional DDPM)", "dup64"),
+        "t2i": (shipped_digits_t2i_model(), {64: 8, 1: 64, 0: 64}, T2I_SCORERS, None,
+                "shipped toy text-to-image model (known captions)", "dup64"),
+        "lora": (shipped_digits_lora(), {32: 8, 1: 8, 0: 16}, T2I_SCORERS, shipped_digits_lora(),
+                 "shipped toy LoRA on the text-to-image model (a caption per planted image)", "rep32"),
+    }
+    for name in args.models.split(","):
+        source, counts, scorers, lora, title, top = parts[name]
+        run = args.out / name
+        if name == "digits" and args.reuse_claims and not run.exists():
             shutil.copytree(args.reuse_claims, run)
-        model = shipped_digits_model()
-        items = labelled_items(model, {64: 8, 1: 200, 0: 200}, args.out / "digits-data")
+        items = labelled_items(source, counts, args.out / f"{name}-data")
+        model = shipped_digits_t2i_model() if lora else source
+        adapter = load_adapter(str(model), loras=[LoraSpec(str(lora), 1.0)] if lora else None)
         t0 = time.perf_counter()
-        score_with_specs(load_adapter(str(model)), items, DIGITS_SCORERS, run, seed=args.seed)
-        print(f"digits: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
-        table(run, "shipped toy digits model (unconditional DDPM)")
-    if "t2i" in args.models:
-        run = args.out / "t2i"
-        model = shipped_digits_t2i_model()
-        items = labelled_items(model, {64: 8, 1: 64, 0: 64}, args.out / "t2i-data")
-        t0 = time.perf_counter()
-        score_with_specs(load_adapter(str(model)), items, T2I_SCORERS, run, seed=args.seed)
-        print(f"t2i: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
-        table(run, "shipped toy text-to-image model (known captions)")
-    if "lora" in args.models:
-        run = args.out / "lora"
-        lora = shipped_digits_lora()
-        items = labelled_items(lora, {32: 8, 1: 8, 0: 16}, args.out / "lora-data")
-        adapter = load_adapter(str(shipped_digits_t2i_model()), loras=[LoraSpec(str(lora), 1.0)])
-        t0 = time.perf_counter()
-        score_with_specs(adapter, items, T2I_SCORERS, run, seed=args.seed)
-        print(f"lora: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
-        table(run, "shipped toy LoRA on the text-to-image model (a caption per planted image)", top="rep32")
-
+        score_with_specs(adapter, items, scorers, run, seed=args.seed)
+        print(f"{name}: scored {len(items)} images in {time.perf_counter() - t0:.1f} s")
+        table(run, title, top=top)
 
 if __name__ == "__main__":
     main()

@@ -13,35 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
+from toy_t2i_auc import level_table  # benchmarks/ is the script's own folder on sys.path
+
 from invmm import measure, preset
-from invmm.evaluation import roc_metrics
 from invmm.images import ImageItem
 from invmm.zoo import shipped_digits_dit_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
-
-
-def _table(results, level, title: str, wall: float, budget: int) -> float:
-    rows = [(level[r.id], r) for r in results if r.status == "ok"]
-    print(f"\n{title}; {len(rows)} images; budget {budget}; wall {wall:.0f} s\n")
-    print("| copies | n | reproduced | median score | scores | guidance scales of successes |")
-    print("|---|---|---|---|---|---|")
-    for lv in sorted({lv for lv, _ in rows}, reverse=True):
-        rs = [r for l2, r in rows if l2 == lv]
-        scales = sorted(r.guidance_scale for r in rs if r.success)
-        shown = ", ".join(f"{r.score:.3f}" for r in sorted(rs, key=lambda r: r.score) if r.success) or "-"
-        print(f"| {lv if lv else 'held out'} | {len(rs)} | {sum(r.success for r in rs)} | "
-              f"{statistics.median(r.score for r in rs):.4f} | {shown} | {scales} |")
-    top = max(lv for lv, _ in rows)
-    pair = [(lv == top, r.score) for lv, r in rows if lv in (top, 0)]
-    if len({y for y, _ in pair}) < 2:
-        return float("nan")  # one group only (--only): no AUC
-    auc = roc_metrics([int(y) for y, _ in pair], [s for _, s in pair], higher_is_better=False)["auc"]
-    print(f"\nROC AUC, {top} copies vs held out ({title}): {auc:.3f}")
-    return auc
 
 
 def main():
@@ -79,7 +59,7 @@ def main():
                                                     f"class {r.class_label} (true {truth[r.id]})", flush=True))
         wall = time.perf_counter() - t0
         title = "known class" if known else "class inversion, no class"
-        summary[mode] = {"auc": _table(results, level, title, wall, args.max_steps), "wall_s": wall,
+        summary[mode] = {"auc": level_table(results, level, title, wall, args.max_steps), "wall_s": wall,
                          "scores": {r.id: r.score for r in results},
                          "classes": {r.id: [r.class_label, truth[r.id]] for r in results}}
         if not known:

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
 
-from sklearn.metrics import roc_auc_score
-
 from invmm import measure, preset
+from invmm.evaluation import roc_metrics
 from invmm.images import ImageItem
 from invmm.zoo import shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 
 
-def _table(results, level, title: str, wall: float, budget: int) -> float:
+def level_table(results, level, title: str, wall: float, budget: int) -> float:
+    """Per duplication level: how many reproduced, the scores, the guidance scales of the successes; then the
+    ROC AUC of the most duplicated level against held out (nan when --only left one group)."""
     rows = [(level[r.id], r) for r in results if r.status == "ok"]
     print(f"\n{title}; {len(rows)} images; budget {budget}; wall {wall:.0f} s\n")
     print("| copies | n | reproduced | median score | scores | guidance scales of successes |")
@@ -38,7 +38,9 @@ def _table(results, level, title: str, wall: float, budget: int) -> float:
               f"{statistics.median(r.score for r in rs):.4f} | {shown} | {scales} |")
     top = max(lv for lv, _ in rows)
     pair = [(lv == top, r.score) for lv, r in rows if lv in (top, 0)]
-    auc = roc_auc_score([int(y) for y, _ in pair], [-s if math.isfinite(s) else -1e12 for _, s in pair])
+    if len({y for y, _ in pair}) < 2:
+        return float("nan")
+    auc = roc_metrics([int(y) for y, _ in pair], [s for _, s in pair], higher_is_better=False)["auc"]
     print(f"\nROC AUC, {top} copies vs held out ({title}): {auc:.3f}")
     return auc
 
@@ -73,7 +75,7 @@ def main():
                                                     f"prompt {r.prompt!r}", flush=True))
         wall = time.perf_counter() - t0
         title = "known caption" if known else "prompt inversion, no caption"
-        summary[mode] = {"auc": _table(results, level, title, wall, args.max_steps), "wall_s": wall,
+        summary[mode] = {"auc": level_table(results, level, title, wall, args.max_steps), "wall_s": wall,
                          "scores": {r.id: r.score for r in results}, "prompts": {r.id: r.prompt for r in results}}
         if not known:
             print("\ndecoded prompts (argmax token per position):")
