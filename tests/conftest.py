@@ -14,6 +14,22 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """tiny_family(name) -> the folder of that family's tiny pipeline (tests/families.py), built once a session."""
+    from families import FAMILIES
+
+    built = {}
+
+    def path(name):
+        if name not in built:
+            build, kwargs = FAMILIES[name]
+            built[name] = build(tmp_path_factory.mktemp(name) / "m", **kwargs)
+        return built[name]
+
+    return path
+
+
+@pytest.fixture(scope="session")
 def toy_model():
     from invmm.zoo import shipped_digits_model
 

@@ -1,10 +1,11 @@
 """The adapter contract (adapters/base.py), run over a tiny pipeline of every family: a new family gets
-these tests by joining FAMILIES."""
+these tests by joining tests/families.py's FAMILIES (test_matrix.py runs every scorer on them)."""
 
 import json
 
 import pytest
 import torch
+from families import FAMILIES, given, images
 
 from invmm.adapters.base import CAPABILITIES, CLASS, NOISE_SCHEDULE, TEXT, ModelAdapter, NoiseScheduleAdapter
 from invmm.adapters.loading import load_adapter
@@ -12,57 +13,16 @@ from invmm.conditioning import cond_rows
 from invmm.config import default_config
 from invmm.cost import RowCounter, denoiser, text_encoders, vae_encoder
 from invmm.inversion import Inverter, Target
-from invmm.scorers import SCORERS, ScorerError, build_scorer
 from invmm.similarity import PixelSimilarity
-from invmm.zoo.tiny import (
-    build_tiny_dit,
-    build_tiny_flux,
-    build_tiny_ldm,
-    build_tiny_pixart,
-    build_tiny_pixel,
-    build_tiny_sd,
-    build_tiny_sd3,
-    build_tiny_sdxl,
-)
-
-FAMILIES = {
-    "pixel": (build_tiny_pixel, {}),
-    "pixel-rgb-v": (build_tiny_pixel, {"channels": 3, "prediction_type": "v_prediction"}),
-    "latent-kl": (build_tiny_ldm, {"vae_kind": "kl"}),
-    "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
-    "sd": (build_tiny_sd, {}),
-    "sd3": (build_tiny_sd3, {}),
-    "sdxl": (build_tiny_sdxl, {}),
-    "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
-    "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
-    "pixart-alpha": (build_tiny_pixart, {}),
-    "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
-    "dit": (build_tiny_dit, {}),
-    "dit-pixel": (build_tiny_dit, {"latent": False}),
-}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def adapter(request, tmp_path_factory):
-    build, kwargs = FAMILIES[request.param]
-    return load_adapter(str(build(tmp_path_factory.mktemp(request.param) / "m", **kwargs)))
-
-
-def _images(adapter, n=2, seed=0):
-    c = 1 if adapter.image_mode == "L" else 3
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, c, adapter.image_size, adapter.image_size, generator=g) * 2 - 1
-
-
-def _given(adapter, i=0):
-    """A known conditioning of image i: a caption, or a class (by name and by index)."""
-    if CLASS in adapter.capabilities:
-        return ["goldfish", "7"][i % 2]
-    return "a red square" if adapter.conditional else None
+def adapter(request, tiny_family):
+    return load_adapter(str(tiny_family(request.param)))
 
 
 def _cond(adapter, n):
-    return adapter.prompt_embeddings([_given(adapter, i) for i in range(n)]) if adapter.conditional else None
+    return adapter.prompt_embeddings([given(adapter, i) for i in range(n)]) if adapter.conditional else None
 
 
 def test_declares_the_contract(adapter):
@@ -76,7 +36,7 @@ def test_declares_the_contract(adapter):
 
 
 def test_encode_decode_shapes_and_range(adapter):
-    x = _images(adapter)
+    x = images(adapter)
     z = adapter.encode(x)
     assert z.shape == (2, *adapter.latent_shape)
     out = adapter.decode(z)
@@ -87,7 +47,7 @@ def test_encode_decode_shapes_and_range(adapter):
 
 
 def test_forward_process_and_x0_prediction(adapter):
-    x0 = adapter.encode(_images(adapter))
+    x0 = adapter.encode(images(adapter))
     g = torch.Generator().manual_seed(0)
     t = adapter.sample_timesteps(2, g)
     eps = torch.randn(x0.shape, generator=g)
@@ -156,20 +116,6 @@ def test_generate_and_check_grid(adapter):
     assert len(adapter.check_timesteps(2)) == 2
 
 
-@pytest.mark.parametrize("name", list(SCORERS))
-def test_scorers_are_refused_exactly_when_a_capability_is_missing(adapter, name):
-    missing = set(SCORERS[name].requires) - set(adapter.capabilities)
-    # The tiny models have 100 timesteps: the scorers' defaults (made for 1000) would be refused as out of range.
-    spec = {"invmm": "invmm:sampler_steps=10", "loss": "loss:t=10", "pia": "pia:t=20",
-            "secmi": "secmi:t_sec=10,stride=1", "sima": "sima:t=10",
-            "clid": "clid:t_mid=45,t_interval=1"}.get(name, name)
-    if missing:
-        with pytest.raises(ScorerError, match="needs"):
-            build_scorer(spec, adapter)
-    else:
-        assert build_scorer(spec, adapter).adapter is adapter
-
-
 def _small_config(adapter, **kw):
     base = dict(similarity="pixel", batch_size=2, check_every=3, window=3, max_steps=9, sampler_steps=3,
                 n_check_samples=4, check_rounds=[1, 2])
@@ -180,10 +126,10 @@ def _small_config(adapter, **kw):
 
 def _invert(adapter, cfg):
     """Image 0 with its known conditioning, image 1 with the conditioning inverted."""
-    x = _images(adapter)
-    given = [_given(adapter), None]
-    ts = [Target(id=f"img-{i}", pixels=x[i], caption=given[i] if TEXT in adapter.capabilities else None,
-                 class_label=given[i] if CLASS in adapter.capabilities else None) for i in range(2)]
+    x = images(adapter)
+    known = [given(adapter), None]
+    ts = [Target(id=f"img-{i}", pixels=x[i], caption=known[i] if TEXT in adapter.capabilities else None,
+                 class_label=known[i] if CLASS in adapter.capabilities else None) for i in range(2)]
     return [o.result for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(ts)]
 
 

@@ -76,7 +76,8 @@ def test_audit_inverts_only_what_the_screen_ranks_first(tmp_path, toy_model, dat
 
 @pytest.mark.parametrize("extra, message", [
     (["--keep", "0.5"], "give --screen"),
-    (["--screen", "invmm", "--keep", "0.5"], "cheap scorer"),
+    (["--screen", "invmm", "--keep", "0.5"], "takes a one-pass scorer"),
+    (["--screen", "anisotropy", "--keep", "0.5"], "'anisotropy' is not one"),
     (["--screen", "loss", "--keep", "1.5"], "fraction"),
     (["--screen", "nosuch", "--keep", "0.5"], "unknown scorer"),
 ])

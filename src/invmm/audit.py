@@ -22,7 +22,7 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
           keep_top: int | None = None, on_screen=None, **options) -> RunSummary:
     """InvMM for every item not yet in OUT's ledger. `options` are the engine's (backend, batch_images,
     repeats, force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks).
-    `screen` (a scorer spec, e.g. "loss" or "pia:t=100") with `keep` (a fraction) or `keep_top` (a count)
+    `screen` (a scorer spec, e.g. "loss" or "pia:t=100", or "auto") with `keep` (a fraction) or `keep_top` (a count)
     inverts only the images that scorer ranks as most suspicious."""
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
     described = None
@@ -37,7 +37,7 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
         result = run_screen(adapter, items, screen, out, keep=keep, keep_top=keep_top, seed=config.seed,
                             on_batch=on_screen, ray=ray)
         items = result.kept
-        described = result.describe(screen, keep, keep_top)
+        described = result.describe(keep, keep_top)  # `auto` recorded as what it stood for
         options["run_extra"] = {**(options.get("run_extra") or {}), "screen": described}
     summary = run_images(adapter, items, config, out, kind="audit", resume=True, allow_pickle=allow_pickle,
                          **options)

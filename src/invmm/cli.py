@@ -18,7 +18,7 @@ from invmm.adapters.loading import load_adapter
 from invmm.adapters.lora import lora_specs
 from invmm.audit import audit as run_audit
 from invmm.compare import compare_runs, format_comparison, write_comparison
-from invmm.config import InvMMConfig, check_config_for_model, default_config
+from invmm.config import PRESETS, InvMMConfig, check_config_for_model, default_config
 from invmm.dataset_inference import format_dataset_test, run_dataset_test, write_dataset_test
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
@@ -30,7 +30,7 @@ from invmm.images import load_image
 from invmm.measure import measure as run_measure_images
 from invmm.report import build_report
 from invmm.run.files import atomic_write_json
-from invmm.scorers import DEFAULT_SCORERS, ScorerError
+from invmm.scorers import DEFAULT_SCORERS, SCREEN_SCORERS, ScorerError, default_scorers
 from invmm.scoring import load_scoring_dataset, score_with_specs
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
@@ -63,8 +63,8 @@ Resolution = Annotated[int, typer.Option(help="image side to measure at (default
 LatentScale = Annotated[float, typer.Option(help="VAE latent scale factor (default: the VAE's saved config; 1.0 "
                                                  "for a VQ autoencoder that states none)")]
 Lora = Annotated[list[Path], typer.Option(help="a LoRA to load onto the model: a diffusers LoRA .safetensors file "
-                                               "or folder (SD 1.x/2.x, SD3) or a peft adapter folder (pixel/latent "
-                                               "UNet); repeatable")]
+                                               "or folder (SD 1.x/2.x, SDXL, SD3, Flux) or a peft adapter folder "
+                                               "(pixel/latent UNet); repeatable")]
 LoraScale = Annotated[list[float], typer.Option(help="LoRA scale: one for all --lora, or one per --lora "
                                                      "(default 1; 0 = the base model)")]
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
@@ -73,7 +73,7 @@ Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per im
                                                   "recommended to rank images; see the README)")]
 
 # InvMM (measure, audit, evaluate's invmm scorer): None = the preset's value
-Preset = Annotated[str, typer.Option(help="ddpm | ldm | sd | sd3 (default: from the model family)")]
+Preset = Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)} (default: from the model family)")]
 Similarity = Annotated[str, typer.Option(help="sscd | pixel (default: pixel for grayscale/tiny models)")]
 Threshold = Annotated[float, typer.Option(help="success threshold beta (default: the similarity's)")]
 Seed = Annotated[int, typer.Option(help="run seed; each image's random streams derive from it and its id")]
@@ -282,9 +282,10 @@ def audit(
                                               "slot)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="independent inversions per image (R); resuming with a "
                                                      "larger R adds the missing repeats")] = 1,
-    screen: Annotated[str, typer.Option(help="rank every image with this cheap scorer first (sima, loss, secmi, "
-                                             "pia, clid, noise_norm, generate_compare; options as pia:t=100) and "
-                                             "invert only the most suspicious (--keep or --keep-top)")] = None,
+    screen: Annotated[str, typer.Option(help="rank every image with this one-pass scorer first ("
+                                             f"{', '.join(SCREEN_SCORERS)}; options as pia:t=100; auto: the first "
+                                             "of them the model can run) and invert only the most suspicious "
+                                             "(--keep or --keep-top)")] = None,
     keep: Annotated[float, typer.Option(help="with --screen: the fraction of images to invert, e.g. 0.1")] = None,
     keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
     batch_images: BatchImages = 8,
@@ -497,7 +498,8 @@ def evaluate(
                                             "(anisotropy, sharpness) the path may be left out: caption,label[,id]")
                     ] = None,
     scorers: Annotated[str, typer.Option(help="comma-separated scorers; options as name:key=value, separated by ';' "
-                                              "(e.g. 'loss;pia:t=100;invmm:max_steps=1000')")] = DEFAULT_SCORERS,
+                                              "(e.g. 'loss;pia:t=100;invmm:max_steps=1000'); default: those of "
+                                              f"{','.join(DEFAULT_SCORERS)} the model can run")] = None,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as member / memorized")] = None,
     negative: Annotated[list[str], typer.Option(help="label(s) counted as the rest (default: every other "
                                                      "label)")] = None,
@@ -538,7 +540,8 @@ def evaluate(
         _fail("give both --model and --data to compute scores, or neither to evaluate the scores in RUN")
     try:
         if model is not None:
-            items = load_scoring_dataset(data, scorers)  # captions alone where every scorer scores captions
+            # captions alone where every scorer scores captions
+            items = load_scoring_dataset(data, scorers or ",".join(DEFAULT_SCORERS))
             choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
             overrides = _invmm_overrides(preset, similarity, threshold, seed, max_steps, batch_size, check_every,
                                          sampler_steps, check_schedule, eta, sscd_model, sscd_resize, invert_prompt,
@@ -547,6 +550,11 @@ def evaluate(
             adapter, config = _load(model, overrides, device=device, allow_pickle=allow_pickle,
                                     resolution=resolution, latent_scale=latent_scale, lora=lora,
                                     lora_scale=lora_scale)
+            if scorers is None:
+                scorers, left_out = default_scorers(adapter)
+                for name, why in left_out.items():
+                    typer.echo(f"default scorer {name} left out: it needs {why}, which this {adapter.family} "
+                               "model has not", err=True)
             bars: dict[str, tqdm] = {}
 
             def progress(name, done, total):

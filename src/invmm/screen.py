@@ -1,9 +1,10 @@
 """Screen, then invert: a cheap scorer ranks the whole dataset, InvMM runs only on the most suspicious part.
 
 Most images of a real audit are not memorized and would each run InvMM's whole budget. A one-pass
-membership score (SimA, loss, SecMI, PIA, CLiD, noise norm, generate-and-compare) costs a few denoiser calls
-per image; its ranking decides which images get inverted. The screen's scores live in RUN/screen (a scores folder, as
-`evaluate` writes them: resumable, locked), so a resumed audit reuses them and keeps the same images.
+membership score (scorers.SCREEN_SCORERS: loss, SimA, SecMI, PIA, CLiD, noise norm, generate-and-compare)
+costs a few denoiser calls per image; its ranking decides which images get inverted. The screen's scores live
+in RUN/screen (a scores folder, as `evaluate` writes them: resumable, locked), so a resumed audit reuses them
+and keeps the same images.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from invmm.adapters.loading import load_options
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem
-from invmm.scorers import ScorerError, build_scorer, parse_spec
+from invmm.scorers import SCORERS, SCREEN_SCORERS, ScorerError, auto_screen, build_scorer, parse_spec, runnable
 from invmm.scoring import ScoreRecord, score_dataset
 
 SCREEN_DIR = "screen"
@@ -27,9 +28,10 @@ class ScreenResult:
     skipped: list[ImageItem]
     records: dict[str, ScoreRecord]
     scorer: dict  # the scorer's settings and direction
+    spec: str  # the scorer as the screen ran it (`auto` resolved)
 
-    def describe(self, spec: str, keep: float | None, keep_top: int | None) -> dict:
-        return {"scorer": spec, "settings": self.scorer, "keep": keep, "keep_top": keep_top,
+    def describe(self, keep: float | None, keep_top: int | None) -> dict:
+        return {"scorer": self.spec, "settings": self.scorer, "keep": keep, "keep_top": keep_top,
                 "kept": len(self.kept), "of": len(self.kept) + len(self.skipped), "folder": SCREEN_DIR}
 
 
@@ -56,18 +58,31 @@ def n_kept(n: int, keep: float | None, keep_top: int | None) -> int:
     return min(keep_top, n)
 
 
+def resolve_screen(spec: str, adapter, items: list[ImageItem]) -> str:
+    """The screen scorer's spec: `auto` becomes the first screen scorer the model can run (one that needs
+    captions only if every image has one); anything but a one-pass scorer is refused."""
+    name = parse_spec(spec)[0]
+    if name == "auto":
+        return auto_screen(adapter, captions=all(it.caption for it in items))
+    if name not in SCREEN_SCORERS:
+        why = ("InvMM is what runs after it" if name == "invmm" else
+               f"{name!r} is not one" if name in SCORERS else f"unknown scorer {name!r}")
+        raise InvMMInputError(f"--screen takes a one-pass scorer ({', '.join(SCREEN_SCORERS)}, or auto); {why}")
+    return spec
+
+
 def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, keep: float | None = None,
            keep_top: int | None = None, seed: int = 0, on_batch=None, ray: dict | None = None) -> ScreenResult:
     """Score every item with the screen scorer into RUN/screen, then split the items into kept and skipped.
     `ray` (the options of run/ray_screen.score_on_ray but the model's) scores them on a Ray cluster."""
     count = n_kept(len(items), keep, keep_top)
-    if parse_spec(spec)[0] == "invmm":
-        raise InvMMInputError("--screen takes a cheap scorer (sima, loss, secmi, pia, clid, noise_norm, "
-                              "generate_compare); InvMM is what runs after it")
+    spec = resolve_screen(spec, adapter, items)
     try:
         scorer = build_scorer(spec, adapter)
     except ScorerError as exc:
-        raise InvMMInputError(f"--screen {spec}: {exc}") from None
+        usable = runnable(SCREEN_SCORERS, adapter)[0]
+        raise InvMMInputError(f"--screen {spec}: {exc}. This model can screen with: {', '.join(usable)} "
+                              "(or --screen auto)") from None
     distribute = None
     if ray is not None:
         from invmm.run.ray_screen import score_on_ray
@@ -81,4 +96,4 @@ def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, k
     ordered = suspicion_order([mine[it.id] for it in items], scorer.higher_is_better)
     kept_ids = {r.id for r in ordered[:count]}
     return ScreenResult([it for it in items if it.id in kept_ids], [it for it in items if it.id not in kept_ids],
-                        mine, scorer.to_json())
+                        mine, scorer.to_json(), spec)

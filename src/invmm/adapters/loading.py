@@ -14,14 +14,12 @@ from invmm.adapters.classcond import ClassConditionalAdapter
 from invmm.adapters.flow import FlowAdapter
 from invmm.adapters.flux import FluxAdapter
 from invmm.adapters.latent import LatentAdapter
-from invmm.adapters.lora import LoraSpec, apply_loras
+from invmm.adapters.lora import PICKLE_SUFFIXES, LoraSpec, apply_loras
 from invmm.adapters.pixart import PixArtAdapter
 from invmm.adapters.pixel import PixelAdapter
 from invmm.adapters.sdxl import SDXLAdapter
 from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.errors import InvMMInputError
-
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
 def resolve_model_path(model: str, *, hub: bool = False, allow_pickle: bool = False) -> Path:

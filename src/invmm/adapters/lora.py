@@ -1,8 +1,9 @@
 """LoRA adapters on a loaded model, through the libraries that define them.
 
-Stable Diffusion 1.x/2.x and SD3 LoRA files (diffusers' format, as `save_lora_weights` and the usual
-trainers write them, including kohya's) go through diffusers' own loaders: `lora_state_dict`, then
-`load_lora_into_unet` / `load_lora_into_transformer` / `load_lora_into_text_encoder`. A pixel- or
+Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux LoRA files (diffusers' format, as `save_lora_weights` and the
+usual trainers write them, including kohya's) go through diffusers' own loaders: `lora_state_dict`, then
+`load_lora_into_unet` / `load_lora_into_transformer` / `load_lora_into_text_encoder` (every CLIP encoder
+included). PixArt and DiT have no diffusers LoRA loader and are refused. A pixel- or
 latent-space `UNet2DModel` has no diffusers LoRA loader, so its adapters are peft folders
 (`adapter_config.json` + `adapter_model.safetensors`, as peft's `save_pretrained` writes them) injected
 with peft. Every LoRA is scaled by its `--lora-scale` through peft's layer scales; scale 0 leaves the
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from invmm.errors import InvMMInputError
 
+# Weight files that unpickle (and so may run code) when loaded: refused unless --allow-pickle.
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 PREFERRED = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 

@@ -18,10 +18,36 @@ from invmm.scorers.secmi import SecMIScorer
 from invmm.scorers.sharpness import SharpnessScorer
 from invmm.scorers.sima import SimAScorer
 
-DEFAULT_SCORERS = "invmm,loss,secmi,pia,generate_compare"
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
 } | {cls.name: cls for cls in (SimAScorer, CLiDScorer, AnisotropyScorer, SharpnessScorer)}
+# What `invmm evaluate` scores when no --scorers are given: those of them the model can run.
+DEFAULT_SCORERS = ("invmm", "loss", "secmi", "pia", "generate_compare")
+# The one-pass scorers a screen may rank with (`--screen`); `auto` takes the first the model can run.
+SCREEN_SCORERS = ("loss", "sima", "secmi", "pia", "clid", "noise_norm", "generate_compare")
+
+
+def runnable(names, adapter) -> tuple[list[str], dict[str, str]]:
+    """The scorers of `names` the model can run, and for each other one what the model lacks."""
+    unknown = [n for n in names if n not in SCORERS]
+    if unknown:
+        raise ScorerError(f"unknown scorer {unknown[0]!r}; available: {', '.join(SCORERS)}")
+    missing = {n: " and ".join(SCORERS[n].missing(adapter)) for n in names}
+    return [n for n in names if not missing[n]], {n: why for n, why in missing.items() if why}
+
+
+def default_scorers(adapter) -> tuple[str, dict[str, str]]:
+    """The default scorers as a spec string for this model, and the defaults it cannot run with the reason."""
+    names, left_out = runnable(DEFAULT_SCORERS, adapter)
+    return ",".join(names), left_out
+
+
+def auto_screen(adapter, *, captions: bool = True) -> str:
+    """The screen scorer `--screen auto` stands for: the first of SCREEN_SCORERS the model can run (one needing
+    captions only when every image has one)."""
+    names, _ = runnable(SCREEN_SCORERS, adapter)
+    names = [n for n in names if captions or not SCORERS[n].needs_caption]
+    return names[0]
 
 
 def split_specs(text: str) -> list[str]:
@@ -76,8 +102,8 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
 
 
 __all__ = [
-    "AnisotropyScorer", "SharpnessScorer",
-    "DEFAULT_SCORERS", "SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer", "NoiseNormScorer",
-    "PIAScorer", "Scorer", "ScorerError", "SecMIScorer", "SimAScorer", "CLiDScorer", "build_scorer", "parse_spec",
+    "AnisotropyScorer", "CLiDScorer", "DEFAULT_SCORERS", "GenerateCompareScorer", "InvMMScorer", "LossScorer",
+    "NoiseNormScorer", "PIAScorer", "SCORERS", "SCREEN_SCORERS", "Scorer", "ScorerError", "SecMIScorer",
+    "SharpnessScorer", "SimAScorer", "auto_screen", "build_scorer", "default_scorers", "parse_spec", "runnable",
     "split_specs",
 ]

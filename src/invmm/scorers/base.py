@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE, TEXT
+from invmm.adapters.base import CLASS, NOISE_SCHEDULE, TEXT
 from invmm.functional import seed_from
 
 CAPABILITY_NAMES = {NOISE_SCHEDULE: "a DDPM-style noise schedule (epsilon/v/sample prediction)",
-                    TEXT: "text conditioning"}
+                    TEXT: "text conditioning", CLASS: "class conditioning"}
 
 
 class ScorerError(ValueError):
@@ -52,12 +52,19 @@ class Scorer:
     requires: ClassVar[tuple[str, ...]] = ()
     # False: the score depends on the caption only (PromptScorer); the engine then never decodes the image
     needs_image: ClassVar[bool] = True
+    # True: every image needs its caption (a caption-free row is refused with a ScorerError naming it)
+    needs_caption: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.check(self.adapter)
 
+    @classmethod
+    def missing(cls, adapter) -> list[str]:
+        """What the model lacks for this scorer, in words ([] when it can run)."""
+        return [CAPABILITY_NAMES[c] for c in cls.requires if c not in adapter.capabilities]
+
     def check(self, adapter) -> None:
-        missing = [CAPABILITY_NAMES[c] for c in self.requires if c not in adapter.capabilities]
+        missing = self.missing(adapter)
         if missing:
             raise ScorerError(
                 f"scorer {self.name!r} needs {' and '.join(missing)}; the {adapter.family} model "
@@ -109,6 +116,7 @@ class PromptScorer(Scorer):
     n_generations: int = 1  # noise draws per caption; the score averages over them
 
     needs_image = False
+    needs_caption = True
     requires = (NOISE_SCHEDULE, TEXT)
 
     def __post_init__(self) -> None:

@@ -79,6 +79,7 @@ class CLiDScorer(Scorer):
     name = "clid"
     higher_is_better = True
     requires = (NOISE_SCHEDULE, TEXT)
+    needs_caption = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

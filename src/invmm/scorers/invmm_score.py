@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.config import InvMMConfig, check_config_for_model, default_config
+from invmm.adapters.base import CLASS
+from invmm.config import InvMMConfig, check_captions, check_config_for_model, default_config
 from invmm.errors import InvMMInputError
 from invmm.inversion import Inverter, Target
 from invmm.repeats import combine
@@ -47,9 +48,15 @@ class InvMMScorer(Scorer):
     def score(self, images: torch.Tensor, ids: list[str], captions=None, seed: int = 0) -> list[float]:
         cfg = self.config if seed == self.config.seed else self.config.replace(seed=seed)
         sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
-        captions = captions or [None] * len(ids)
-        targets = [Target(id=i, pixels=x, caption=c, repeat=r) for i, x, c in zip(ids, images, captions)
-                   for r in range(self.repeats)]
+        # `captions` holds what each image is conditioned on: its class for a class-conditional model.
+        given = captions or [None] * len(ids)
+        classes = CLASS in self.adapter.capabilities
+        targets = [Target(id=i, pixels=x, caption=None if classes else c, class_label=c if classes else None,
+                          repeat=r) for i, x, c in zip(ids, images, given) for r in range(self.repeats)]
+        try:
+            check_captions(self.adapter, cfg, targets)
+        except InvMMInputError as exc:
+            raise ScorerError(f"invmm: {exc}") from None
         lines: list[Result] = []
         Inverter(self.adapter, cfg, sim, batch_images=self.batch_images).run(
             targets, on_done=lambda o: lines.append(o.result))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from invmm.adapters.base import NOISE_SCHEDULE
-from invmm.conditioning import cond_expand
+from invmm.conditioning import cond_expand, cond_rows
 from invmm.scorers.base import Scorer, check_timesteps
 
 
@@ -36,7 +36,7 @@ class LossScorer(Scorer):
             eps = torch.randn((self.n_draws, *x0.shape[1:]), generator=g).to(adapter.device)
             t = torch.full((self.n_draws,), self.t, dtype=torch.long)
             x_t = adapter.add_noise(x0[i : i + 1].expand_as(eps), eps, t)
-            c = cond_expand(cond[i : i + 1], self.n_draws) if cond is not None else None
+            c = cond_expand(cond_rows(cond, slice(i, i + 1)), self.n_draws) if cond is not None else None
             err = (eps - adapter.eps_prediction(x_t, t, c)).pow(2).flatten(1).sum(1)
             scores.append(err.mean())
         return torch.stack(scores)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from invmm.adapters.base import NOISE_SCHEDULE, TEXT
-from invmm.conditioning import cond_expand
+from invmm.conditioning import cond_expand, cond_rows
 from invmm.functional import seed_from
 from invmm.scorers.base import Scorer
 
@@ -34,7 +34,7 @@ class NoiseNormScorer(Scorer):
         for i, image_id in enumerate(ids):
             g = torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
             x = torch.randn((self.n_generations, *x0.shape[1:]), generator=g).to(adapter.device)
-            c = cond_expand(cond[i : i + 1], self.n_generations)
+            c = cond_expand(cond_rows(cond, slice(i, i + 1)), self.n_generations)
             u = adapter.uncond_embeddings(self.n_generations)
             scheduler = adapter.sampler(self.sampler_steps)
             norms = []

@@ -2,6 +2,8 @@
 
 They have the exact folder layout, classes and numerical paths of the real models, at a size that runs
 in a second on a CPU: the tests and the per-family timing benchmark use them. Their scores mean nothing.
+The DDPM-type ones train on 100 timesteps unless `train_timesteps` says otherwise (real models have 1,000,
+which the scorers' default timesteps need).
 """
 
 from __future__ import annotations
@@ -51,30 +53,33 @@ def _tiny_unet2d(channels: int, size: int = 8):
                        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
 
 
-def build_tiny_pixel(path: Path, *, prediction_type="epsilon", channels=1, size=8, seed=0, safe=True) -> Path:
+def build_tiny_pixel(path: Path, *, prediction_type="epsilon", channels=1, size=8, seed=0, safe=True,
+                     train_timesteps=100) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler
 
     torch.manual_seed(seed)
-    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="linear", prediction_type=prediction_type)
+    scheduler = DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule="linear",
+                              prediction_type=prediction_type)
     DDPMPipeline(unet=_tiny_unet2d(channels, size), scheduler=scheduler).save_pretrained(
         path, safe_serialization=safe
     )
     return path
 
 
-def build_tiny_ldm(path: Path, *, vae_kind: str = "kl", prediction_type="v_prediction", seed=0) -> Path:
+def build_tiny_ldm(path: Path, *, vae_kind: str = "kl", prediction_type="v_prediction", seed=0,
+                   train_timesteps=100) -> Path:
     from diffusers import DDIMScheduler
 
     torch.manual_seed(seed)
     components = {
         "unet": _tiny_unet2d(4),
         "vae" if vae_kind == "kl" else "vqvae": tiny_vae(vae_kind),
-        "scheduler": DDIMScheduler(num_train_timesteps=100, prediction_type=prediction_type),
+        "scheduler": DDIMScheduler(num_train_timesteps=train_timesteps, prediction_type=prediction_type),
     }
     return _save(path, components, "LDMPipeline")
 
 
-def build_tiny_sd(path: Path, *, prediction_type="epsilon", seed=0) -> Path:
+def build_tiny_sd(path: Path, *, prediction_type="epsilon", seed=0, train_timesteps=100) -> Path:
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -89,7 +94,7 @@ def build_tiny_sd(path: Path, *, prediction_type="epsilon", seed=0) -> Path:
         "vae": tiny_vae("kl"),
         "text_encoder": tiny_clip(tokenizer.get_vocab()),
         "tokenizer": tokenizer,
-        "scheduler": DDIMScheduler(num_train_timesteps=100, prediction_type=prediction_type),
+        "scheduler": DDIMScheduler(num_train_timesteps=train_timesteps, prediction_type=prediction_type),
     }
     return _save(path, components, "StableDiffusionPipeline")
 
@@ -117,7 +122,7 @@ def build_tiny_sd3(path: Path, *, seed=0) -> Path:
     return _save(path, components, "StableDiffusion3Pipeline")
 
 
-def build_tiny_dit(path: Path, *, seed=0, latent=True) -> Path:
+def build_tiny_dit(path: Path, *, seed=0, latent=True, train_timesteps=100) -> Path:
     """A class-conditional DiT (ImageNet's 1,000 classes and null class 1000, as DiTPipeline assumes) with a
     learned-sigma output, on a tiny VAE's latents (or on RGB pixels with latent=False)."""
     from diffusers import DDIMScheduler, DiTTransformer2DModel
@@ -129,7 +134,7 @@ def build_tiny_dit(path: Path, *, seed=0, latent=True) -> Path:
             num_attention_heads=2, attention_head_dim=8, in_channels=channels, out_channels=2 * channels,
             num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=1,
         ),
-        "scheduler": DDIMScheduler(num_train_timesteps=100),
+        "scheduler": DDIMScheduler(num_train_timesteps=train_timesteps),
     }
     if latent:
         from diffusers import DiTPipeline
@@ -228,7 +233,8 @@ def build_tiny_pixart(path: Path, *, seed=0, sigma=False) -> Path:
     return path
 
 
-def build_tiny_sdxl(path: Path, *, seed=0, prediction_type="epsilon", force_zeros_for_empty_prompt=True) -> Path:
+def build_tiny_sdxl(path: Path, *, seed=0, prediction_type="epsilon", force_zeros_for_empty_prompt=True,
+                    train_timesteps=100) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -256,7 +262,7 @@ def build_tiny_sdxl(path: Path, *, seed=0, prediction_type="epsilon", force_zero
         cross_attention_dim=16 + 24, norm_num_groups=4, addition_embed_type="text_time",
         addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=20 + 6 * time_dim,
     )
-    scheduler = EulerDiscreteScheduler(num_train_timesteps=100, beta_start=0.00085, beta_end=0.012,
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=train_timesteps, beta_start=0.00085, beta_end=0.012,
                                        beta_schedule="scaled_linear", prediction_type=prediction_type,
                                        timestep_spacing="leading", steps_offset=1)
     StableDiffusionXLPipeline(

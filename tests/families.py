@@ -1,0 +1,79 @@
+"""Every family's tiny pipeline, as the contract and matrix suites parametrize over them: a new family joins
+FAMILIES and every suite runs on it."""
+
+from __future__ import annotations
+
+import torch
+
+from invmm.adapters.base import CLASS, TEXT
+from invmm.zoo.tiny import (
+    build_tiny_dit,
+    build_tiny_flux,
+    build_tiny_ldm,
+    build_tiny_pixart,
+    build_tiny_pixel,
+    build_tiny_sd,
+    build_tiny_sd3,
+    build_tiny_sdxl,
+)
+
+FAMILIES = {
+    "pixel": (build_tiny_pixel, {}),
+    "pixel-rgb-v": (build_tiny_pixel, {"channels": 3, "prediction_type": "v_prediction"}),
+    "latent-kl": (build_tiny_ldm, {"vae_kind": "kl"}),
+    "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
+    "sd": (build_tiny_sd, {}),
+    "sd-v": (build_tiny_sd, {"prediction_type": "v_prediction"}),
+    "sd3": (build_tiny_sd3, {}),
+    "sdxl": (build_tiny_sdxl, {}),
+    "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
+    "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
+    "pixart-alpha": (build_tiny_pixart, {}),
+    "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
+    "dit": (build_tiny_dit, {}),
+    "dit-pixel": (build_tiny_dit, {"latent": False}),
+}
+
+
+
+def build_family(name: str, path, **extra):
+    """Build FAMILIES[name] at `path`; `extra` overrides its builder's arguments."""
+    build, kwargs = FAMILIES[name]
+    return build(path, **{**kwargs, **extra})
+
+
+def real_schedule(name: str) -> dict:
+    """The builder arguments that give FAMILIES[name] a real model's 1,000 training timesteps (the flow-matching,
+    PixArt and DiT builders' schedules already have them or take none)."""
+    build, _ = FAMILIES[name]
+    return {"train_timesteps": 1000} if "train_timesteps" in build.__kwdefaults__ else {}
+
+
+# The tiny models have 100 training timesteps: the scorers' defaults (made for 1000) would be refused as out of
+# range, and their sample counts are cut so that a cell of the family x scorer matrix takes well under a second.
+SMALL_SCORERS = {
+    "invmm": "invmm:sampler_steps=2,max_steps=2,check_every=2,batch_size=2,similarity=\"pixel\"",
+    "loss": "loss:t=10,n_draws=2",
+    "secmi": "secmi:t_sec=10,stride=2",
+    "pia": "pia:t=20",
+    "sima": "sima:t=10",
+    "clid": "clid:t_mid=45,t_interval=1",
+    "generate_compare": "generate_compare:n_samples=2,sampler_steps=2",
+    "noise_norm": "noise_norm:n_generations=2,sampler_steps=4",
+    "anisotropy": "anisotropy:sampler_steps=4",
+    "sharpness": "sharpness:sampler_steps=4",
+}
+
+
+def images(adapter, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """n random images in [-1, 1] as the adapter takes them."""
+    c = 1 if adapter.image_mode == "L" else 3
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, adapter.image_size, adapter.image_size, generator=g) * 2 - 1
+
+
+def given(adapter, i: int = 0):
+    """A known conditioning of image i: a caption, or a class (by name and by index); None if unconditional."""
+    if CLASS in adapter.capabilities:
+        return ["goldfish", "7"][i % 2]
+    return ["a red square", "a blue circle"][i % 2] if TEXT in adapter.capabilities else None

@@ -1,0 +1,117 @@
+"""Every scorer on every family's tiny pipeline, in every mode it allows: a cell either gives finite scores for two
+images or is refused clearly (a ScorerError naming what the model or the input lacks). Building is not enough:
+each cell scores."""
+
+import json
+import math
+
+import pytest
+import torch
+from families import FAMILIES, SMALL_SCORERS, build_family, given, images, real_schedule
+from PIL import Image
+from typer.testing import CliRunner
+
+from invmm.adapters.base import CLASS, NOISE_SCHEDULE, TEXT
+from invmm.adapters.loading import load_adapter
+from invmm.cli import app
+from invmm.scorers import DEFAULT_SCORERS, SCORERS, ScorerError, auto_screen, build_scorer, runnable
+
+runner = CliRunner()
+
+MODES = ("known", "free")  # the image's caption or class given; or none (inverted, or the empty caption)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tiny_family):
+    return request.param, load_adapter(str(tiny_family(request.param)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list(SCORERS))
+def test_every_scorer_scores_or_refuses_at_construction(family, name, mode):
+    fam, adapter = family
+    if mode == "known" and not adapter.conditional:
+        pytest.skip("an unconditional model has nothing to know")
+    missing = set(SCORERS[name].requires) - set(adapter.capabilities)
+    if missing:
+        with pytest.raises(ScorerError, match="needs") as info:
+            build_scorer(SMALL_SCORERS[name], adapter)
+        # The message names the model's family and what it lacks.
+        assert adapter.family in str(info.value)
+        return
+    # InvMM at a threshold every sample passes: its score is then the finite KL at the first check.
+    scorer = build_scorer(SMALL_SCORERS[name] + (",threshold=-1.0" if name == "invmm" else ""), adapter)
+    conds = [given(adapter, i) for i in range(2)] if mode == "known" else [None, None]
+    x = images(adapter)
+    if mode == "free" and scorer.needs_caption:
+        # A caption-level detector, or CLiD, needs the caption: without one it says so, naming the image.
+        with pytest.raises(ScorerError, match="caption"):
+            scorer.score(x, ["a", "b"], conds, seed=0)
+        return
+    if mode == "free" and name == "invmm" and not getattr(adapter, "default_invert_prompt", True):
+        # PixArt measures with the caption unless told otherwise, as `invmm measure` does.
+        with pytest.raises(ScorerError, match="caption"):
+            scorer.score(x, ["a", "b"], conds, seed=0)
+        return
+    scores = scorer.score(x, ["a", "b"], conds, seed=0)
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores), (fam, name, mode, scores)
+    if name == "invmm":
+        # The invmm scorer inverts the conditioning exactly when none is given, like `invmm measure`.
+        for image_id, cond in zip(["a", "b"], conds):
+            r = scorer.results[image_id]
+            if CLASS in adapter.capabilities:
+                assert r.class_mode == ("known" if mode == "known" else "inverted")
+            elif TEXT in adapter.capabilities and mode == "known":
+                assert (r.prompt_mode, r.prompt) == ("caption", cond)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A manifest of 4 PNGs (2 'member', 2 'other') for each family, with captions or classes where the family
+    is conditioned on them: {family: (model folder with 1,000 training timesteps, manifest)}."""
+    root = tmp_path_factory.mktemp("matrix-e2e")
+    out = {}
+    for fam in FAMILIES:
+        model = build_family(fam, root / fam / "model", **real_schedule(fam))
+        adapter = load_adapter(str(model))
+        rows = ["path,label,caption,class"]
+        for i, x in enumerate(images(adapter, 4, seed=1)):
+            mode = "L" if x.shape[0] == 1 else "RGB"
+            pixels = ((x.permute(1, 2, 0).squeeze(-1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            path = root / fam / f"img{i}.png"
+            Image.fromarray(pixels, mode=mode).save(path)
+            g = given(adapter, i if CLASS in adapter.capabilities else 0)  # one caption: one generate_compare set
+            rows.append(f"{path},{['member', 'other'][i % 2]},"
+                        f"{g if TEXT in adapter.capabilities else ''},{g if CLASS in adapter.capabilities else ''}")
+        manifest = root / fam / "data.csv"
+        manifest.write_text("\n".join(rows) + "\n")
+        out[fam] = (model, manifest)
+    return out
+
+
+TINY_INVMM = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--sampler-steps", "2",
+              "--similarity", "pixel"]
+
+
+@pytest.mark.parametrize("fam", list(FAMILIES))
+def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_path, labelled, fam):
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "eval"), "--model", str(model), "--data", str(manifest),
+                              "--positive", "member", "--bootstrap", "10", *TINY_INVMM])
+    assert res.exit_code == 0, res.output
+    scored = {json.loads(line)["scorer"] for line in (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()}
+    expected, left_out = runnable(DEFAULT_SCORERS, adapter)
+    assert scored == set(expected) and all(f"default scorer {n} left out" in res.output for n in left_out)
+    if NOISE_SCHEDULE not in adapter.capabilities:
+        assert set(left_out) == {"loss", "secmi", "pia"}
+    res = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(tmp_path / "audit"), "--screen", "auto",
+                              "--keep-top", "1", *TINY_INVMM])
+    assert res.exit_code == 0, res.output
+    screen = auto_screen(adapter)
+    if screen != "loss":  # a model without a noise schedule: --screen loss is refused, naming what it can use
+        bad = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(tmp_path / "bad"),
+                                  "--screen", "loss", "--keep-top", "1", *TINY_INVMM])
+        assert bad.exit_code == 2 and f"can screen with: {screen}" in bad.output
+    assert f"screen {screen}: 1 of 4 images kept" in res.output
+    assert json.loads((tmp_path / "audit" / "run.json").read_text())["screen"]["scorer"] == screen
