@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from invmm.adapters.loading import load_adapter
-from invmm.dataset_inference import dataset_test, feature_matrix
+from invmm.dataset_inference import dataset_test, feature_matrix, set_features
 from invmm.images import ImageItem
 from invmm.scoring import read_run, read_scores, score_with_specs
 from invmm.zoo import shipped_digits_model
@@ -37,6 +38,8 @@ def main():
     ap.add_argument("--splits", type=int, default=50, help="fit/test splits inside each test")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-set-encoding", action="store_true",
+                    help="encode +inf per set, as before issue 21 (wrong; for the before/after figure)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/dataset_inference"))
     args = ap.parse_args()
 
@@ -57,36 +60,46 @@ def main():
         by_id.setdefault(r.id, {})[r.scorer] = r.score
     higher = {n: stored[n]["higher_is_better"] for n in names}
 
-    def features(label):
+    def scores(label, keep=None):
         ids = [it.id for it in items if it.label == label]
-        return feature_matrix({n: [by_id[i][n] for i in ids] for n in names}, higher)
+        ids = ids if keep is None else [ids[k] for k in keep]
+        return {n: [by_id[i][n] for i in ids] for n in names}
 
-    members, held = features("member"), features("held out")
+    def features(a: dict, b: dict):
+        # --per-set-encoding: the encoding before issue 21, for the before/after figure of the null's level
+        if args.per_set_encoding:
+            return feature_matrix(a, higher), feature_matrix(b, higher)
+        return set_features(a, b, higher)
     rng = np.random.default_rng(args.seed)
     summary = {"scorers": names, "alpha": args.alpha, "splits": args.splits, "sizes": {}}
     print(f"\nscorers combined: {', '.join(names)}; {args.splits} fit/test splits per test; {args.draws} random "
           f"subsets per size\n")
     print("| suspect members | reference held out | median p-value | range over subsets | subsets with p < "
           f"{args.alpha} |\n|---|---|---|---|---|")
+    n_members = sum(it.label == "member" for it in items)
+    n_held = sum(it.label == "held out" for it in items)
     for n in map(int, args.sizes.split(",")):
         ps = []
         for d in range(args.draws):
-            s = members[rng.choice(len(members), n, replace=False)]
-            r = held[rng.choice(len(held), n, replace=False)]
+            s, r = features(scores("member", rng.choice(n_members, n, replace=False)),
+                            scores("held out", rng.choice(n_held, n, replace=False)))
             ps.append(dataset_test(s, r, n_splits=args.splits, seed=args.seed + d)[0])
         summary["sizes"][n] = ps
         print(f"| {n} | {n} | {np.median(ps):.3g} | {min(ps):.3g} - {max(ps):.3g} | "
               f"{sum(p < args.alpha for p in ps)}/{len(ps)} |", flush=True)
 
     null = []
+    half = n_held // 2
     for k in range(args.null_splits):
-        perm = rng.permutation(len(held))
-        half = len(held) // 2
-        null.append(dataset_test(held[perm[:half]], held[perm[half:]], n_splits=args.splits, seed=args.seed + k)[0])
+        perm = rng.permutation(n_held)
+        s, r = features(scores("held out", perm[:half]), scores("held out", perm[half:]))
+        null.append(dataset_test(s, r, n_splits=args.splits, seed=args.seed + k)[0])
     fpr = sum(p < args.alpha for p in null) / len(null)
     summary["null"] = null
-    print(f"\nnull: {len(held)} held-out images halved at random {len(null)} times ({len(held) // 2} 'suspect' vs "
-          f"{len(held) - len(held) // 2} 'reference'): p < {args.alpha} in {sum(p < args.alpha for p in null)}/"
+    inf = {n: sum(math.isinf(d[n]) for d in by_id.values()) for n in names}
+    print(f"\nnot reproduced / infinite scores per scorer over all {len(by_id)} images: {inf}")
+    print(f"\nnull: {n_held} held-out images halved at random {len(null)} times ({half} 'suspect' vs "
+          f"{n_held - half} 'reference'): p < {args.alpha} in {sum(p < args.alpha for p in null)}/"
           f"{len(null)} (false-positive rate {fpr:.3f}); p-values median {np.median(null):.3g}, min {min(null):.3g}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
 

@@ -57,9 +57,21 @@ class DatasetTestResult:
 
 def feature_matrix(scores: dict[str, list[float]], higher_is_better: dict[str, bool]) -> np.ndarray:
     """[n, k] features from k scorers' scores (one list per scorer, images in the same order), each oriented so
-    that higher means member; InvMM's +inf (not reproduced) becomes a value below every finite one."""
+    that higher means member; InvMM's +inf (not reproduced) becomes a value below every finite one. That value
+    depends on the finite scores given: call it once on every image a test compares (set_features)."""
     cols = [oriented(scores[name], higher_is_better[name]) for name in sorted(scores)]
-    return np.stack(cols, axis=1)
+    return np.stack(cols, axis=1) if cols else np.zeros((0, 0))
+
+
+def set_features(suspect: dict[str, list[float]], reference: dict[str, list[float]],
+                 higher_is_better: dict[str, bool]) -> tuple[np.ndarray, np.ndarray]:
+    """The suspect and the reference feature rows, encoded together. The value that stands for +inf is derived
+    from the finite scores; encoded per set, a not-reproduced image would get one value among the suspect images
+    and another among the reference ones, and the classifier would tell the sets apart by that alone, however
+    exchangeable they are. One function of the pooled scores keeps the test's level."""
+    n = len(next(iter(suspect.values()), []))
+    pooled = feature_matrix({k: list(suspect[k]) + list(reference[k]) for k in suspect}, higher_is_better)
+    return pooled[:n], pooled[n:]
 
 
 def split_p_value(suspect: np.ndarray, reference: np.ndarray, rng: np.random.Generator, seed: int) -> float:
@@ -154,11 +166,11 @@ def run_dataset_test(run_dir, suspect: list[str], reference: list[str], *, score
     left_out = sorted(i for i in by_image if i not in complete and labels[i] in set(suspect) | set(reference))
     higher = {n: bool(stored[n].get("higher_is_better", False)) for n in names}
 
-    def rows(wanted):
+    def scores(wanted):
         ids = sorted(i for i in complete if labels[i] in wanted)
-        return feature_matrix({n: [by_image[i][n] for i in ids] for n in names}, higher) if ids else np.zeros((0, 2))
+        return {n: [by_image[i][n] for i in ids] for n in names}
 
-    s, r = rows(set(suspect)), rows(set(reference))
+    s, r = set_features(scores(set(suspect)), scores(set(reference)), higher)
     try:
         p, median, ps = dataset_test(s, r, n_splits=n_splits, seed=seed, alpha=alpha)
     except ValueError as exc:
