@@ -167,14 +167,16 @@ def test_check_rounds_keep_every_decision(adapter):
     probe = _invert(adapter, _small_config(adapter, threshold=1.5, check_rounds=[]))
     # A threshold that some checks pass and others do not: just under the best worst-sample similarity seen.
     best = sorted(c[3] for r in probe for c in r.checks)
-    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] else best[-1] - 1e-6
+    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] + 1e-4 else best[-1] - 1e-4
     full = _invert(adapter, _small_config(adapter, threshold=threshold, check_rounds=[]))
     rounds = _invert(adapter, _small_config(adapter, threshold=threshold))
     assert any(r.success for r in full)
     for a, b in zip(full, rounds):
         assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
         if a.success:
-            assert a.similarities == b.similarities
+            # A round puts a sample's row into a batch of another shape, where CPU kernels can differ in the last
+            # digits: similarities agree within 1e-5 (they are stored rounded to 1e-6), decisions and scores exactly.
+            assert a.similarities == pytest.approx(b.similarities, abs=1e-5)
         # A failed check's similarity is over the samples generated before it was decided: never below the full one.
         assert all(cb[3] >= ca[3] - 1e-6 for ca, cb in zip(a.checks, b.checks))
         if not a.success:  # a success check can cost more: its first round also ran the higher scales
@@ -187,7 +189,7 @@ def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
     later than the exact check, never earlier, and never one the exact check does not see."""
     probe = _invert(adapter, _small_config(adapter, threshold=1.5, check_rounds=[]))
     best = sorted(c[3] for r in probe for c in r.checks)
-    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] else best[-1] - 1e-6
+    threshold = (best[-1] + best[-2]) / 2 if best[-1] > best[-2] + 1e-4 else best[-1] - 1e-4
     def by_id(cfg):  # results come in the order images finish
         return sorted(_invert(adapter, cfg), key=lambda r: r.id)
 
@@ -207,8 +209,8 @@ def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
                 assert not b.success and b.kl == pytest.approx(a.kl, rel=1e-4), name
             elif b.success:
                 assert b.steps >= a.steps, name
-                if b.steps == a.steps:
-                    assert b.score == a.score, name
+                if b.steps == a.steps:  # the same fit, up to batch mates (an image that went on shares the batch)
+                    assert b.score == pytest.approx(a.score, rel=1e-4), name
     for a, b in zip(exact, runs["preview, wide margin"]):
         assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
         assert b.calls["check_forward"] > a.calls["check_forward"] and not b.check_skips

@@ -32,6 +32,9 @@ def dataset(tmp_path_factory, toy_model):
         label = "memorized" if e["copies"] == 64 else "other"
         lines.append(f"images/{p.name},{label},digit {e['id']}")
     (root / "data.csv").write_text("\n".join(lines) + "\n")
+    # 4 of each group: enough to kill an audit mid-run, with the run it is compared to twice as fast
+    small = [lines[0]] + [line for k in (0, 8, 20) for line in lines[1 + k : 5 + k]]
+    (root / "small.csv").write_text("\n".join(small) + "\n")
     return root
 
 
@@ -43,19 +46,20 @@ def scores(run):
     return {(r.id, r.repeat): (r.status, r.score, r.steps) for r in Ledger(run).read()}
 
 
-@pytest.mark.parametrize("repeats", [1, 2])
-def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, dataset, repeats):
-    rep = ["--repeats", str(repeats)]
+def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, dataset):
+    # Two repeats per image: the resume must also complete images whose first repeat was written.
+    rep = ["--repeats", "2"]
+    data = dataset / "small.csv"
     ref = tmp_path / "ref"
-    res = runner.invoke(app, ["audit", str(toy_model), str(dataset / "data.csv"), "--out", str(ref), *FAST, *rep])
+    res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(ref), *FAST, *rep])
     assert res.exit_code == 0, res.output
     expected = scores(ref)
-    n = 32 * repeats
+    n = 12 * 2
     assert len(expected) == n
 
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(audit_cmd(toy_model, dataset / "data.csv", run, *rep), env=env,
+    proc = subprocess.Popen(audit_cmd(toy_model, data, run, *rep), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = run / "results.jsonl"
     deadline = time.time() + 120
@@ -69,7 +73,7 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, toy_m
     with open(ledger, "a") as f:  # what a crash mid-write leaves: a torn, unterminated line
         f.write('{"id": "images/digit-')
 
-    res = subprocess.run(audit_cmd(toy_model, dataset / "data.csv", run, *rep), env=env, capture_output=True,
+    res = subprocess.run(audit_cmd(toy_model, data, run, *rep), env=env, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr
     assert f"{written} already done" in res.stdout and "torn" in res.stdout
@@ -98,8 +102,11 @@ def test_bad_files_are_recorded_and_the_rest_scored(tmp_path, toy_model, dataset
 
 def test_second_writer_and_changed_config_are_refused(tmp_path, toy_model, dataset):
     run = tmp_path / "run"
-    data = dataset / "images" / "digit-1742.png"
-    args = ["audit", str(toy_model), str(data.parent), "--out", str(run), *FAST]
+    data = tmp_path / "two"
+    data.mkdir()
+    for name in ("digit-1742.png", "digit-1032.png"):
+        (data / name).write_bytes((dataset / "images" / name).read_bytes())
+    args = ["audit", str(toy_model), str(data), "--out", str(run), *FAST]
     with RunLock(run):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and "in use by another audit" in res.output
@@ -113,14 +120,29 @@ def test_second_writer_and_changed_config_are_refused(tmp_path, toy_model, datas
     assert res.exit_code == 0 and (tmp_path / "run-2" / "results.jsonl").exists()
 
 
-def test_export_csv_and_parquet(tmp_path, toy_model, dataset):
+CAPTION = "<script>alert('x')</script> & <b>bold</b>"
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, toy_model, dataset):
+    """One audit of the 32 images, the first caption made of markup, for the tests that read a finished run."""
+    root = tmp_path_factory.mktemp("audited")
+    lines = (dataset / "data.csv").read_text().splitlines()
+    lines = [lines[0]] + [ln.replace("images/", str(dataset / "images") + "/") for ln in lines[1:]]
+    lines[1] = lines[1].rsplit(",", 1)[0] + "," + CAPTION
+    (root / "data.csv").write_text("\n".join(lines) + "\n")
+    run = root / "run"
+    assert runner.invoke(app, ["audit", str(toy_model), str(root / "data.csv"), "--out", str(run),
+                               *FAST]).exit_code == 0
+    return run
+
+
+def test_export_csv_and_parquet(tmp_path, audited):
     import csv
 
     import pyarrow.parquet as pq
 
-    run = tmp_path / "run"
-    assert runner.invoke(app, ["audit", str(toy_model), str(dataset / "data.csv"), "--out", str(run),
-                               *FAST]).exit_code == 0
+    run = audited
     assert runner.invoke(app, ["export", str(run), "--format", "csv"]).exit_code == 0
     assert runner.invoke(app, ["export", str(run), "--format", "parquet"]).exit_code == 0
     recs = {r.id: r for r in Ledger(run).read()}
@@ -131,17 +153,12 @@ def test_export_csv_and_parquet(tmp_path, toy_model, dataset):
         r = recs[row["id"]]
         assert float(row["score"]) == r.score == trow["score"] or (math.isinf(r.score) and row["score"] == "inf")
         assert row["label"] == r.label == trow["label"] and row["caption"] == r.caption
+    assert CAPTION in {row["caption"] for row in rows}  # markup in a caption round-trips as text
     assert runner.invoke(app, ["export", str(tmp_path / "nope")]).exit_code == 2
 
 
-def test_report_is_self_contained_escaped_and_renders(tmp_path, toy_model, dataset):
-    data = tmp_path / "data.csv"
-    lines = (dataset / "data.csv").read_text().splitlines()
-    lines = [lines[0]] + [ln.replace("images/", str(dataset / "images") + "/") for ln in lines[1:]]
-    lines[1] = lines[1].rsplit(",", 1)[0] + ",<script>alert('x')</script> & <b>bold</b>"
-    data.write_text("\n".join(lines) + "\n")
-    run = tmp_path / "run"
-    assert runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(run), *FAST]).exit_code == 0
+def test_report_is_self_contained_escaped_and_renders(tmp_path, audited):
+    run = audited
     res = runner.invoke(app, ["report", str(run)])
     assert res.exit_code == 0, res.output
     page = (run / "report" / "index.html").read_text()
@@ -180,7 +197,7 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
 
     ray = ray_cluster
     cfg = preset("ddpm", similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
-    items = lambda: load_dataset(dataset / "data.csv")  # noqa: E731 (fresh items: audits free their pixels)
+    items = lambda: load_dataset(dataset / "small.csv")  # noqa: E731 (fresh items: audits free their pixels)
     audit(str(toy_model), items(), cfg, tmp_path / "local", batch_images=4)
 
     pids: list[int] = []
@@ -198,7 +215,7 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
 
     summary = audit(str(toy_model), items(), cfg, tmp_path / "ray", backend="ray", batch_images=4,
                     on_workers=on_workers, on_result=on_result)
-    assert killed and summary.errors == 0 and summary.scored == 32
+    assert killed and summary.errors == 0 and summary.scored == 12
     local, remote = scores(tmp_path / "local"), scores(tmp_path / "ray")
     assert set(local) == set(remote)
     for k, (status, score, steps) in local.items():

@@ -13,6 +13,7 @@ from invmm.adapters.flow import FlowAdapter
 from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.conditioning import SoftPrompt
+from invmm.config import default_config
 from invmm.functional import gumbel_noise, gumbel_softmax_sample, seed_from
 from invmm.images import ImageItem
 from invmm.inversion import Inverter, Target
@@ -262,6 +263,32 @@ def test_kl_posterior_is_drawn_from_the_image_stream(sd3_model):
         dist = adapter.vae.encode(img).latent_dist
         ref = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, (ref - adapter.codec.shift_factor) * adapter.codec.scaling_factor)
+
+
+# The inversion's latents: the posterior's mode where the authors' SD 1.x/2.x scripts take it (and for the SD-like
+# families they never ran: SDXL, PixArt), one draw from the image's stream for LDM, SD3 (theirs), DiT and Flux.
+POSTERIOR = {"latent-kl": "sample", "sd": "mode", "sd-v": "mode", "sd3": "sample", "sdxl": "mode",
+             "flux-dev": "sample", "flux-schnell": "sample", "pixart-alpha": "mode", "pixart-sigma": "mode",
+             "dit": "sample"}
+
+
+@pytest.mark.parametrize("family", sorted(POSTERIOR))
+def test_inversion_encodes_with_the_familys_posterior(tiny_family, family):
+    from families import images
+
+    adapter = load_adapter(str(tiny_family(family)))
+    assert adapter.describe()["vae_encoding"] == f"posterior {POSTERIOR[family]}"
+    cfg = default_config(adapter, similarity="pixel")
+    x = images(adapter, 1)[0]
+    x0 = Inverter(adapter, cfg, build_similarity("pixel"))._start(Target("i", x, caption="a cat")).x0
+    with torch.no_grad():
+        dist = adapter.vae.encode(x[None]).latent_dist
+        g = torch.Generator().manual_seed(seed_from(seed_from(cfg.seed, "i"), "vae"))
+        latents = dist.mode() if POSTERIOR[family] == "mode" else dist.sample(g)
+    torch.testing.assert_close(x0[None], (latents - adapter.codec.shift_factor) * adapter.codec.scaling_factor)
+    # The baseline scorers encode without a generator: the mode, in every family.
+    torch.testing.assert_close(adapter.encode(x[None]), (dist.mode() - adapter.codec.shift_factor)
+                               * adapter.codec.scaling_factor)
 
 
 def test_audit_resume_refuses_another_resolution(tmp_path, toy_model, toy_images):

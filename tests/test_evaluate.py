@@ -14,7 +14,7 @@ from invmm.evaluate_run import choose_labels
 from invmm.scoring import read_scores
 
 runner = CliRunner()
-SCORERS = "invmm:max_steps=300,sampler_steps=50;loss:n_draws=2;pia;secmi;generate_compare:n_samples=16"
+SCORERS = "invmm:max_steps=150,sampler_steps=50;loss:n_draws=2;pia;secmi;generate_compare:n_samples=16"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_evaluate_scores_once_then_reuses_and_matches_sklearn(tmp_path, toy_mode
     records = read_scores(run)
     assert len(records) == 3 * 5 and {r.label for r in records} == {"memorized", "heldout"}
     info = json.loads((run / "run.json").read_text())
-    assert info["scorers"]["invmm"]["config"]["max_steps"] == 300 and info["scorers"]["pia"]["t"] == 200
+    assert info["scorers"]["invmm"]["config"]["max_steps"] == 150 and info["scorers"]["pia"]["t"] == 200
 
     out = run / "evaluation" / "memorized-vs-heldout"
     rows = {r["scorer"]: r for r in csv.DictReader(open(out / "summary.csv"))}

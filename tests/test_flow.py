@@ -63,6 +63,21 @@ def test_soft_clip_l_tokens_reproduce_the_caption_states(sd3):
     torch.testing.assert_close(soft_embeds, ref_embeds, rtol=1e-5, atol=1e-5)
 
 
+def test_soft_prompt_pools_clip_l_at_the_last_position(sd3):
+    """A soft prompt is a full-length prompt: CLIP-L's pooled vector is read at position 76, where the end token
+    sits, and so depends on every learned position (with the empty prompt's ids it was read at position 1)."""
+    caption = " ".join(["memorized"] * 10)  # at least 75 tokens: the caption's end token is at position 76
+    ids = sd3._tokenize(0, [caption])
+    assert ids[0, -1] == sd3.tokenizers[0].eos_token_id and (ids[0, 1:-1] != ids[0, -1]).all()
+    one_hot = torch.nn.functional.one_hot(ids[:, 1:76], sd3.vocab_size).float().requires_grad_(True)
+    _, pooled = sd3.soft_prompt_embeddings(one_hot, sd3.soft_prompt_context(caption))
+    _, ref = sd3.prompt_embeddings([caption])
+    torch.testing.assert_close(pooled, ref, rtol=1e-5, atol=1e-5)  # CLIP-L's and CLIP-G's pooled, L's half soft
+    width = sd3.text_encoders[0].config.projection_dim
+    pooled[:, :width].sum().backward()
+    assert (one_hot.grad.abs().sum(-1) > 0).all()  # every one of the 75 positions reaches CLIP-L's pooled vector
+
+
 @pytest.mark.parametrize("caption", ["a purple square", None])
 def test_inversion_end_to_end(sd3_model, tmp_path, caption):
     from PIL import Image

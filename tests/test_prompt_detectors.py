@@ -81,16 +81,27 @@ def test_anisotropy_matches_two_raw_unet_passes_on_pure_noise(sd):
         assert flat_score == pytest.approx(0.5 * norm.item() + flat.mean().item(), rel=1e-4, abs=1e-6)
 
 
-def test_anisotropy_on_a_v_prediction_model_uses_its_noise_estimate(tmp_path):
+def test_anisotropy_on_a_v_prediction_model_takes_the_raw_v_as_the_authors(tmp_path):
+    """SD 2 in the authors' code: the cosine of the raw v's, cos(v_u, v_c - v_u); the norm of their score
+    difference, sqrt(abar) ||v_c - v_u|| / (1 - abar) (= ||eps_c - eps_u|| / (1 - abar))."""
     adapter = load_adapter(str(build_tiny_sd(tmp_path / "v", prediction_type="v_prediction")))
-    (got,) = AnisotropyScorer(adapter, t_norm=60, t_angle=10, angle_weight=0.0).score_captions(["a cat"], ["i"])
+    scorer = AnisotropyScorer(adapter, t_norm=60, t_angle=10, angle_weight=0.1)
+    (got,) = scorer.score_captions(["a cat"], ["i"])
     x = first_noise("anisotropy", 0, 1, (4, 8, 8))
     abar = DDIMScheduler.from_config(adapter.scheduler_config).alphas_cumprod[60]
     with torch.no_grad():
-        v = [adapter.unet(x, torch.tensor([60]), encoder_hidden_states=embed(adapter, [p])).sample
-             for p in ["", "a cat"]]
-    # eps = sqrt(abar) v + sqrt(1 - abar) x: the x terms cancel in the difference
-    assert got == pytest.approx((abar.sqrt() * (v[1] - v[0])).norm().item(), rel=1e-4)
+        def v(t, p):
+            return adapter.unet(x, torch.tensor([t]), encoder_hidden_states=embed(adapter, [p])).sample
+        norm = (abar.sqrt() * (v(60, "a cat") - v(60, ""))).norm().item() / (1 - abar.item())
+        a, b = v(10, ""), v(10, "a cat") - v(10, "")
+        cosine = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean().item()
+    assert scorer.pop_details("i") == pytest.approx({"norm": norm, "cosine": cosine}, rel=1e-4, abs=1e-6)
+    assert got == pytest.approx(norm + 0.1 * cosine, rel=1e-4, abs=1e-6)
+    # Not the cosine of the eps converted from them (eps = sqrt(abar) v + sqrt(1 - abar) x): they differ.
+    abar10 = DDIMScheduler.from_config(adapter.scheduler_config).alphas_cumprod[10]
+    eu, ec = abar10.sqrt() * a + (1 - abar10).sqrt() * x, abar10.sqrt() * (a + b) + (1 - abar10).sqrt() * x
+    converted = ((eu * (ec - eu)).sum(1) / (eu.norm(dim=1) * (ec - eu).norm(dim=1))).mean().item()
+    assert abs(converted - cosine) > 1e-3
 
 
 def test_score_hvp_is_the_hessian_vector_product_of_the_log_density():

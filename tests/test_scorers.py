@@ -83,14 +83,26 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
         out = pixel.unet(x, torch.full((2,), 60)).sample
         ref = sched.step(out, 60, x).prev_sample
         torch.testing.assert_close(ddim_transfer(pixel, x, 60, 50, None), ref, rtol=1e-4, atol=1e-5)
-    # The score re-runs the documented procedure: invert 0..t_sec by the stride, up one stride, back one.
+    # The score against the authors' secmia.py procedure, re-typed from it: their schedule in float64 from the
+    # betas, the clean image as x at t = 0, DDIM inversion over range(0, t_sec, k)[1:], the round trip
+    # t_sec - k -> t_sec -> t_sec - k, the summed squared difference at t_sec - k.
     got = SecMIScorer(pixel, t_sec=50, stride=10).score(x, ["a", "b"])
+    betas = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)  # the tiny model's linear schedule
+    alphas = torch.cumprod(1 - betas, dim=0)
+
+    def singlestep(x, t_c, t_target):
+        a_c, a_t = alphas[t_c].float(), alphas[t_target].float()
+        eps = pixel.unet(x, torch.full((len(x),), t_c)).sample
+        return a_t.sqrt() * (x - (1 - a_c).sqrt() * eps) / a_c.sqrt() + (1 - a_t).sqrt() * eps
+
     with torch.no_grad():
-        y, t = x, -1
-        for t_next in (0, 10, 20, 30, 40, 50):
-            y, t = ddim_transfer(pixel, y, t, t_next, None), t_next
-        back = ddim_transfer(pixel, ddim_transfer(pixel, y, 50, 60, None), 60, 50, None)
-    torch.testing.assert_close(torch.tensor(got), (back - y).pow(2).flatten(1).sum(1), rtol=1e-5, atol=1e-7)
+        target_steps = list(range(0, 50, 10))[1:]
+        assert target_steps == [10, 20, 30, 40]
+        y, t_c = x, 0
+        for t in target_steps:
+            y, t_c = singlestep(y, t_c, t), t
+        recon = singlestep(singlestep(y, 40, 50), 50, 40)
+    torch.testing.assert_close(torch.tensor(got), ((y - recon) ** 2).flatten(1).sum(-1), rtol=1e-4, atol=1e-7)
 
 
 def test_generate_compare_finds_the_toy_models_duplicated_digit(toy_model, tmp_path):
@@ -146,15 +158,17 @@ def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_p
     ids = ["digit-1742", "digit-1032"]  # 64 copies; held out
     paths = export_images(load_manifest(toy_model), tmp_path, ids=ids)
     x = torch.stack([load_image(ImageItem(id=p.name, path=str(p)), mode="L", size=8).pixels for p in paths])
-    cfg = preset("ddpm", similarity="pixel", max_steps=300, sampler_steps=50, seed=3)
+    cfg = preset("ddpm", similarity="pixel", max_steps=150, sampler_steps=50, seed=5)
     base = preset("ddpm", similarity="pixel")
-    scorer = build_scorer("invmm:max_steps=300,sampler_steps=50", adapter, invmm_config=base)
-    got = scorer.score(x, [p.name for p in paths], seed=3)
+    scorer = build_scorer("invmm:max_steps=150,sampler_steps=50", adapter, invmm_config=base)
+    # Seed 5, not the config's 0, so that the seed is seen passed through; with it the duplicated digit is
+    # reproduced at step 100 (with some seeds only at 300: the spread issue 23 measures).
+    got = scorer.score(x, [p.name for p in paths], seed=5)
     ref = {r.id: r.score for r in measure(adapter, [str(p) for p in paths], cfg)}
     assert got == [ref[p.name] for p in paths]
     assert got[0] < float("inf") == got[1]  # the duplicated digit is reproduced, the held-out one is not
     assert not scorer.higher_is_better
-    assert scorer.to_json()["config"]["max_steps"] == 300
+    assert scorer.to_json()["config"]["max_steps"] == 150
 
 
 def test_secmi_inversion_step_is_diffusers_ddim_inverse_step(pixel):
@@ -195,11 +209,13 @@ def test_timesteps_outside_the_schedule_are_refused_at_construction(pixel):
         build_scorer("pia:t=2.5", pixel)
     with pytest.raises(ScorerError, match=r"t_sec=1500 is outside"):
         SecMIScorer(pixel, t_sec=1500)
-    with pytest.raises(ScorerError, match=r"t_sec \+ stride=100 is outside the model's 0\.\.99 timesteps"):
-        SecMIScorer(pixel, t_sec=90, stride=10)  # the round trip goes one stride above t_sec
+    with pytest.raises(ScorerError, match=r"t_sec=100 is outside the model's 0\.\.99 timesteps"):
+        SecMIScorer(pixel, t_sec=100, stride=10)  # the round trip's top is t_sec itself
     with pytest.raises(ScorerError, match="divisor"):
-        SecMIScorer(pixel, t_sec=50, stride=20)  # the inversion would stop at 40, not t_sec
+        SecMIScorer(pixel, t_sec=50, stride=20)  # the round trip would top out at 60, not t_sec
+    with pytest.raises(ScorerError, match="at most half"):
+        SecMIScorer(pixel, t_sec=10, stride=10)  # no inversion step before the round trip
     with pytest.raises(ScorerError, match="divisor"):
         SecMIScorer(pixel, t_sec=50, stride=0)
-    assert SecMIScorer(pixel, t_sec=80, stride=10).t_sec == 80
+    assert SecMIScorer(pixel, t_sec=90, stride=10).t_sec == 90
     assert PIAScorer(pixel, t=99).t == 99 and LossScorer(pixel, t=0).t == 0

@@ -216,8 +216,10 @@ class Inverter:
         cfg, adapter = self.config, self.adapter
         device = active[0].x0.device
         b = cfg.batch_size
-        # Per-image draws from per-image generators: an image's noise does not depend on its batch mates.
-        z = torch.stack([torch.randn((b, *s.x0.shape), generator=s.gen) for s in active]).to(device)
+        # Per-image draws from per-image generators, on the generators' device (the CPU): an image's noise depends
+        # neither on its batch mates nor on the model's device.
+        z = torch.stack([torch.randn((b, *s.x0.shape), generator=s.gen, device=s.gen.device)
+                         for s in active]).to(device)
         t = torch.stack([adapter.sample_timesteps(b, s.gen) for s in active]).to(device)
         mu = torch.stack([s.mu for s in active])
         logvar = torch.stack([s.logvar for s in active])
@@ -392,7 +394,7 @@ class Inverter:
         """A check's draws from the image's streams: its n starting noises from N(mu, sigma^2) and, for a
         text-conditional model, its prompts (encoded only when `encode`)."""
         n = self.config.n_check_samples
-        z = torch.randn((n, *s.x0.shape), generator=s.gen).to(s.x0.device)
+        z = torch.randn((n, *s.x0.shape), generator=s.gen, device=s.gen.device).to(s.x0.device)
         cond = None
         if s.cond is not None:
             with self._metered(s.calls):

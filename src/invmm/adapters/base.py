@@ -30,6 +30,7 @@ class ModelAdapter(Protocol):
     image_size: int  # images are resized/center-cropped to this square side
     native_resolution: int  # the side the model was built for
     device: torch.device
+    vae_posterior: str  # "sample" or "mode": what the inversion takes of a KL VAE's posterior (codecs.VAECodec)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]: ...  # one x0's [C, H, W] at image_size

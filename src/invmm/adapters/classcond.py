@@ -23,6 +23,8 @@ from invmm.adapters.pixel import PixelAdapter
 
 class ClassConditionalAdapter(PixelAdapter):
     family = "class"
+    # No paper setting: as the `ldm` preset it takes (the authors' LDM code) and DiT's own training, one draw.
+    vae_posterior = "sample"
     conditional = True
     capabilities = frozenset({"noise_schedule", "class"})
     # One Gumbel-softmax class draw per check, shared by its samples, as prompt inversion does for SD 1.x.
@@ -35,7 +37,8 @@ class ClassConditionalAdapter(PixelAdapter):
 
         codec = None  # without a VAE, pixel space (the zoo's toy DiT)
         if vae is not None:
-            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
+                             posterior=self.vae_posterior)
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
         self.transformer = self.unet  # the denoiser, under the name the transformer families use

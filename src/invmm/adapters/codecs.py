@@ -58,17 +58,25 @@ def resolve_latent_scale(vae, saved_config: dict | None, user: float | None = No
     return float(getattr(vae.config, "scaling_factor", None) or 1.0), "default"
 
 
+# How a KL autoencoder's posterior becomes the image's latents, per family (the adapters' `vae_posterior`).
+POSTERIORS = ("sample", "mode")
+
+
 class VAECodec:
     """A VAE (`AutoencoderKL` or `VQModel`): x0 = (latents - shift) * scale.
 
-    A KL autoencoder's posterior is sampled with the caller's generator (the authors' LDM, SD 1.x and SD3 code
-    all take one posterior draw), or its mode without one; VQ latents are the pre-quantisation ones.
+    A KL autoencoder's posterior gives its `posterior`: "sample", one draw from the caller's generator (the
+    authors' LDM and SD3 code), or "mode" (their SD 1.x/2.x scripts override get_first_stage_encoding to take
+    it). Without a generator (the baseline scorers) it is the mode. VQ latents are the pre-quantisation ones.
     """
 
     kind = "vae"
 
     def __init__(self, vae, device: torch.device, *, saved_config: dict | None = None,
-                 latent_scale: float | None = None):
+                 latent_scale: float | None = None, posterior: str = "sample"):
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        self.posterior = posterior
         self.vae = vae.to(device).eval().requires_grad_(False)
         self.device = device
         self.scaling_factor, self.scale_source = resolve_latent_scale(vae, saved_config, latent_scale)
@@ -85,7 +93,7 @@ class VAECodec:
         enc = self.vae.encode(images.to(self.device, torch.float32))
         if hasattr(enc, "latent_dist"):
             dist = enc.latent_dist
-            latents = dist.mode() if generator is None else dist.sample(generator)
+            latents = dist.sample(generator) if self.posterior == "sample" and generator is not None else dist.mode()
         else:
             latents = enc.latents
         return (latents - self.shift_factor) * self.scaling_factor
@@ -96,7 +104,8 @@ class VAECodec:
     def describe(self) -> dict:
         return {"codec": self.kind, "vae_class": type(self.vae).__name__, "scaling_factor": self.scaling_factor,
                 "scaling_factor_source": self.scale_source, "shift_factor": self.shift_factor,
-                "vae_encoding": "posterior sample" if type(self.vae).__name__ == "AutoencoderKL" else "latents"}
+                "vae_encoding": f"posterior {self.posterior}" if type(self.vae).__name__ == "AutoencoderKL"
+                else "latents"}
 
 
 def check_resolution(resolution: int | None, native: int, multiple: int) -> int:

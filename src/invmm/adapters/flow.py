@@ -12,10 +12,12 @@ Prompt inversion replaces 75 tokens of CLIP-L only; CLIP-G and T5 keep the capti
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from invmm.adapters.codecs import CodecImages, VAECodec, check_resolution
-from invmm.adapters.text2image import encode_soft_tokens
+from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
 from invmm.conditioning import classifier_free_guidance
 from invmm.functional import x0_from_flow_velocity
 
@@ -29,7 +31,7 @@ class FlowMatching(CodecImages):
     the Euler check on the scheduler of the subclass's `sampler()`."""
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.sigmas), (n,), generator=generator)
+        return torch.randint(0, len(self.sigmas), (n,), generator=generator, device=generator.device)
 
     def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
         return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
@@ -39,11 +41,15 @@ class FlowMatching(CodecImages):
         return s * eps + (1.0 - s) * x0
 
     def _euler(self, schedule: str):
+        """A fresh Euler scheduler of the model's config: a copy of one built once, at load time (see
+        pixel.PixelAdapter.sampler for why)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         if schedule != "model":
             raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
-        return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        if getattr(self, "_euler_template", None) is None:  # the first call comes from the subclass's __init__
+            self._euler_template = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        return copy.deepcopy(self._euler_template)
 
     def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
         return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
@@ -66,6 +72,8 @@ class FlowMatching(CodecImages):
 
 class FlowAdapter(FlowMatching):
     family = "flow"
+    # The authors' SD3 code draws the VAE posterior (sd3_impls' SDVAE.encode adds std * randn).
+    vae_posterior = "sample"
     conditional = True
     capabilities = frozenset({"text"})
     # The authors' SD3 check gives each of its samples its own Gumbel-softmax draw of the soft prompt.
@@ -79,7 +87,8 @@ class FlowAdapter(FlowMatching):
 
         self.device = torch.device(device)
         self.transformer = transformer.to(self.device).eval().requires_grad_(False)
-        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale)
+        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale,
+                              posterior=self.vae_posterior)
         self.vae = self.codec.vae
         self.text_encoders = [e.to(self.device).eval().requires_grad_(False) if e is not None else None
                               for e in text_encoders]
@@ -103,7 +112,9 @@ class FlowAdapter(FlowMatching):
         self.max_length = int(self.tokenizers[0].model_max_length)
         self.n_soft_tokens = self.max_length - 2
         self.vocab_size = int(clip_l.get_input_embeddings().weight.shape[0])
-        self._empty_ids = self._tokenize(0, [""])
+        # A full-length prompt, so that CLIP-L's pooled vector (half of the pooled projection) sees all 75 learned
+        # tokens; the authors pool at the caption's end token, which sees those before it (README, deviations).
+        self._soft_ids = full_length_ids(self.tokenizers[0], self.max_length, self.device)
         self._uncond = self.prompt_embeddings([""])
 
     # --- forward process and x0 ---
@@ -129,8 +140,7 @@ class FlowAdapter(FlowMatching):
     # --- text conditioning ---
     def _tokenize(self, k: int, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         tok = self.tokenizers[k]
-        return tok(texts, padding="max_length", max_length=max_length or int(tok.model_max_length),
-                   truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return tokenize(tok, texts, max_length or int(tok.model_max_length), self.device)["input_ids"]
 
     def _clip(self, k: int, texts: list[str]):
         out = self.text_encoders[k](self._tokenize(k, texts), output_hidden_states=True)
@@ -158,7 +168,7 @@ class FlowAdapter(FlowMatching):
         return g_hidden, g_pooled, self._t5([caption])
 
     def soft_prompt_embeddings(self, probs: torch.Tensor, context):
-        out = encode_soft_tokens(self.text_encoders[0], self._empty_ids, probs, output_hidden_states=True)
+        out = encode_soft_tokens(self.text_encoders[0], self._soft_ids, probs, output_hidden_states=True)
         n = len(probs)
         g_hidden, g_pooled, t5 = (c.expand(n, *c.shape[1:]) for c in context)
         return self._join(out.hidden_states[-2], out[0], g_hidden, g_pooled, t5)

@@ -32,7 +32,7 @@ import torch
 
 from invmm.adapters.codecs import VAECodec, check_resolution
 from invmm.adapters.flow import FlowMatching
-from invmm.adapters.text2image import encode_soft_tokens
+from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
 from invmm.functional import x0_from_flow_velocity
 
 # As for SD3: models with a larger native side are measured at 512 unless the user asks for another.
@@ -63,12 +63,15 @@ def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def image_ids(h: int, w: int, device) -> torch.Tensor:
     """Rotary position ids of the packed patches: (0, row, col), row-major."""
-    rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(h // 2, device=device), torch.arange(w // 2, device=device), indexing="ij")
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(device, torch.float32)
 
 
 class FluxAdapter(FlowMatching):
     family = "flux"
+    # No paper setting: as the `sd3` preset it takes (the authors' SD3 code draws the posterior) and Flux's own
+    # training scripts, one draw.
+    vae_posterior = "sample"
     conditional = True
     capabilities = frozenset({"text"})
     # No authors' setting for Flux: the SD3 check's (each sample its own Gumbel-softmax draw of the soft prompt).
@@ -81,7 +84,8 @@ class FluxAdapter(FlowMatching):
                  max_sequence_length: int | None = None):
         self.device = torch.device(device)
         self.transformer = transformer.to(self.device).eval().requires_grad_(False)
-        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale)
+        self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale,
+                              posterior=self.vae_posterior)
         self.vae = self.codec.vae
         self.text_encoders = [e.to(self.device).eval().requires_grad_(False) for e in text_encoders]
         self.tokenizers = list(tokenizers)
@@ -119,9 +123,8 @@ class FluxAdapter(FlowMatching):
         self.max_length = int(clip.model_max_length)
         self.n_soft_tokens = self.max_length - 2
         self.vocab_size = int(self.text_encoders[0].get_input_embeddings().weight.shape[0])
-        # A full-length prompt; the filler ids only place the end token (their embeddings are replaced).
-        self._soft_ids = torch.tensor([[clip.bos_token_id] * (self.max_length - 1) + [clip.eos_token_id]],
-                                      device=self.device)
+        # A full-length prompt: CLIP-L's pooled vector, all Flux takes from CLIP, sees every learned token.
+        self._soft_ids = full_length_ids(clip, self.max_length, self.device)
         self._uncond = self.prompt_embeddings([""])
 
     # --- the velocity and x0 (the forward process and the Euler check: flow.FlowMatching) ---
@@ -162,8 +165,7 @@ class FluxAdapter(FlowMatching):
 
     # --- text conditioning: (T5 hidden states [n, L, D], CLIP-L pooled [n, 768]) ---
     def _tokenize(self, k: int, texts: list[str], max_length: int) -> torch.Tensor:
-        return self.tokenizers[k](texts, padding="max_length", max_length=max_length, truncation=True,
-                                  return_tensors="pt").input_ids.to(self.device)
+        return tokenize(self.tokenizers[k], texts, max_length, self.device)["input_ids"]
 
     def _t5(self, texts: list[str]) -> torch.Tensor:
         return self.text_encoders[1](self._tokenize(1, texts, self.max_sequence_length))[0]

@@ -19,5 +19,6 @@ class LatentAdapter(PixelAdapter):
     def __init__(self, unet, vae, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = "",
                  resolution: int | None = None, vae_saved_config: dict | None = None,
                  latent_scale: float | None = None):
-        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
+                         posterior=self.vae_posterior)
         super().__init__(unet, scheduler_config, device=device, source=source, resolution=resolution, codec=codec)

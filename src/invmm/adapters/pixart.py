@@ -22,6 +22,7 @@ import torch
 
 from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
+from invmm.adapters.text2image import tokenize
 
 # diffusers' default `max_sequence_length` of each pipeline's encode_prompt and __call__.
 MAX_SEQUENCE_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -30,6 +31,8 @@ VARIANTS = {"PixArtAlphaPipeline": "alpha", "PixArtSigmaPipeline": "sigma"}
 
 class PixArtAdapter(PixelAdapter):
     family = "pixart"
+    # No paper setting: as the `sd` preset it takes (an SD-type KL VAE, a DDPM schedule), the posterior's mode.
+    vae_posterior = "mode"
     conditional = True
     capabilities = frozenset({"noise_schedule", "text"})
     # The DDPM family's check (the authors' SD 1.x one): one soft-prompt draw for all check samples.
@@ -42,7 +45,8 @@ class PixArtAdapter(PixelAdapter):
                  device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
                  vae_saved_config: dict | None = None, latent_scale: float | None = None,
                  pipeline_class: str | None = None):
-        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
+                         posterior=self.vae_posterior)
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
         self.transformer = self.unet  # the denoiser, under the name the transformer families use
@@ -90,9 +94,8 @@ class PixArtAdapter(PixelAdapter):
     # --- text conditioning ---
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [t.lower().strip() for t in texts]
-        enc = self.tokenizer(texts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                             add_special_tokens=True, return_tensors="pt")
-        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+        enc = tokenize(self.tokenizer, texts, self.max_sequence_length, self.device, add_special_tokens=True)
+        return enc["input_ids"], enc["attention_mask"]
 
     @torch.no_grad()
     def prompt_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

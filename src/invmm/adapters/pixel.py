@@ -6,6 +6,8 @@ turned into x0_hat by the scheduler's `prediction_type`, and deterministic DDIM 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from invmm.adapters.codecs import CodecImages, PixelCodec, check_resolution
@@ -26,6 +28,9 @@ class PixelAdapter(CodecImages):
     """The DDPM-family numerical path for a `UNet2DModel`; pixel space, or another codec's (latent.py)."""
 
     family = "pixel"
+    # A KL VAE's posterior in the inversion (codecs.VAECodec, latent.py): one draw, as the authors' LDM code
+    # (its get_first_stage_encoding) takes it; the paper's LDM is a VQ model, whose latents involve no draw.
+    vae_posterior = "sample"
     conditional = False
     capabilities = frozenset({"noise_schedule"})
 
@@ -54,9 +59,12 @@ class PixelAdapter(CodecImages):
         self.prediction_type = prediction_type
         # The noise schedule comes from the model's own scheduler config (betas, schedule kind, length):
         # diffusers derives alphas_cumprod from it exactly as the model was trained.
-        self._ddim = DDIMScheduler.from_config(self.scheduler_config)
-        self.alphas_cumprod = self._ddim.alphas_cumprod.to(self.device, torch.float32)
-        self.num_train_timesteps = int(self._ddim.config.num_train_timesteps)
+        ddim = DDIMScheduler.from_config(self.scheduler_config)
+        self.alphas_cumprod = ddim.alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = int(ddim.config.num_train_timesteps)
+        # The check's schedulers, built once here (see sampler).
+        self._samplers = {name: DDIMScheduler.from_config(self.scheduler_config, **grid)
+                          for name, grid in DDIM_GRIDS.items()}
         size = self.unet.config.sample_size
         self.native_resolution = int(size if isinstance(size, int) else size[0]) * self.codec.factor
         self.image_size = check_resolution(resolution, self.native_resolution, self.codec.factor * self._side_step())
@@ -67,11 +75,11 @@ class PixelAdapter(CodecImages):
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=generator.device)
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar at integer timesteps t (any shape)."""
-        return self.alphas_cumprod[torch.as_tensor(t).to(self.device)]
+        return self.alphas_cumprod[torch.as_tensor(t, device=self.device)]
 
     def _abar(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
         return self.alpha_bar(t).reshape(-1, *([1] * (ndim - 1)))
@@ -108,12 +116,13 @@ class PixelAdapter(CodecImages):
         return self.uncond_embeddings(n)
 
     def sampler(self, steps: int, schedule: str = "model"):
-        """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS)."""
-        from diffusers import DDIMScheduler
-
+        """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS): a fresh copy of the
+        one built at load time. diffusers' schedulers create their tables (betas, alpha_bar) on the default
+        device when constructed; built at load, they hold them as the model was loaded, whatever default device
+        is in force while a run goes on (tests/test_device_placement.py), and no check constructs one."""
         if schedule not in DDIM_GRIDS:
             raise ValueError(f"unknown check schedule {schedule!r}; expected one of {tuple(DDIM_GRIDS)}")
-        scheduler = DDIMScheduler.from_config(self.scheduler_config, **DDIM_GRIDS[schedule])
+        scheduler = copy.deepcopy(self._samplers[schedule])
         scheduler.set_timesteps(steps)
         return scheduler
 

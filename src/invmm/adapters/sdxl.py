@@ -29,7 +29,7 @@ import torch
 
 from invmm.adapters.codecs import VAECodec
 from invmm.adapters.pixel import PixelAdapter
-from invmm.adapters.text2image import encode_soft_tokens
+from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
 
 N_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
@@ -47,6 +47,8 @@ def crop_top_left(original_size: tuple[int, int], side: int) -> tuple[int, int]:
 
 class SDXLAdapter(PixelAdapter):
     family = "sdxl"
+    # No paper setting: as its nearest paper family, SD 1.x/2.x (the same kind of KL VAE and UNet), the mode.
+    vae_posterior = "mode"
     conditional = True
     capabilities = frozenset({"noise_schedule", "text"})
     # The paper has no SDXL setting; the UNet/DDIM family follows the authors' SD 1.x check: one soft prompt
@@ -65,7 +67,8 @@ class SDXLAdapter(PixelAdapter):
         if str(scheduler_config.get("_class_name", "")).startswith("EDM"):
             raise ValueError(f"scheduler {scheduler_config['_class_name']} is an EDM schedule without betas; SDXL "
                              "models are measured on their DDPM alpha_bar schedule")
-        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+        codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
+                         posterior=self.vae_posterior)
         super().__init__(unet, scheduler_config, device=device, source=source, resolution=resolution, codec=codec)
         self.text_encoders = [e.to(self.device).eval().requires_grad_(False) for e in text_encoders]
         self.tokenizers = list(tokenizers)
@@ -97,11 +100,9 @@ class SDXLAdapter(PixelAdapter):
         shared = (self.tokenizers[0].get_vocab() == self.tokenizers[1].get_vocab()
                   and int(clip_g.get_input_embeddings().weight.shape[0]) == self.vocab_size)
         self.inverted_encoders = (0, 1) if shared else (0,)
-        # A soft prompt fills all 75 inner positions, as a 75-token prompt would: start token, the mixtures, and
-        # the end token at the last position, where CLIP pools (the first end token; the highest id for configs
-        # with the legacy eos_token_id 2). The filler ids are never embedded: the mixtures replace them.
-        self._soft_ids = [torch.tensor([[t.bos_token_id] * (self.max_length - 1) + [t.eos_token_id]],
-                                       device=self.device) for t in self.tokenizers]
+        # A soft prompt fills all 75 inner positions, as a 75-token prompt would (CLIP-G's pooled vector is the
+        # UNet's text_embeds).
+        self._soft_ids = [full_length_ids(t, self.max_length, self.device) for t in self.tokenizers]
         with torch.no_grad():
             embeds, pooled = self._encode([""])
         if self.force_zeros_for_empty_prompt:
@@ -152,8 +153,7 @@ class SDXLAdapter(PixelAdapter):
         return torch.tensor([ids], dtype=torch.float32, device=self.device).expand(n, N_TIME_IDS)
 
     def _tokenize(self, k: int, texts: list[str]) -> torch.Tensor:
-        return self.tokenizers[k](texts, padding="max_length", max_length=self.max_length, truncation=True,
-                                  return_tensors="pt").input_ids.to(self.device)
+        return tokenize(self.tokenizers[k], texts, self.max_length, self.device)["input_ids"]
 
     def _clip(self, k: int, texts: list[str]):
         out = self.text_encoders[k](self._tokenize(k, texts), output_hidden_states=True)

@@ -18,6 +18,8 @@ from invmm.adapters.pixel import PixelAdapter
 
 class Text2ImageAdapter(PixelAdapter):
     family = "text2image"
+    # The authors' SD 1.x/2.x inversion scripts override get_first_stage_encoding to take the posterior's mode.
+    vae_posterior = "mode"
     conditional = True
     capabilities = frozenset({"noise_schedule", "text"})
     # The authors' SD 1.x check draws one soft prompt and gives it to all samples at every guidance scale.
@@ -28,7 +30,8 @@ class Text2ImageAdapter(PixelAdapter):
                  vae_saved_config: dict | None = None, latent_scale: float | None = None):
         codec = None  # without a VAE, pixel space
         if vae is not None:
-            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale)
+            codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
+                             posterior=self.vae_posterior)
         super().__init__(unet, scheduler_config, device=device, source=source, resolution=resolution, codec=codec)
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -41,8 +44,7 @@ class Text2ImageAdapter(PixelAdapter):
         self._uncond = self.prompt_embeddings([""])
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
-                              return_tensors="pt").input_ids.to(self.device)
+        return tokenize(self.tokenizer, texts, self.max_length, self.device)["input_ids"]
 
     @torch.no_grad()
     def prompt_embeddings(self, texts: list[str]) -> torch.Tensor:
@@ -69,6 +71,23 @@ class Text2ImageAdapter(PixelAdapter):
         d.update(text_encoder_class=type(self.text_encoder).__name__, vocab_size=self.vocab_size,
                  max_length=self.max_length)
         return d
+
+
+def tokenize(tokenizer, texts: list[str], length: int, device, **kwargs) -> dict[str, torch.Tensor]:
+    """The tokenizer's ids (and attention mask), padded and truncated to `length`, made on `device` (a tokenizer's
+    own "pt" tensors would be made on the default device, not the model's)."""
+    enc = tokenizer(texts, padding="max_length", max_length=length, truncation=True, **kwargs)
+    return {key: torch.tensor(enc[key], dtype=torch.long, device=device)
+            for key in ("input_ids", "attention_mask") if key in enc}
+
+
+def full_length_ids(tokenizer, length: int, device) -> torch.Tensor:
+    """[1, length] ids of a prompt that fills every position: the start token, fillers, the end token last. A soft
+    prompt substituted into positions 1..length-2 is then a full-length prompt, and CLIP pools at its end token
+    (the first end token, or the highest id for configs with the legacy eos_token_id 2), which sees every
+    learned position. With the empty prompt's ids it would pool at position 1 and see only the first one. The
+    fillers are never embedded: the mixtures replace them."""
+    return torch.tensor([[tokenizer.bos_token_id] * (length - 1) + [tokenizer.eos_token_id]], device=device)
 
 
 def encode_soft_tokens(text_encoder, empty_ids: torch.Tensor, probs: torch.Tensor, **kwargs):

@@ -11,9 +11,15 @@ The cosine is the angle between the unconditional score and the guidance vector 
 so the sign and scale cancel): under a memorized prompt the low-noise log-density is anisotropic and the
 guidance points along the unconditional score. As in the authors' code the cosine is taken over the channels
 at each spatial position and averaged over positions ("channels"); "all" takes one cosine of the flattened
-vectors (for a 1-channel pixel model the per-position cosine is only the sign agreement). t_norm is the first
-timestep of the model's `sampler_steps`-step DDIM grid (981 on Stable Diffusion's 50-step grid), t_angle the
-third from last (41 there). Text-to-image DDPM-family models. Higher = memorized.
+vectors (for a 1-channel pixel model the per-position cosine is only the sign agreement).
+
+Both are taken on the model's raw outputs, as the authors take them: eps for an epsilon model, v for a
+v-prediction model (SD 2), whose cosine is then that of the v's, not of the eps converted from them. The
+norm is of the eps difference, which for v is sqrt(abar) times the v difference; the authors' SD 2 path
+divides it by 1 - abar_t (their "score" difference), a factor of 1.005 at SD 2's t_norm 981, kept here.
+
+t_norm is the first timestep of the model's `sampler_steps`-step DDIM grid (981 on Stable Diffusion's 50-step
+grid), t_angle the third from last (41 there). Text-to-image DDPM-family models. Higher = memorized.
 """
 
 from __future__ import annotations
@@ -61,12 +67,12 @@ class AnisotropyScorer(PromptScorer):
     def _score_caption(self, adapter, cond, noise):
         n = len(noise)
         c, u = cond_expand(cond, n), adapter.uncond_embeddings(n)
-        t = torch.tensor([self.t_norm] * 2 * n + [self.t_angle] * 2 * n)
+        t = torch.tensor([self.t_norm] * 2 * n + [self.t_angle] * 2 * n, device=adapter.device)
         with torch.no_grad():
-            # One call: [uncond, cond] at t_norm, then at t_angle, all on the same pure noise.
-            eps = adapter.eps_prediction(torch.cat([noise] * 4), t, cond_cat([u, c, u, c]))
-        u_norm, c_norm, u_angle, c_angle = eps.chunk(4)
-        norm = (c_norm - u_norm).flatten(1).norm(dim=1)
+            # One call: [uncond, cond] at t_norm, then at t_angle, all on the same pure noise; the raw outputs.
+            out = adapter.guided_output(torch.cat([noise] * 4), t, cond_cat([u, c, u, c]))
+        u_norm, c_norm, u_angle, c_angle = out.chunk(4)
+        norm = (c_norm - u_norm).flatten(1).norm(dim=1) * self._norm_scale(adapter)
         guidance = c_angle - u_angle
         if self.cosine_over == "channels":
             cosine = F.cosine_similarity(u_angle, guidance, dim=1).flatten(1).mean(1)
@@ -74,6 +80,13 @@ class AnisotropyScorer(PromptScorer):
             cosine = F.cosine_similarity(u_angle.flatten(1), guidance.flatten(1), dim=1)
         norm, cosine = norm.mean().item(), cosine.mean().item()
         return self.norm_weight * norm + self.angle_weight * cosine, {"norm": norm, "cosine": cosine}
+
+
+    def _norm_scale(self, adapter) -> float:
+        """The factor from the raw output difference to the norm the authors take (see the module's doc)."""
+        abar = float(adapter.alpha_bar(torch.tensor(self.t_norm, device=adapter.device)))
+        return {"epsilon": 1.0, "v_prediction": abar ** 0.5 / (1 - abar),
+                "sample": (abar / (1 - abar)) ** 0.5}[adapter.prediction_type]
 
 
 def sampler_grid(scorer, *, minimum: int = 1) -> list[int]:

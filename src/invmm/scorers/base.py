@@ -156,7 +156,8 @@ class PromptScorer(Scorer):
 
     def noise(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed_from(seed, self.name))
-        return torch.randn((self.n_generations, *self.adapter.latent_shape), generator=g).to(self.adapter.device)
+        return torch.randn((self.n_generations, *self.adapter.latent_shape), generator=g,
+                           device=g.device).to(self.adapter.device)
 
     def _score_caption(self, adapter, cond, noise: torch.Tensor) -> tuple[float, dict]:
         raise NotImplementedError

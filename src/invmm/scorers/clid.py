@@ -46,7 +46,7 @@ def degrade_caption(caption: str, rates, generator: torch.Generator, mask: str =
     """The caption with its ceil-like `rate` fraction of words replaced by `mask` (dropped if mask is ""), one
     caption per rate; the words go in the order of one random ranking, so a higher rate removes a superset."""
     words = caption.split()
-    order = torch.randperm(len(words), generator=generator).tolist()
+    order = torch.randperm(len(words), generator=generator, device=generator.device).tolist()
     out = []
     for rate in rates:
         cut = set(order[: cut_count(rate, len(words))])
@@ -147,19 +147,20 @@ class CLiDScorer(Scorer):
         return self._rows(adapter, x0, ids, cond, seed)[:, 1:].mean(1)
 
     def _rows(self, adapter, x0, ids, cond, seed):
-        ts = torch.tensor(self.timesteps())
+        ts = torch.tensor(self.timesteps(), device=adapter.device)
         n = len(ts)
         rows = []
         for i, image_id in enumerate(ids):
             texts = self.degraded_captions(self._captions[image_id], image_id, seed)
             m = 1 + len(texts)
             # Row 0 the true caption, then each degraded one; every condition sees the same (t, eps) pairs.
-            conds = cond_cat([cond_rows(cond, torch.tensor([i])), adapter.prompt_embeddings(texts)])
-            eps = torch.randn((n, *x0.shape[1:]), generator=self.generator(seed, image_id)).to(adapter.device)
+            conds = cond_cat([cond_rows(cond, slice(i, i + 1)), adapter.prompt_embeddings(texts)])
+            g = self.generator(seed, image_id)
+            eps = torch.randn((n, *x0.shape[1:]), generator=g, device=g.device).to(adapter.device)
             x_t = adapter.add_noise(x0[i : i + 1].expand_as(eps), eps, ts)
             tile = (m,) + (1,) * (eps.ndim - 1)
             pred = adapter.eps_prediction(x_t.repeat(tile), ts.repeat(m),
-                                          cond_rows(conds, torch.arange(m).repeat_interleave(n)))
+                                          cond_rows(conds, torch.arange(m, device=adapter.device).repeat_interleave(n)))
             loss = (pred - eps.repeat(tile)).pow(2).flatten(1).mean(1).view(m, n).mean(1)
             rows.append(torch.cat([loss[:1], loss[1:] - loss[0]]))
         return torch.stack(rows)

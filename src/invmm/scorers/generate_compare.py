@@ -35,7 +35,7 @@ class GenerateCompareScorer(Scorer):
     def samples(self, caption: str | None, seed: int) -> torch.Tensor:
         adapter = self.adapter
         g = torch.Generator().manual_seed(seed_from(seed, self.name, caption or ""))
-        noise = torch.randn((self.n_samples, *adapter.latent_shape), generator=g)
+        noise = torch.randn((self.n_samples, *adapter.latent_shape), generator=g, device=g.device)
         cond = None
         if adapter.conditional:
             cond = cond_expand(adapter.prompt_embeddings([caption or ""]), self.n_samples)

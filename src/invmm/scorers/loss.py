@@ -33,8 +33,8 @@ class LossScorer(Scorer):
         scores = []
         for i, image_id in enumerate(ids):
             g = self.generator(seed, image_id)
-            eps = torch.randn((self.n_draws, *x0.shape[1:]), generator=g).to(adapter.device)
-            t = torch.full((self.n_draws,), self.t, dtype=torch.long)
+            eps = torch.randn((self.n_draws, *x0.shape[1:]), generator=g, device=g.device).to(adapter.device)
+            t = torch.full((self.n_draws,), self.t, dtype=torch.long, device=adapter.device)
             x_t = adapter.add_noise(x0[i : i + 1].expand_as(eps), eps, t)
             c = cond_expand(cond_rows(cond, slice(i, i + 1)), self.n_draws) if cond is not None else None
             err = (eps - adapter.eps_prediction(x_t, t, c)).pow(2).flatten(1).sum(1)

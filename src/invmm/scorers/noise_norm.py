@@ -33,7 +33,7 @@ class NoiseNormScorer(Scorer):
         scores = []
         for i, image_id in enumerate(ids):
             g = torch.Generator().manual_seed(seed_from(seed, self.name, image_id))
-            x = torch.randn((self.n_generations, *x0.shape[1:]), generator=g).to(adapter.device)
+            x = torch.randn((self.n_generations, *x0.shape[1:]), generator=g, device=g.device).to(adapter.device)
             c = cond_expand(cond_rows(cond, slice(i, i + 1)), self.n_generations)
             u = adapter.uncond_embeddings(self.n_generations)
             scheduler = adapter.sampler(self.sampler_steps)

@@ -31,8 +31,8 @@ class PIAScorer(Scorer):
 
     def _score(self, adapter, x0, ids, cond, seed):
         n = len(x0)
-        eps0 = adapter.eps_prediction(x0, torch.zeros(n, dtype=torch.long), cond)
-        t = torch.full((n,), self.t, dtype=torch.long)
+        eps0 = adapter.eps_prediction(x0, torch.zeros(n, dtype=torch.long, device=x0.device), cond)
+        t = torch.full((n,), self.t, dtype=torch.long, device=x0.device)
         x_t = adapter.add_noise(x0, eps0, t)
         diff = (eps0 - adapter.eps_prediction(x_t, t, cond)).flatten(1)
         return diff.norm(p=self.p, dim=1)

@@ -46,16 +46,18 @@ class SimAScorer(Scorer):
 
     def _score(self, adapter, x0, ids, cond, seed):
         if self.n_draws == 0:
-            eps = adapter.eps_prediction(x0, torch.full((len(x0),), self.t, dtype=torch.long), cond)
+            eps = adapter.eps_prediction(x0, torch.full((len(x0),), self.t, dtype=torch.long, device=x0.device),
+                                       cond)
         else:
             eps = torch.cat([self._mean_prediction(adapter, x0[i : i + 1], image_id,
-                                                   None if cond is None else cond_rows(cond, torch.tensor([i])),
+                                                   None if cond is None else cond_rows(cond, slice(i, i + 1)),
                                                    seed) for i, image_id in enumerate(ids)])
         return eps.flatten(1).norm(p=self.p, dim=1)
 
     def _mean_prediction(self, adapter, x0, image_id, cond, seed):
         n = self.n_draws
-        noise = torch.randn((n, *x0.shape[1:]), generator=self.generator(seed, image_id)).to(adapter.device)
-        t = torch.full((n,), self.t, dtype=torch.long)
+        g = self.generator(seed, image_id)
+        noise = torch.randn((n, *x0.shape[1:]), generator=g, device=g.device).to(adapter.device)
+        t = torch.full((n,), self.t, dtype=torch.long, device=adapter.device)
         x_t = adapter.add_noise(x0.expand_as(noise), noise, t)
         return adapter.eps_prediction(x_t, t, None if cond is None else cond_expand(cond, n)).mean(0, keepdim=True)

@@ -88,7 +88,8 @@ class SSCDSimilarity:
             emb = torch.from_numpy(self._session.run(None, {self._input: batch})[0])
         else:
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-            x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+            mean, std = (torch.tensor(v, device=x.device)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+            x = (x - mean) / std
             emb = self._torchscript(x)
         return torch.nn.functional.normalize(emb.float(), dim=1)
 
