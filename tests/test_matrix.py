@@ -26,6 +26,24 @@ def family(request, tiny_family):
     return request.param, load_adapter(str(tiny_family(request.param)))
 
 
+def test_every_capability_a_scorer_can_require_is_refused_in_words(tiny_family):
+    """A scorer requiring the class capability on a model without it: a ScorerError naming it, not a KeyError."""
+    from dataclasses import dataclass
+
+    from invmm.adapters.base import CAPABILITIES
+    from invmm.scorers.base import CAPABILITY_NAMES, Scorer
+
+    assert set(CAPABILITY_NAMES) == set(CAPABILITIES)
+
+    @dataclass
+    class NeedsClass(Scorer):
+        name = "needs_class"
+        requires = (CLASS,)
+
+    with pytest.raises(ScorerError, match="needs class conditioning; the pixel model"):
+        NeedsClass(load_adapter(str(tiny_family("pixel"))))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", list(SCORERS))
 def test_every_scorer_scores_or_refuses_at_construction(family, name, mode):
