@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from invmm.zoo.tiny import build_tiny_pixel
+from invmm.zoo.tiny import build_tiny, build_tiny_pixel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,15 +15,13 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory):
-    """tiny_family(name) -> the folder of that family's tiny pipeline (tests/families.py), built once a session."""
-    from families import FAMILIES
-
+    """tiny_family(name) -> the folder of that family's tiny pipeline (zoo.tiny.TINY_FAMILIES), built once a
+    session."""
     built = {}
 
     def path(name):
         if name not in built:
-            build, kwargs = FAMILIES[name]
-            built[name] = build(tmp_path_factory.mktemp(name) / "m", **kwargs)
+            built[name] = build_tiny(name, tmp_path_factory.mktemp(name) / "m")
         return built[name]
 
     return path

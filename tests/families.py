@@ -1,45 +1,14 @@
-"""Every family's tiny pipeline, as the contract and matrix suites parametrize over them: a new family joins
-FAMILIES and every suite runs on it."""
+"""What the suites over every family share: the tiny pipelines (zoo.tiny.TINY_FAMILIES: a new family joins there
+and every suite runs on it), small scorer settings, test images and their known conditionings."""
 
 from __future__ import annotations
 
 import torch
 
 from invmm.adapters.base import CLASS, TEXT
-from invmm.zoo.tiny import (
-    build_tiny_dit,
-    build_tiny_flux,
-    build_tiny_ldm,
-    build_tiny_pixart,
-    build_tiny_pixel,
-    build_tiny_sd,
-    build_tiny_sd3,
-    build_tiny_sdxl,
-)
+from invmm.zoo.tiny import TINY_FAMILIES
 
-FAMILIES = {
-    "pixel": (build_tiny_pixel, {}),
-    "pixel-rgb-v": (build_tiny_pixel, {"channels": 3, "prediction_type": "v_prediction"}),
-    "latent-kl": (build_tiny_ldm, {"vae_kind": "kl"}),
-    "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
-    "sd": (build_tiny_sd, {}),
-    "sd-v": (build_tiny_sd, {"prediction_type": "v_prediction"}),
-    "sd3": (build_tiny_sd3, {}),
-    "sdxl": (build_tiny_sdxl, {}),
-    "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
-    "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
-    "pixart-alpha": (build_tiny_pixart, {}),
-    "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
-    "dit": (build_tiny_dit, {}),
-    "dit-pixel": (build_tiny_dit, {"latent": False}),
-}
-
-
-
-def build_family(name: str, path, **extra):
-    """Build FAMILIES[name] at `path`; `extra` overrides its builder's arguments."""
-    build, kwargs = FAMILIES[name]
-    return build(path, **{**kwargs, **extra})
+FAMILIES = TINY_FAMILIES
 
 
 def real_schedule(name: str) -> dict:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from families import FAMILIES, SMALL_SCORERS, build_family, given, images, real_schedule
+from families import FAMILIES, SMALL_SCORERS, given, images, real_schedule
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,6 +15,7 @@ from invmm.adapters.base import CLASS, NOISE_SCHEDULE, TEXT
 from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.scorers import DEFAULT_SCORERS, SCORERS, ScorerError, auto_screen, build_scorer, runnable
+from invmm.zoo.tiny import build_tiny
 
 runner = CliRunner()
 
@@ -95,7 +96,7 @@ def labelled(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix-e2e")
     out = {}
     for fam in E2E_FAMILIES:
-        model = build_family(fam, root / fam / "model", **real_schedule(fam))
+        model = build_tiny(fam, root / fam / "model", **real_schedule(fam))
         adapter = load_adapter(str(model))
         rows = ["path,label,caption,class"]
         for i, x in enumerate(images(adapter, 4, seed=1)):
