@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import preset
 from invmm.datasets import load_dataset
 from invmm.evaluate_run import evaluate_run
+from invmm.families import load_adapter
 from invmm.scorers import build_scorer
 from invmm.scoring import read_scores, score_dataset
 from invmm.zoo import shipped_digits_model

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from invmm.adapters.loading import load_adapter
 from invmm.dataset_inference import dataset_test, feature_matrix, set_features
+from invmm.families import load_adapter
 from invmm.images import ImageItem
 from invmm.scoring import read_run, read_scores, score_with_specs
 from invmm.zoo import shipped_digits_model

@@ -15,12 +15,12 @@ import statistics
 import time
 from pathlib import Path
 
-from invmm.adapters.loading import load_adapter
 from invmm.audit import audit
 from invmm.config import default_config
 from invmm.cost import forward_equivalents
 from invmm.datasets import load_dataset
 from invmm.estimate import estimate, format_estimate
+from invmm.families import load_adapter
 from invmm.images import load_image
 from invmm.repeats import combine
 from invmm.run.files import Ledger

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from invmm import measure
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
 from invmm.images import ImageItem
 from invmm.measure import default_config
 from invmm.zoo.tiny import (

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from invmm.adapters.text2image import Text2ImageAdapter
 from invmm.config import preset
 from invmm.estimate import probe_seconds
+from invmm.families.sd import SDAdapter
 from invmm.inversion import Inverter, Target
 from invmm.similarity import PixelSimilarity
 from invmm.zoo.tokenizer import build_clip_tokenizer
@@ -69,7 +69,7 @@ def main():
     vae = AutoencoderKL(**(TINY_VAE if args.tiny else SD15_VAE))
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
-    adapter = Text2ImageAdapter(unet, vae, text, tok, dict(sched.config), device=args.device)
+    adapter = SDAdapter(unet, vae, text, tok, dict(sched.config), device=args.device)
     cfg = preset("sd", similarity="pixel", max_steps=args.steps, check_every=10 * args.steps,
                  batch_size=args.batch_size, precision=args.precision,
                  gradient_checkpointing=args.gradient_checkpointing)

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from invmm import measure
-from invmm.adapters.loading import load_adapter
 from invmm.config import default_config
 from invmm.cost import forward_equivalents
 from invmm.estimate import worst_case_calls
+from invmm.families import load_adapter
 from invmm.images import ImageItem
 from invmm.inversion import Inverter, Target
 from invmm.similarity import build_similarity

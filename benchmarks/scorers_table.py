@@ -19,9 +19,9 @@ import shutil
 import time
 from pathlib import Path
 
-from invmm.adapters.loading import load_adapter
-from invmm.adapters.lora import LoraSpec
 from invmm.evaluate_run import evaluate_run
+from invmm.families import load_adapter
+from invmm.families.lora import LoraSpec
 from invmm.images import ImageItem
 from invmm.scoring import score_with_specs
 from invmm.zoo import shipped_digits_lora, shipped_digits_model, shipped_digits_t2i_model

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from invmm.adapters.loading import load_adapter
 from invmm.datasets import load_dataset
+from invmm.families import load_adapter
 from invmm.scorers import build_scorer
 from invmm.scoring import score_dataset
 from invmm.screen import suspicion_order

@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from scorers_table import labelled_items
 from sklearn.metrics import roc_auc_score
 
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
 from invmm.images import load_image
 from invmm.scorers import SecMIScorer
 from invmm.scorers.secmi import ddim_transfer

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import PIXEL_THRESHOLD
+from invmm.families import load_adapter
 from invmm.functional import concordance_correlation
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import digits_uint8, load_manifest, to_model_space

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from invmm.zoo.tiny import build_tiny, build_tiny_pixel
+from invmm.families import build_tiny
+from invmm.zoo.tiny import build_tiny_pixel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,7 +16,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory):
-    """tiny_family(name) -> the folder of that family's tiny pipeline (zoo.tiny.TINY_FAMILIES), built once a
+    """tiny_family(name) -> the folder of that family's tiny pipeline (the families' tiny_variants), built once a
     session."""
     built = {}
 

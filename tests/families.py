@@ -1,21 +1,21 @@
-"""What the suites over every family share: the tiny pipelines (zoo.tiny.TINY_FAMILIES: a new family joins there
-and every suite runs on it), small scorer settings, test images and their known conditionings."""
+"""What the suites over every family share: the tiny pipelines (each family's `tiny_variants`, read from the
+registry: a new family's module brings its own and every suite runs on it), small scorer settings, test images
+and their known conditionings."""
 
 from __future__ import annotations
 
 import torch
 
-from invmm.adapters.base import CLASS, TEXT
-from invmm.zoo.tiny import TINY_FAMILIES
+from invmm.families import CLASS, TEXT, tiny_variants
 
-FAMILIES = TINY_FAMILIES
+FAMILIES = tiny_variants()  # variant name -> (its family, the tiny builder's arguments)
 
 
 def real_schedule(name: str) -> dict:
     """The builder arguments that give FAMILIES[name] a real model's 1,000 training timesteps (the flow-matching,
     PixArt and DiT builders' schedules already have them or take none)."""
-    build, _ = FAMILIES[name]
-    return {"train_timesteps": 1000} if "train_timesteps" in build.__kwdefaults__ else {}
+    fam, _ = FAMILIES[name]
+    return {"train_timesteps": 1000} if "train_timesteps" in fam.tiny.__kwdefaults__ else {}
 
 
 # The tiny models have 100 training timesteps: the scorers' defaults (made for 1000) would be refused as out of

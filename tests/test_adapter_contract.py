@@ -7,11 +7,12 @@ import pytest
 import torch
 from families import FAMILIES, given, images
 
-from invmm.adapters.base import CAPABILITIES, CLASS, NOISE_SCHEDULE, TEXT, ModelAdapter, NoiseScheduleAdapter
-from invmm.adapters.loading import load_adapter
-from invmm.conditioning import cond_rows
 from invmm.config import default_config
-from invmm.cost import RowCounter, denoiser, text_encoders, vae_encoder
+from invmm.cost import RowCounter, text_encoders, vae_encoder
+from invmm.families import load_adapter
+from invmm.families.base import CAPABILITIES, CLASS, NOISE_SCHEDULE, TEXT, ModelAdapter
+from invmm.families.conditions import cond_rows
+from invmm.families.noise_schedule import NoiseScheduleAdapter
 from invmm.inversion import Inverter, Target
 from invmm.similarity import PixelSimilarity
 
@@ -89,7 +90,7 @@ def test_guided_output_follows_the_guidance_kind(adapter):
         u = adapter.guided_output(x, t, adapter.uncond_embeddings(2))
         c = adapter.guided_output(x, t, cond)
         torch.testing.assert_close(plain, u)  # no prompt: the empty prompt's output
-        counter = RowCounter([denoiser(adapter)])
+        counter = RowCounter([adapter.denoiser])
         with counter.attached():
             guided = adapter.guided_output(x, t, cond, 3.0)
         if kind == "cfg":  # classifier-free guidance against the empty prompt
@@ -138,7 +139,7 @@ def test_model_calls_are_counted_exactly(adapter, preview):
     """Each result's calls against hooks on the model's own modules (the counts are machine independent)."""
     # Nothing passes: every check runs round 1 at every scale, or, with a preview, only the preview.
     cfg = _small_config(adapter, threshold=1.5, check_preview_steps=preview)
-    counters = {"denoiser": RowCounter([denoiser(adapter)]), "text": RowCounter(text_encoders(adapter)),
+    counters = {"denoiser": RowCounter([adapter.denoiser]), "text": RowCounter(text_encoders(adapter)),
                 "encoder": RowCounter([vae_encoder(adapter)]),
                 "decoder": RowCounter([getattr(getattr(adapter, "vae", None), "decoder", None)])}
     with counters["denoiser"].attached(), counters["text"].attached(), counters["encoder"].attached(), \
@@ -224,4 +225,4 @@ def test_memory_options_run_on_every_family(adapter):
                         attention_slicing=True)
     results = _invert(fresh, cfg)
     assert all(r.status == "ok" and r.steps == 2 for r in results)
-    assert denoiser(fresh).is_gradient_checkpointing
+    assert fresh.denoiser.is_gradient_checkpointing

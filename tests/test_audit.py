@@ -227,8 +227,8 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
 
 def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
-    from invmm.adapters.loading import load_adapter
     from invmm.datasets import load_dataset
+    from invmm.families import load_adapter
     from invmm.screen import screen
 
     adapter = load_adapter(str(toy_model))

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from invmm.adapters.classcond import ClassConditionalAdapter
-from invmm.adapters.loading import load_adapter
 from invmm.conditioning import KnownClass, SoftClass
+from invmm.families import load_adapter
+from invmm.families.dit import DiTAdapter
 from invmm.functional import reparameterize
 from invmm.zoo.tiny import build_tiny_dit
 
@@ -24,7 +24,7 @@ def dit(dit_model):
 
 
 def test_detected_with_its_classes(dit):
-    assert isinstance(dit, ClassConditionalAdapter) and dit.family == "class"
+    assert isinstance(dit, DiTAdapter) and dit.family == "dit"
     assert (dit.num_classes, dit.null_class, dit.image_size, dit.latent_shape) == (1000, 1000, 16, (4, 8, 8))
     assert len(dit.label_tables) == 2  # one per transformer block
     # Classes by index or by any of their id2label names (case-insensitive), as DiTPipeline.get_label_ids reads them.
@@ -40,7 +40,7 @@ def test_known_class_feeds_every_block_its_table_row(dit):
     t = torch.tensor([3, 40, 99])
     with torch.no_grad():
         ours = dit._model_output(x, t, dit.prompt_embeddings(["goldfish", "7", ""]))
-        ref = dit.unet(x, t, class_labels=torch.tensor([1, 7, 1000])).sample[:, :4]
+        ref = dit.denoiser(x, t, class_labels=torch.tensor([1, 7, 1000])).sample[:, :4]
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
 
 
@@ -54,7 +54,7 @@ def test_x0_uses_the_mean_channels_as_ddim_does(dit):
     x = torch.randn(2, *dit.latent_shape, generator=torch.Generator().manual_seed(1))
     cond = dit.prompt_embeddings(["3", "5"])
     with torch.no_grad():
-        out = dit.unet(x, t.expand(2), class_labels=torch.tensor([3, 5])).sample
+        out = dit.denoiser(x, t.expand(2), class_labels=torch.tensor([3, 5])).sample
         assert out.shape[1] == 8  # [eps, variance]
         ref = sched.step(out[:, :4], t, x).pred_original_sample
         torch.testing.assert_close(dit.predict_x0(x, t.expand(2), cond), ref, rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, 
         assert tensors["mu"].shape == (1, 8, 8) and tensors["logvar"].shape == (1, 8, 8)
         assert (stem.parent / (stem.name + ".png")).stat().st_size > 100
     run = json.loads((out / "run.json").read_text())
-    assert run["model"]["family"] == "pixel" and run["model"]["prediction_type"] == "epsilon"
+    assert run["model"]["family"] == "ddpm" and run["model"]["prediction_type"] == "epsilon"
     assert run["config"]["max_steps"] == 20 and run["config"]["similarity"] == "pixel" and run["versions"]["torch"]
     # One record schema for measure and audit: the config lives in run.json, the cost in its sessions.
     assert run["kind"] == "measure" and run["sessions"][0]["scored"] == 2 and run["sessions"][0]["errors"] == 2

@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 from invmm import inversion, measure, preset
-from invmm.adapters.codecs import resolve_latent_scale
-from invmm.adapters.flow import FlowAdapter
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.conditioning import SoftPrompt
 from invmm.config import default_config
+from invmm.families import load_adapter
+from invmm.families.codecs import resolve_latent_scale
+from invmm.families.sd3 import SD3Adapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample, seed_from
 from invmm.images import ImageItem
 from invmm.inversion import Inverter, Target
@@ -112,7 +112,7 @@ def test_generate_on_the_paper_grid_equals_diffusers_ddim(toy_model):
     x = noise.clone()
     with torch.no_grad():
         for t in ref.timesteps:
-            x = ref.step(adapter.unet(x, t).sample, t, x).prev_sample
+            x = ref.step(adapter.denoiser(x, t).sample, t, x).prev_sample
     torch.testing.assert_close(adapter.generate(noise, steps=10, schedule="paper"), x.clamp(-1, 1))
     assert not torch.allclose(adapter.generate(noise, steps=10, schedule="model"), x.clamp(-1, 1))
 
@@ -234,9 +234,9 @@ def test_sd3_larger_than_512_is_measured_at_512_by_default():
                                 caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=512)
     encoders = [tiny_clip(tok.get_vocab(), projection=True), tiny_clip(tok.get_vocab(), projection=True), None]
     sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
-    adapter = FlowAdapter(big, tiny_vae("kl"), encoders, [tok, tok, None], sched)
+    adapter = SD3Adapter(big, tiny_vae("kl"), encoders, [tok, tok, None], sched)
     assert (adapter.native_resolution, adapter.image_size) == (1024, 512)
-    assert FlowAdapter(big, tiny_vae("kl"), encoders, [tok, tok, None], sched, resolution=1024).image_size == 1024
+    assert SD3Adapter(big, tiny_vae("kl"), encoders, [tok, tok, None], sched, resolution=1024).image_size == 1024
 
 
 def test_pixel_resolution_option_and_its_error(tmp_path, tiny_model):
@@ -267,7 +267,7 @@ def test_kl_posterior_is_drawn_from_the_image_stream(sd3_model):
 
 # The inversion's latents: the posterior's mode where the authors' SD 1.x/2.x scripts take it (and for the SD-like
 # families they never ran: SDXL, PixArt), one draw from the image's stream for LDM, SD3 (theirs), DiT and Flux.
-POSTERIOR = {"latent-kl": "sample", "sd": "mode", "sd-v": "mode", "sd3": "sample", "sdxl": "mode",
+POSTERIOR = {"ldm-kl": "sample", "sd": "mode", "sd-v": "mode", "sd3": "sample", "sdxl": "mode",
              "flux-dev": "sample", "flux-schnell": "sample", "pixart-alpha": "mode", "pixart-sigma": "mode",
              "dit": "sample"}
 

@@ -6,11 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from invmm import measure
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.config import preset
 from invmm.cost import forward_equivalents
 from invmm.estimate import worst_case_calls
+from invmm.families import load_adapter
 from invmm.run.files import Ledger
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ What this found and how it was fixed:
   made on the model's device from the tokenizer's lists (adapters/text2image.tokenize);
 - diffusers' schedulers, which create their tables (betas, alpha_bar, sigmas) on the default device when
   constructed: they are now constructed once, when the model is loaded, and every check steps with a copy
-  (pixel.PixelAdapter.sampler, flow.FlowMatching._euler), so that call stays out of any later scope. Nothing
+  (pixel.DDPMAdapter.sampler, flow.FlowMatching._euler), so that call stays out of any later scope. Nothing
   else of diffusers' that a run calls (the denoisers' forward passes, the schedulers' set_timesteps and step)
   creates a tensor on the default device."""
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 from families import FAMILIES, SMALL_SCORERS, given, images
 
-from invmm.adapters.base import CLASS, TEXT
-from invmm.adapters.loading import load_adapter
 from invmm.config import default_config
+from invmm.families import load_adapter
+from invmm.families.base import CLASS, TEXT
 from invmm.inversion import Inverter, Target
 from invmm.scorers import SCORERS, build_scorer
 from invmm.similarity import PixelSimilarity
@@ -59,7 +59,7 @@ def test_inversion_and_every_scorer_create_nothing_on_the_default_device(adapter
 
 def test_the_meta_scope_catches_a_tensor_made_without_a_device(tiny_family):
     """The control: a scorer step that makes its timesteps without a device fails inside the scope."""
-    adapter = load_adapter(str(tiny_family("pixel")))
+    adapter = load_adapter(str(tiny_family("ddpm")))
     x0 = adapter.encode(images(adapter))
     with torch.device("meta"), pytest.raises((RuntimeError, NotImplementedError)):
         t = torch.full((len(x0),), 10, dtype=torch.long)  # no device: a meta tensor

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from invmm import measure, preset
-from invmm.adapters.flow import FlowAdapter
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
+from invmm.families.sd3 import SD3Adapter
 from invmm.images import ImageItem
 from invmm.zoo.tiny import build_tiny_sd3
 
@@ -21,7 +21,7 @@ def sd3(sd3_model):
 
 
 def test_detected_without_t5(sd3):
-    assert isinstance(sd3, FlowAdapter) and sd3.family == "flow"
+    assert isinstance(sd3, SD3Adapter) and sd3.family == "sd3"
     assert sd3.image_size == 16 and sd3.text_encoders[2] is None
     embeds, pooled = sd3.prompt_embeddings(["a cat"])
     assert embeds.shape == (1, 77 + 256, 32) and pooled.shape == (1, 32)
@@ -48,7 +48,7 @@ def test_x0_from_velocity(sd3):
     idx = torch.tensor([100, 900])
     cond = sd3.prompt_embeddings(["a", "b"])
     with torch.no_grad():
-        v = sd3.transformer(hidden_states=x_t, encoder_hidden_states=cond[0], pooled_projections=cond[1],
+        v = sd3.denoiser(hidden_states=x_t, encoder_hidden_states=cond[0], pooled_projections=cond[1],
                             timestep=sd3.timesteps[idx]).sample
         s = sd3.sigmas[idx].view(-1, 1, 1, 1)
         torch.testing.assert_close(sd3.predict_x0(x_t, idx, cond), x_t - s * v)

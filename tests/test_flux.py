@@ -7,12 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from invmm.adapters.flux import FluxAdapter, image_ids, pack, unpack
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.conditioning import SoftPrompt
 from invmm.config import default_config
 from invmm.cost import RowCounter
+from invmm.families import load_adapter
+from invmm.families.flux import FluxAdapter, image_ids, pack, unpack
 from invmm.functional import reparameterize
 from invmm.zoo.tiny import build_tiny_flux
 
@@ -166,7 +166,7 @@ def test_dev_takes_one_guidance_per_row_in_one_forward(adapters):
     x = torch.randn(3, *a.latent_shape, generator=torch.Generator().manual_seed(5))
     t = a.sampler(2).timesteps[0].expand(3)
     cond = a.prompt_embeddings(["a red apple"] * 3)
-    counter = RowCounter([a.transformer])
+    counter = RowCounter([a.denoiser])
     with torch.no_grad(), counter.attached():
         rows = a.guided_output(x, t, cond, [1.0, 3.0, 5.0])
     assert counter.rows == 3  # no unconditional pass
@@ -183,7 +183,7 @@ def test_schnell_ignores_guidance(adapters):
     x = torch.randn(3, *a.latent_shape, generator=torch.Generator().manual_seed(6))
     t = a.sampler(2).timesteps[0].expand(3)
     cond = a.prompt_embeddings(["a red apple"] * 3)
-    counter = RowCounter([a.transformer])
+    counter = RowCounter([a.denoiser])
     with torch.no_grad(), counter.attached():
         plain = a.guided_output(x, t, cond, 1.0)
         for guidance in (3.0, [1.0, 3.0, 5.0]):

@@ -4,8 +4,8 @@ import statistics
 import pytest
 import torch
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import preset
+from invmm.families import load_adapter
 from invmm.functional import kl_to_standard_normal, seed_from
 from invmm.inversion import Inverter, Target
 from invmm.repeats import repeat_seed
@@ -103,7 +103,7 @@ def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
         x0 = torch.zeros(2, 1, 8, 8)
         t = torch.tensor([10, 90])
         x_t = a.add_noise(x0, torch.ones_like(x0), t)
-        out = a.unet(x_t, t).sample
+        out = a.denoiser(x_t, t).sample
         abar = a.alphas_cumprod[t].view(-1, 1, 1, 1)
         expect = out if pt == "sample" else abar.sqrt() * x_t - (1 - abar).sqrt() * out
         torch.testing.assert_close(a.predict_x0(x_t, t), expect)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from invmm import measure, preset
-from invmm.adapters.latent import LatentAdapter
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
+from invmm.families.ldm import LDMAdapter
 from invmm.images import ImageItem
 from invmm.zoo.tiny import build_tiny_ldm
 
@@ -14,7 +14,7 @@ from invmm.zoo.tiny import build_tiny_ldm
 def test_latent_family_detected_and_encoded_like_the_vae(tmp_path, vae_kind):
     model = build_tiny_ldm(tmp_path / vae_kind, vae_kind=vae_kind)
     adapter = load_adapter(str(model))
-    assert isinstance(adapter, LatentAdapter) and adapter.family == "latent"
+    assert isinstance(adapter, LDMAdapter) and adapter.family == "ldm"
     assert adapter.image_size == 16 and adapter.image_mode == "RGB" and adapter.prediction_type == "v_prediction"
     img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():

@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from invmm.adapters.loading import load_adapter
 from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
 from invmm.zoo.tiny import build_tiny_pixel
 
 

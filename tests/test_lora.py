@@ -6,10 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from invmm.adapters.loading import load_adapter, lora_components
-from invmm.adapters.lora import LoraSpec, lora_specs, save_lora
 from invmm.cli import app
 from invmm.errors import InvMMInputError
+from invmm.families import family, load_adapter
+from invmm.families.lora import LoraSpec, lora_specs, save_lora
+from invmm.families.registry import lora_components
 from invmm.zoo.tiny import (
     build_tiny_dit,
     build_tiny_flux,
@@ -21,10 +22,10 @@ from invmm.zoo.tiny import (
 )
 
 runner = CliRunner()
-TARGETS = {"pixel": ["conv1", "conv2"], "latent": ["conv1", "conv2"],
-           "text2image": ["to_q", "to_k", "to_v", "to_out.0"], "flow": ["to_q", "to_k", "to_v"],
+TARGETS = {"ddpm": ["conv1", "conv2"], "ldm": ["conv1", "conv2"],
+           "sd": ["to_q", "to_k", "to_v", "to_out.0"], "sd3": ["to_q", "to_k", "to_v"],
            "sdxl": ["to_q", "to_k", "to_v", "to_out.0"], "flux": ["to_q", "to_k", "to_v"]}
-BUILDERS = {"pixel": build_tiny_pixel, "latent": build_tiny_ldm, "text2image": build_tiny_sd, "flow": build_tiny_sd3,
+BUILDERS = {"ddpm": build_tiny_pixel, "ldm": build_tiny_ldm, "sd": build_tiny_sd, "sd3": build_tiny_sd3,
             "sdxl": build_tiny_sdxl, "flux": build_tiny_flux}
 
 
@@ -37,7 +38,7 @@ def make_lora(model_dir, out, seed=0, targets=None):
     comps = lora_components(adapter)
     inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=targets or TARGETS[adapter.family],
                                        init_lora_weights=False), comps["denoiser"])
-    return save_lora(adapter.family, comps, out)
+    return save_lora(family(adapter.family), comps, out)
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
@@ -100,7 +101,7 @@ def test_only_the_targeted_layers_change(tmp_path):
         return fn
 
     for adapter in (load_adapter(str(model)), load_adapter(str(model), loras=[LoraSpec(str(lora))])):
-        unet = adapter.unet
+        unet = adapter.denoiser
         handles = [unet.conv_in.register_forward_hook(hook("conv_in")),
                    next(m for n, m in unet.named_modules() if n.endswith("attn1.to_q")).register_forward_hook(
                        hook("attn1.to_q")),
@@ -139,7 +140,7 @@ def test_bad_loras_are_refused_with_the_file_named(tmp_path, tiny_model):
         lora_specs(["a", "b", "c"], [1.0, 0.5])
     # The families without a tested LoRA path say so, before touching the file.
     dit = build_tiny_dit(tmp_path / "dit")
-    with pytest.raises(InvMMInputError, match="class model is not supported"):
+    with pytest.raises(InvMMInputError, match="dit model is not supported"):
         load_adapter(str(dit), loras=[LoraSpec(str(pixel_lora))])
 
 
@@ -243,23 +244,23 @@ def test_the_shipped_lora_matches_its_plan_and_loads():
     assert adapter.describe()["loras"][0]["path"].endswith("pytorch_lora_weights.safetensors")
 
 
-@pytest.mark.parametrize("family", ["text2image", "sdxl", "flow", "flux"])
-def test_text_encoder_loras_load_into_their_encoders(tmp_path, family):
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
+def test_text_encoder_loras_load_into_their_encoders(tmp_path, name):
     """A LoRA that also trains the CLIP text encoder(s) changes the conditioning at scale 1 and not at scale 0."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    model = BUILDERS[family](tmp_path / "model")
+    model = BUILDERS[name](tmp_path / "model")
     adapter = load_adapter(str(model))
     comps = lora_components(adapter)
     torch.manual_seed(0)
-    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=TARGETS[family], init_lora_weights=False),
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=TARGETS[name], init_lora_weights=False),
                             comps["denoiser"])
     # Flux's second encoder is T5, which has no LoRA format: only CLIP-L is trained there.
-    encoders = ["text_encoder"] + ([] if family in ("text2image", "flux") else ["text_encoder_2"])
+    encoders = ["text_encoder"] + ([] if name in ("sd", "flux") else ["text_encoder_2"])
     for key in encoders:
         inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"],
                                            init_lora_weights=False), comps[key])
-    lora = save_lora(family, comps, tmp_path / "lora")
+    lora = save_lora(family(name), comps, tmp_path / "lora")
     base = load_adapter(str(model))
     tuned = load_adapter(str(model), loras=[LoraSpec(str(lora), 1.0)])
     off = load_adapter(str(model), loras=[LoraSpec(str(lora), 0.0)])

@@ -11,11 +11,10 @@ from families import FAMILIES, SMALL_SCORERS, given, images, real_schedule
 from PIL import Image
 from typer.testing import CliRunner
 
-from invmm.adapters.base import CLASS, NOISE_SCHEDULE, TEXT
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
+from invmm.families import build_tiny, load_adapter
+from invmm.families.base import CLASS, NOISE_SCHEDULE, TEXT
 from invmm.scorers import DEFAULT_SCORERS, SCORERS, ScorerError, auto_screen, build_scorer, runnable
-from invmm.zoo.tiny import build_tiny
 
 runner = CliRunner()
 
@@ -31,7 +30,7 @@ def test_every_capability_a_scorer_can_require_is_refused_in_words(tiny_family):
     """A scorer requiring the class capability on a model without it: a ScorerError naming it, not a KeyError."""
     from dataclasses import dataclass
 
-    from invmm.adapters.base import CAPABILITIES
+    from invmm.families.base import CAPABILITIES
     from invmm.scorers.base import CAPABILITY_NAMES, Scorer
 
     assert set(CAPABILITY_NAMES) == set(CAPABILITIES)
@@ -41,8 +40,8 @@ def test_every_capability_a_scorer_can_require_is_refused_in_words(tiny_family):
         name = "needs_class"
         requires = (CLASS,)
 
-    with pytest.raises(ScorerError, match="needs class conditioning; the pixel model"):
-        NeedsClass(load_adapter(str(tiny_family("pixel"))))
+    with pytest.raises(ScorerError, match="needs class conditioning; the ddpm model"):
+        NeedsClass(load_adapter(str(tiny_family("ddpm"))))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -86,7 +85,7 @@ def test_every_scorer_scores_or_refuses_at_construction(family, name, mode):
 
 # One tiny pipeline per family for the commands (the variants differ below the command line, where the tests
 # above run them all): pixel DDPM, LDM, SD 1.x/2.x, SD3, SDXL, Flux, PixArt, DiT.
-E2E_FAMILIES = ("pixel", "latent-kl", "sd", "sd3", "sdxl", "flux-dev", "pixart-sigma", "dit")
+E2E_FAMILIES = ("ddpm", "ldm-kl", "sd", "sd3", "sdxl", "flux-dev", "pixart-sigma", "dit")
 
 
 @pytest.fixture(scope="module")

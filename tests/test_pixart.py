@@ -11,9 +11,10 @@ import shutil
 import pytest
 import torch
 
-from invmm.adapters.loading import load_adapter
-from invmm.adapters.pixart import PixArtAdapter
-from invmm.conditioning import SoftPrompt, cond_expand
+from invmm.conditioning import SoftPrompt
+from invmm.families import load_adapter
+from invmm.families.conditions import cond_expand
+from invmm.families.pixart import PixArtAdapter
 from invmm.result import Result
 from invmm.zoo.tiny import build_tiny_pixart
 
@@ -42,7 +43,7 @@ def _pipeline(folder, variant, **components):
 
 def _added_cond_kwargs(a, n):
     """The alpha pipeline's micro-conditions, as its __call__ builds them: pixel height/width and their ratio."""
-    if a.transformer.config.sample_size != 128:
+    if a.denoiser.config.sample_size != 128:
         return {"resolution": None, "aspect_ratio": None}
     side = a.image_size
     return {"resolution": torch.tensor([side, side]).repeat(n, 1).float(),
@@ -54,7 +55,7 @@ def test_detected_alpha_and_sigma(adapters, folders, tmp_path):
     for a in (alpha, sigma):
         assert isinstance(a, PixArtAdapter) and a.family == "pixart"
         assert a.capabilities == {"noise_schedule", "text"} and a.learned_sigma
-        assert a.default_invert_prompt is False and a.vocab_size == len(a.tokenizer)
+        assert a.default_invert_prompt is False and a.vocab_size == len(a.tokenizers[0])
     assert (alpha.variant, alpha.max_sequence_length, alpha.n_soft_tokens, alpha.micro_conditions) == \
         ("alpha", 120, 119, True)
     assert (sigma.variant, sigma.max_sequence_length, sigma.n_soft_tokens, sigma.micro_conditions) == \
@@ -96,7 +97,7 @@ def test_x0_and_add_noise_against_ddim(adapters, variant):
     sched = a.sampler(4, "paper")
     for t in sched.timesteps[:2]:
         with torch.no_grad():
-            raw = a.transformer(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t.expand(2),
+            raw = a.denoiser(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t.expand(2),
                                 added_cond_kwargs=_added_cond_kwargs(a, 2)).sample
             ours = a.predict_x0(x, t.expand(2), (embeds, mask))
         assert raw.shape[1] == 8  # learned sigma: the first half is the noise prediction
@@ -149,7 +150,7 @@ def test_one_hot_soft_prompt_is_a_full_length_caption(adapters, variant):
     with torch.no_grad():
         embeds, mask = a.soft_prompt_embeddings(one_hot)
     ref_embeds, ref_mask = a.prompt_embeddings([LONG])
-    assert ids[0, -1] == a.tokenizer.eos_token_id and torch.equal(mask, ref_mask)
+    assert ids[0, -1] == a.tokenizers[0].eos_token_id and torch.equal(mask, ref_mask)
     torch.testing.assert_close(embeds, ref_embeds, rtol=1e-5, atol=1e-5)
 
 

@@ -12,10 +12,10 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 from typer.testing import CliRunner
 
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
 from invmm.functional import seed_from
 from invmm.scorers import AnisotropyScorer, ScorerError, SharpnessScorer, build_scorer
 from invmm.scorers.sharpness import score_hvp
@@ -38,11 +38,11 @@ def sd(sd_path):
 
 def embed(adapter, texts):
     """Stable Diffusion's encode_prompt: max-length padding, the text encoder's last hidden state."""
-    tok = adapter.tokenizer
+    tok = adapter.tokenizers[0]
     ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
     with torch.no_grad():
-        return adapter.text_encoder(ids)[0]
+        return adapter.text_encoders[0](ids)[0]
 
 
 def first_noise(name, seed, n, shape):
@@ -67,7 +67,7 @@ def test_anisotropy_matches_two_raw_unet_passes_on_pure_noise(sd):
         c = embed(sd, [caption]).expand(2, -1, -1)
         with torch.no_grad():
             def eps(t, e):
-                return sd.unet(x, torch.full((2,), t), encoder_hidden_states=e).sample
+                return sd.denoiser(x, torch.full((2,), t), encoder_hidden_states=e).sample
             norm = (eps(98, c) - eps(98, u)).flatten(1).norm(dim=1).mean()
             a, b = eps(4, u), eps(4, c) - eps(4, u)
             per_position = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # cosine over the 4 channels
@@ -91,7 +91,7 @@ def test_anisotropy_on_a_v_prediction_model_takes_the_raw_v_as_the_authors(tmp_p
     abar = DDIMScheduler.from_config(adapter.scheduler_config).alphas_cumprod[60]
     with torch.no_grad():
         def v(t, p):
-            return adapter.unet(x, torch.tensor([t]), encoder_hidden_states=embed(adapter, [p])).sample
+            return adapter.denoiser(x, torch.tensor([t]), encoder_hidden_states=embed(adapter, [p])).sample
         norm = (abar.sqrt() * (v(60, "a cat") - v(60, ""))).norm().item() / (1 - abar.item())
         a, b = v(10, ""), v(10, "a cat") - v(10, "")
         cosine = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean().item()

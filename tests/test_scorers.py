@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
 from invmm.functional import seed_from
 from invmm.scorers import LossScorer, PIAScorer, ScorerError, build_scorer, split_specs
 from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd3
@@ -26,7 +26,7 @@ def test_loss_matches_a_direct_computation(pixel):
         eps = torch.randn((3, 1, 8, 8), generator=g)
         t = torch.full((3,), 30)
         with torch.no_grad():
-            pred = pixel.unet(sched.add_noise(x0[i : i + 1].expand(3, -1, -1, -1), eps, t), t).sample
+            pred = pixel.denoiser(sched.add_noise(x0[i : i + 1].expand(3, -1, -1, -1), eps, t), t).sample
         ref = (eps - pred).pow(2).flatten(1).sum(1).mean().item()
         assert got[i] == pytest.approx(ref, rel=1e-4)
 
@@ -36,9 +36,9 @@ def test_pia_matches_a_direct_two_call_computation(pixel):
     got = PIAScorer(pixel, t=50).score(x0, ["a", "b", "c"])
     sched = DDPMScheduler.from_config(pixel.scheduler_config)
     with torch.no_grad():
-        eps0 = pixel.unet(x0, torch.zeros(3, dtype=torch.long)).sample
+        eps0 = pixel.denoiser(x0, torch.zeros(3, dtype=torch.long)).sample
         t = torch.full((3,), 50)
-        pred = pixel.unet(sched.add_noise(x0, eps0, t), t).sample
+        pred = pixel.denoiser(sched.add_noise(x0, eps0, t), t).sample
     ref = torch.linalg.vector_norm((eps0 - pred).flatten(1), ord=4, dim=1)
     torch.testing.assert_close(torch.tensor(got), ref, rtol=1e-4, atol=1e-6)
     assert PIAScorer(pixel, t=50).score(x0, ["a", "b", "c"]) == got  # deterministic
@@ -48,7 +48,7 @@ def test_eps_from_v_prediction(tmp_path):
     a = load_adapter(str(build_tiny_pixel(tmp_path / "v", prediction_type="v_prediction")))
     x_t, t = images(2, seed=2), torch.tensor([10, 80])
     with torch.no_grad():
-        v = a.unet(x_t, t).sample
+        v = a.denoiser(x_t, t).sample
         abar = a.alphas_cumprod[t].view(-1, 1, 1, 1)
         torch.testing.assert_close(a.eps_prediction(x_t, t, None), abar.sqrt() * v + (1 - abar).sqrt() * x_t,
                                    rtol=1e-4, atol=1e-5)
@@ -80,7 +80,7 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
     sched = DDIMScheduler.from_config(pixel.scheduler_config, clip_sample=False)
     sched.set_timesteps(10)
     with torch.no_grad():
-        out = pixel.unet(x, torch.full((2,), 60)).sample
+        out = pixel.denoiser(x, torch.full((2,), 60)).sample
         ref = sched.step(out, 60, x).prev_sample
         torch.testing.assert_close(ddim_transfer(pixel, x, 60, 50, None), ref, rtol=1e-4, atol=1e-5)
     # The score against the authors' secmia.py procedure, re-typed from it: their schedule in float64 from the
@@ -92,7 +92,7 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
 
     def singlestep(x, t_c, t_target):
         a_c, a_t = alphas[t_c].float(), alphas[t_target].float()
-        eps = pixel.unet(x, torch.full((len(x),), t_c)).sample
+        eps = pixel.denoiser(x, torch.full((len(x),), t_c)).sample
         return a_t.sqrt() * (x - (1 - a_c).sqrt() * eps) / a_c.sqrt() + (1 - a_t).sqrt() * eps
 
     with torch.no_grad():
@@ -141,8 +141,8 @@ def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
     sched.set_timesteps(10)
     t = sched.timesteps[0].expand(3)
     with torch.no_grad():
-        c = sd.unet(x, t, encoder_hidden_states=sd.prompt_embeddings(["a cat"]).expand(3, -1, -1)).sample
-        u = sd.unet(x, t, encoder_hidden_states=sd.prompt_embeddings([""]).expand(3, -1, -1)).sample
+        c = sd.denoiser(x, t, encoder_hidden_states=sd.prompt_embeddings(["a cat"]).expand(3, -1, -1)).sample
+        u = sd.denoiser(x, t, encoder_hidden_states=sd.prompt_embeddings([""]).expand(3, -1, -1)).sample
     assert got == pytest.approx((c - u).flatten(1).norm(dim=1).mean().item(), rel=1e-4)
     with pytest.raises(ScorerError, match="text conditioning"):
         NoiseNormScorer(pixel)
@@ -180,7 +180,7 @@ def test_secmi_inversion_step_is_diffusers_ddim_inverse_step(pixel):
     inv = DDIMInverseScheduler.from_config(pixel.scheduler_config, clip_sample=False)
     inv.set_timesteps(10)  # stride 10 on the 100 training timesteps: a step at t goes from t - 10 to t
     with torch.no_grad():
-        eps = pixel.unet(x, torch.full((2,), 10)).sample  # the model at the step's start, as SecMI does
+        eps = pixel.denoiser(x, torch.full((2,), 10)).sample  # the model at the step's start, as SecMI does
         ref = inv.step(eps, 20, x).prev_sample
         torch.testing.assert_close(ddim_transfer(pixel, x, 10, 20, None), ref, rtol=1e-4, atol=1e-5)
 

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
 from invmm.functional import seed_from
 from invmm.scorers import CLiDScorer, ScorerError, SimAScorer, build_scorer
 from invmm.scorers.clid import caption_thirds, clid_timesteps, cut_count, degrade_caption
@@ -34,9 +34,9 @@ def images(n, channels=1, size=8, seed=0):
 
 def raw_text(sd, texts):
     """Caption embeddings straight from the pipeline's tokenizer and CLIP encoder."""
-    ids = sd.tokenizer(texts, padding="max_length", max_length=sd.tokenizer.model_max_length, truncation=True,
+    ids = sd.tokenizers[0](texts, padding="max_length", max_length=sd.tokenizers[0].model_max_length, truncation=True,
                        return_tensors="pt").input_ids
-    return sd.text_encoder(ids)[0]
+    return sd.text_encoders[0](ids)[0]
 
 
 def raw_latents(sd, x):
@@ -54,7 +54,7 @@ def test_sima_is_the_noise_prediction_norm_at_the_clean_image(pixel):
     x0, ids = images(3), ["a", "b", "c"]
     got = torch.tensor(SimAScorer(pixel, t=30).score(x0, ids))
     with torch.no_grad():
-        eps = pixel.unet(x0, torch.full((3,), 30)).sample  # the clean image fed as x_t, one query
+        eps = pixel.denoiser(x0, torch.full((3,), 30)).sample  # the clean image fed as x_t, one query
     torch.testing.assert_close(got, torch.linalg.vector_norm(eps.flatten(1), ord=4, dim=1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got ** 4, sima_reference(eps), rtol=1e-4, atol=1e-7)  # same ranking as theirs
     l2 = SimAScorer(pixel, t=30, p=2).score(x0, ids)
@@ -69,7 +69,7 @@ def test_sima_on_a_v_prediction_model_uses_the_implied_noise(tmp_path):
     got = torch.tensor(SimAScorer(a, t=40).score(x0, ["a", "b"]))
     abar = DDPMScheduler.from_config(a.scheduler_config).alphas_cumprod[40]
     with torch.no_grad():
-        v = a.unet(x0, torch.full((2,), 40)).sample
+        v = a.denoiser(x0, torch.full((2,), 40)).sample
     eps = abar.sqrt() * v + (1 - abar).sqrt() * x0
     torch.testing.assert_close(got, eps.flatten(1).norm(p=4, dim=1), rtol=1e-4, atol=1e-6)
 
@@ -79,7 +79,7 @@ def test_sima_text_to_image_takes_the_caption(sd):
     caps = ["a red cat", "two dogs"]
     got = torch.tensor(SimAScorer(sd, t=20).score(x, ["a", "b"], captions=caps))
     with torch.no_grad():
-        eps = sd.unet(raw_latents(sd, x), torch.full((2,), 20), encoder_hidden_states=raw_text(sd, caps)).sample
+        eps = sd.denoiser(raw_latents(sd, x), torch.full((2,), 20), encoder_hidden_states=raw_text(sd, caps)).sample
     torch.testing.assert_close(got ** 4, sima_reference(eps), rtol=1e-4, atol=1e-8)
     other = SimAScorer(sd, t=20).score(x, ["a", "b"], captions=["", ""])
     assert other != got.tolist()  # the caption is the condition
@@ -93,7 +93,7 @@ def test_sima_monte_carlo_averages_predictions_over_noised_copies(pixel):
         noise = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(seed_from(4, "sima", image_id)))
         t = torch.full((3,), 25)
         with torch.no_grad():
-            mean = pixel.unet(sched.add_noise(x0[i : i + 1].expand(3, -1, -1, -1), noise, t), t).sample.mean(0)
+            mean = pixel.denoiser(sched.add_noise(x0[i : i + 1].expand(3, -1, -1, -1), noise, t), t).sample.mean(0)
         assert got[i] == pytest.approx(mean.flatten().norm(p=4).item(), rel=1e-4)
     # Each image its own stream: scored alone or beside another, the same number.
     assert SimAScorer(pixel, t=25, n_draws=3).score(x0[1:], ["b"], seed=4) == pytest.approx(got[1:], rel=1e-6)
@@ -179,7 +179,7 @@ def clid_reference(sd, latent, noise, ts, captions):
     losses = []
     for text in captions:
         emb = raw_text(sd, [text]).expand(len(ts), -1, -1)
-        losses.append(F.mse_loss(sd.unet(x, ts, emb).sample, noise, reduction="mean").item())
+        losses.append(F.mse_loss(sd.denoiser(x, ts, emb).sample, noise, reduction="mean").item())
     return losses[0], [v - losses[0] for v in losses[1:]]
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from invmm.adapters.loading import load_adapter
 from invmm.cli import app
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
 from invmm.images import load_image
 from invmm.run.files import Ledger
 from invmm.scorers import LossScorer

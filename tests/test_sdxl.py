@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from invmm.adapters.loading import load_adapter
-from invmm.adapters.pixel import DDIM_GRIDS
-from invmm.adapters.sdxl import SDXLAdapter, crop_top_left
 from invmm.conditioning import SoftPrompt
 from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
+from invmm.families.noise_schedule import DDIM_GRIDS
+from invmm.families.sdxl import SDXLAdapter, crop_top_left
 from invmm.functional import reparameterize
 from invmm.zoo.tiny import build_tiny_sdxl
 
@@ -87,7 +87,7 @@ def test_x0_and_add_noise_match_the_scheduler(sdxl, tmp_path, prediction_type):
     ddim = DDIMScheduler.from_config(adapter.scheduler_config)
     ddim.set_timesteps(10)
     with torch.no_grad():
-        out = adapter.unet(x0, t, encoder_hidden_states=cond[0],
+        out = adapter.denoiser(x0, t, encoder_hidden_states=cond[0],
                            added_cond_kwargs={"text_embeds": cond[1], "time_ids": cond[2]}).sample
         ref = torch.cat([ddim.step(out[i : i + 1], t[i], x0[i : i + 1]).pred_original_sample for i in range(3)])
         torch.testing.assert_close(adapter.predict_x0(x0, t, cond), ref, rtol=1e-5, atol=1e-5)
@@ -232,7 +232,7 @@ def test_tokenizers_with_different_vocabularies_invert_clip_l_only(sdxl, sdxl_mo
 
     tokenizer_2 = CLIPTokenizer.from_pretrained(sdxl_model / "tokenizer_2", local_files_only=True)
     tokenizer_2.add_tokens(["<new>"])
-    other = SDXLAdapter(sdxl.unet, sdxl.vae, sdxl.text_encoders, [sdxl.tokenizers[0], tokenizer_2],
+    other = SDXLAdapter(sdxl.denoiser, sdxl.vae, sdxl.text_encoders, [sdxl.tokenizers[0], tokenizer_2],
                         sdxl.scheduler_config)
     assert other.inverted_encoders == (0,) and other.describe()["inverted_text_encoders"] == ["text_encoder"]
     ids = other._tokenize(0, ["a blue cat"])

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from invmm import measure, preset
-from invmm.adapters.loading import load_adapter
-from invmm.adapters.text2image import Text2ImageAdapter
+from invmm.families import load_adapter
+from invmm.families.sd import SDAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 from invmm.images import ImageItem
 from invmm.zoo.tiny import build_tiny_sd
@@ -22,7 +22,7 @@ def sd(sd_model):
 
 
 def test_detected_as_text_to_image(sd):
-    assert isinstance(sd, Text2ImageAdapter) and sd.family == "text2image"
+    assert isinstance(sd, SDAdapter) and sd.family == "sd"
     assert (sd.image_size, sd.max_length, sd.n_soft_tokens, sd.vocab_size) == (16, 77, 75, 514)
 
 
@@ -102,7 +102,7 @@ def test_cli_known_caption(sd_model, tmp_path):
     rec = json.loads((out / "results.jsonl").read_text())
     assert rec["prompt_mode"] == "caption" and rec["prompt"] == "a green square"
     run = json.loads((out / "run.json").read_text())
-    assert run["model"]["family"] == "text2image" and run["config"]["preset"] == "sd"
+    assert run["model"]["family"] == "sd" and run["config"]["preset"] == "sd"
 
 
 def test_memory_options_keep_the_numbers(sd_model, tmp_path):

@@ -38,7 +38,7 @@ def test_shipped_model_and_manifest_agree(toy_model):
 
 
 def test_text_to_image_toy_trains_and_loads_as_pixel_space_text2image(tmp_path):
-    from invmm.adapters.loading import load_adapter
+    from invmm.families import load_adapter
     from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
 
     cfg = DigitsT2IConfig(seed=2, steps=2, batch_size=4, block_out_channels=(8, 16, 16), levels={4: 2, 1: 3},
@@ -46,7 +46,7 @@ def test_text_to_image_toy_trains_and_loads_as_pixel_space_text2image(tmp_path):
     m = train_digits_t2i(cfg, tmp_path / "t2i", log=lambda *_: None)
     assert all(e["caption"].startswith("a handwritten ") for e in m["images"])
     adapter = load_adapter(str(tmp_path / "t2i"))
-    assert adapter.family == "text2image" and adapter.vae is None and adapter.image_mode == "L"
+    assert adapter.family == "sd" and adapter.vae is None and adapter.image_mode == "L"
     assert adapter.max_length == cfg.max_length and adapter.n_soft_tokens == cfg.max_length - 2
     x0 = adapter.encode(torch.zeros(1, 1, 8, 8))
     assert torch.equal(x0, torch.zeros(1, 1, 8, 8))  # pixel space: no VAE in between
@@ -59,8 +59,8 @@ def test_class_conditional_toy_trains_exports_and_audits_with_its_classes(tmp_pa
 
     from typer.testing import CliRunner
 
-    from invmm.adapters.loading import load_adapter
     from invmm.cli import app
+    from invmm.families import load_adapter
     from invmm.zoo.digits_dit import DigitsDiTConfig, train_digits_dit
     from invmm.zoo.digits_t2i import digit_labels
 
@@ -70,8 +70,8 @@ def test_class_conditional_toy_trains_exports_and_audits_with_its_classes(tmp_pa
     labels = digit_labels()
     assert [e["class"] for e in m["images"]] == [int(labels[e["source_index"]]) for e in m["images"]]
     adapter = load_adapter(str(tmp_path / "dit"))
-    assert adapter.family == "class" and adapter.num_classes == 10 and adapter.vae is None
-    assert adapter.class_id("seven") == 7 and adapter.unet.config.out_channels == 2  # learned sigma
+    assert adapter.family == "dit" and adapter.num_classes == 10 and adapter.vae is None
+    assert adapter.class_id("seven") == 7 and adapter.denoiser.config.out_channels == 2  # learned sigma
     res = CliRunner().invoke(app, ["zoo", "export-digits", "--model", str(tmp_path / "dit"), "--out",
                                    str(tmp_path / "data")])
     assert res.exit_code == 0, res.output

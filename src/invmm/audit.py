@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig
+from invmm.families import load_adapter
 from invmm.images import ImageItem
 from invmm.run.engine import RunSummary, run_images
 from invmm.run.files import RUN_FILE

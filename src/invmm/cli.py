@@ -14,8 +14,6 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from invmm.adapters.loading import load_adapter
-from invmm.adapters.lora import lora_specs
 from invmm.audit import audit as run_audit
 from invmm.compare import compare_runs, format_comparison, write_comparison
 from invmm.config import PRESETS, InvMMConfig, check_config_for_model, default_config
@@ -26,6 +24,8 @@ from invmm.estimate import estimate as estimate_cost
 from invmm.estimate import format_estimate
 from invmm.evaluate_run import choose_labels, evaluate_run
 from invmm.export import export_run
+from invmm.families import load_adapter
+from invmm.families.lora import lora_specs
 from invmm.images import load_image
 from invmm.measure import measure as run_measure_images
 from invmm.report import build_report

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from invmm.errors import InvMMInputError
+from invmm.families.registry import PRESETS as FAMILY_PRESETS
+from invmm.families.registry import family
 
 SIMILARITIES = ("sscd", "pixel")
 
@@ -129,36 +131,9 @@ def stored_config(d: dict) -> dict:
     return {**BACKWARD_DEFAULTS, **d}
 
 
-PRESETS: dict[str, dict] = {
-    "ddpm": {},
-    "ldm": {"check_every": 10, "delta": 5e-4, "batch_size": 16, "sampler_steps": 50, "sscd_resize": 256},
-    "sd": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler_steps": 50,
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
-        "sscd_resize": 320,
-    },
-    "sd3": {
-        "delta": 1e-3,
-        "batch_size": 16,
-        "sampler": "euler",
-        "sampler_steps": 50,
-        "check_schedule": "model",
-        "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
-        "sscd_resize": 320,
-    },
-}
-# The paper has no setting for the families below: each takes its nearest paper preset (the README says why).
-PRESETS.update({
-    "sdxl": dict(PRESETS["sd"]),
-    "pixart": dict(PRESETS["sd"]),
-    "flux": dict(PRESETS["sd3"]),
-    # Timestep-distilled Flux ("schnell") has no guidance input and samples in a few steps.
-    "flux-schnell": {**PRESETS["sd3"], "sampler_steps": 4, "guidance_scales": [1.0]},
-    # A class-conditional latent diffusion model, with its pipeline's guidance (default 4) in the range.
-    "dit": {**PRESETS["ldm"], "guidance_scales": [1.0, 2.0, 3.0, 4.0]},
-})
+# The presets, as the families declare them (families/<name>.py: the paper's ddpm, ldm, sd and sd3, and for the
+# families the paper does not cover their nearest paper preset plus what differs).
+PRESETS: dict[str, dict] = FAMILY_PRESETS
 
 
 def preset(name: str, **overrides) -> InvMMConfig:
@@ -171,11 +146,6 @@ def preset(name: str, **overrides) -> InvMMConfig:
 
 # --- defaults that depend on the model ---
 
-FAMILY_PRESET = {"pixel": "ddpm", "latent": "ldm", "text2image": "sd", "flow": "sd3", "sdxl": "sdxl",
-                 "flux": "flux", "pixart": "pixart", "class": "dit"}
-FAMILY_SAMPLER = {"pixel": "ddim", "latent": "ddim", "text2image": "ddim", "flow": "euler", "sdxl": "ddim",
-                  "flux": "euler", "pixart": "ddim", "class": "ddim"}
-
 
 def default_similarity(adapter) -> str:
     # SSCD was trained on photos; on grayscale or tiny images its descriptor carries no copy signal.
@@ -186,15 +156,14 @@ def default_config(adapter, **overrides) -> InvMMConfig:
     """The family's preset with the similarity that suits the model's images; `overrides` win (None = default)."""
     similarity = overrides.pop("similarity", None) or default_similarity(adapter)
     # An adapter may name its own preset (a Flux model without a guidance input has no guidance to try).
-    name = overrides.pop("preset", None) or getattr(adapter, "preset", None) or FAMILY_PRESET[adapter.family]
+    name = overrides.pop("preset", None) or adapter.preset
     return preset(name, similarity=similarity, **overrides)
 
 
 def check_captions(adapter, config: InvMMConfig, items) -> None:
     """A family measured with the known caption by default (adapter.default_invert_prompt False: PixArt, whose
     only text encoder is T5) needs every image's caption, unless the prompt mode is chosen explicitly."""
-    if not getattr(adapter, "conditional", False) or config.invert_prompt is not None \
-            or getattr(adapter, "default_invert_prompt", True):
+    if not adapter.conditional or config.invert_prompt is not None or adapter.default_invert_prompt:
         return
     missing = [it.id for it in items if it.caption is None]
     if missing:
@@ -207,13 +176,13 @@ def check_captions(adapter, config: InvMMConfig, items) -> None:
 def check_config_for_model(adapter, config: InvMMConfig) -> None:
     """Refuse up front a config the model cannot run: the wrong sampler for its family, or a DDIM check with
     more steps than the model has training timesteps."""
-    expected = FAMILY_SAMPLER.get(adapter.family)
-    if expected and config.sampler != expected:
+    expected = family(adapter.family).sampler
+    if config.sampler != expected:
         raise InvMMInputError(
             f"the {config.preset} preset samples with {config.sampler!r}, but a {adapter.family} model's check "
-            f"samples with {expected!r}; use --preset {FAMILY_PRESET[adapter.family]}"
+            f"samples with {expected!r}; use --preset {adapter.preset}"
         )
-    n_train = getattr(adapter, "num_train_timesteps", None)
+    n_train = adapter.num_train_timesteps
     if n_train is not None and config.sampler_steps > n_train:
         raise InvMMInputError(
             f"sampler_steps {config.sampler_steps} exceeds the {n_train} timesteps the model was trained with; "

@@ -68,16 +68,8 @@ class RowCounter:
 
 
 def text_encoders(adapter) -> list:
-    encs = list(getattr(adapter, "text_encoders", None) or [])
-    if getattr(adapter, "text_encoder", None) is not None:
-        encs.append(adapter.text_encoder)
-    return [e for e in encs if e is not None]
+    return [e for e in adapter.text_encoders if e is not None]
 
 
 def vae_encoder(adapter):
-    vae = getattr(adapter, "vae", None)
-    return getattr(vae, "encoder", None) if vae is not None else None
-
-
-def denoiser(adapter):
-    return getattr(adapter, "unet", None) or getattr(adapter, "transformer", None)
+    return adapter.vae.encoder if adapter.vae is not None else None

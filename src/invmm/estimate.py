@@ -28,7 +28,7 @@ def check_forwards(adapter, config: InvMMConfig, samples_per_scale: int, sampler
     """Denoiser forwards of one failing check that generates `samples_per_scale` samples at every scale."""
     steps = len(adapter.check_timesteps(sampler_steps or config.sampler_steps, config.check_schedule))
     scales = config.guidance_scales if adapter.conditional else [1.0]
-    kind = getattr(adapter, "guidance_kind", "cfg")
+    kind = adapter.guidance_kind
     return samples_per_scale * sum(sample_forwards(steps, adapter.conditional, s, kind) for s in scales)
 
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_cat, cond_rows, conditioner, given_condition
+from invmm.conditioning import conditioner, given_condition
 from invmm.config import InvMMConfig
-from invmm.cost import RowCounter, denoiser, sample_forwards, text_encoders, vae_encoder
+from invmm.cost import RowCounter, sample_forwards, text_encoders, vae_encoder
 from invmm.errors import InvMMInputError
+from invmm.families.conditions import cond_cat, cond_rows
 from invmm.functional import kl_to_standard_normal, reparameterize, seed_from, update_lambda
 from invmm.repeats import repeat_seed
 from invmm.result import Result
@@ -73,7 +74,7 @@ AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def apply_memory_options(adapter, config: InvMMConfig) -> None:
     """Gradient checkpointing and attention slicing on the adapter's denoiser, where the model offers them."""
-    net = denoiser(adapter)
+    net = adapter.denoiser
     if config.gradient_checkpointing and net is not None:
         if not getattr(net, "_supports_gradient_checkpointing", False):
             raise InvMMInputError(f"--gradient-checkpointing: {type(net).__name__} does not support it; "
@@ -103,8 +104,8 @@ class Inverter:
         self.check_steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
         self.preview_steps = len(adapter.check_timesteps(config.check_preview_steps, config.check_schedule)) \
             if config.check_preview_steps else 0
-        self.decodes = getattr(adapter, "vae", None) is not None
-        self.guidance_kind = getattr(adapter, "guidance_kind", "cfg")  # how a guidance scale costs (cost.py)
+        self.decodes = adapter.vae is not None
+        self.guidance_kind = adapter.guidance_kind  # how a guidance scale costs (cost.py)
         self._text = RowCounter(text_encoders(adapter))
         self._encoder = RowCounter([vae_encoder(adapter)])
 
@@ -131,10 +132,10 @@ class Inverter:
                 vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
                 x0 = self.adapter.encode(target.pixels[None], generator=vae_gen)[0]
             cond = None
-            if getattr(self.adapter, "conditional", False):
+            if self.adapter.conditional:
                 given = given_condition(target, self.adapter)
                 invert = cfg.invert_prompt if cfg.invert_prompt is not None else (
-                    given is None and getattr(self.adapter, "default_invert_prompt", True))
+                    given is None and self.adapter.default_invert_prompt)
                 cond = conditioner(self.adapter, given, invert_prompt=invert, tau=cfg.gumbel_tau,
                                    seed=seed_from(image_seed, "gumbel"), original_size=target.original_size)
         mu = torch.zeros_like(x0, requires_grad=True)

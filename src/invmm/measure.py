@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig, default_config
+from invmm.families import load_adapter
 from invmm.images import ImageItem, collect_images
 from invmm.repeats import combine
 from invmm.result import Result

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from invmm.adapters.loading import load_options
 from invmm.errors import InvMMInputError
+from invmm.families import load_options
 from invmm.images import ImageItem
 from invmm.scorers import SCORERS, SCREEN_SCORERS, ScorerError, auto_screen, build_scorer, parse_spec, runnable
 from invmm.scoring import ScoreRecord, score_dataset

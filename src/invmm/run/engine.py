@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invmm.adapters.loading import load_options
 from invmm.conditioning import check_class_labels
 from invmm.config import InvMMConfig, check_captions, check_config_for_model
 from invmm.errors import InvMMInputError
+from invmm.families import load_options
 from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
 from invmm.result import Result

@@ -67,7 +67,7 @@ def run_info(kind: str, adapter, *, seed: int, **fields) -> dict:
         "created": now(),
         "model": adapter.describe(),
         "model_path": model_path,
-        "model_fingerprint": model_fingerprint(model_path, getattr(adapter, "loras", None)),
+        "model_fingerprint": model_fingerprint(model_path, adapter.loras),
         "seed": seed,
         "device": str(adapter.device),
         "versions": package_versions(),

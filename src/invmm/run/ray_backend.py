@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from invmm.adapters.loading import load_adapter
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
 from invmm.inversion import Inverter, Outcome, Target
 from invmm.result import Result
 from invmm.similarity import build_similarity

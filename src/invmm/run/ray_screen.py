@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from invmm.adapters.loading import load_adapter
+from invmm.families import load_adapter
 from invmm.images import ImageItem
 from invmm.run.ray_backend import _cluster_slots, ray_session
 from invmm.scorers import build_scorer

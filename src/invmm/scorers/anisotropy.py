@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from invmm.conditioning import cond_cat, cond_expand
+from invmm.families.conditions import cond_cat, cond_expand
 from invmm.scorers.base import PromptScorer, ScorerError
 
 COSINE_OVER = ("channels", "all")

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from invmm.adapters.base import CLASS, NOISE_SCHEDULE, TEXT
+from invmm.families.base import CLASS, NOISE_SCHEDULE, TEXT
 from invmm.functional import seed_from
 
 CAPABILITY_NAMES = {NOISE_SCHEDULE: "a DDPM-style noise schedule (epsilon/v/sample prediction)",
@@ -31,7 +31,7 @@ class ScorerError(ValueError):
 def check_timesteps(scorer: Scorer, **timesteps) -> None:
     """Refuse at construction a timestep outside the model's training schedule 0..T-1: indexing alpha_bar
     there would fail mid-run, or (a negative t) silently read the schedule from its end."""
-    n = getattr(scorer.adapter, "num_train_timesteps", None)
+    n = scorer.adapter.num_train_timesteps
     for key, value in timesteps.items():
         if isinstance(value, bool) or not isinstance(value, int):
             raise ScorerError(f"scorer {scorer.name!r}: {key}={value!r} is not a whole timestep")
@@ -48,7 +48,7 @@ class Scorer:
 
     name = "scorer"
     higher_is_better = False
-    # capabilities the model must declare (adapters/base.py): NOISE_SCHEDULE, TEXT
+    # capabilities the model must declare (families/base.py): NOISE_SCHEDULE, TEXT, CLASS
     requires: ClassVar[tuple[str, ...]] = ()
     # False: the score depends on the caption only (PromptScorer); the engine then never decodes the image
     needs_image: ClassVar[bool] = True

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE, TEXT
-from invmm.conditioning import cond_cat, cond_rows
+from invmm.families.base import NOISE_SCHEDULE, TEXT
+from invmm.families.conditions import cond_cat, cond_rows
 from invmm.functional import seed_from
 from invmm.scorers.base import Scorer, ScorerError, check_timesteps
 
@@ -102,9 +102,8 @@ class CLiDScorer(Scorer):
         if not all(0 < r <= 1 for r in rates) or (self.degrade == "random" and not rates):
             raise ScorerError(f"scorer 'clid': cut_rates={self.cut_rates!r} must be numbers in (0, 1]")
         self.cut_rates = tuple(rates)
-        tokenizer = getattr(self.adapter, "tokenizer", None) or (getattr(self.adapter, "tokenizers", None) or [None])[0]
-        # The authors' stand-in for a removed word; a tokenizer without one just loses the word.
-        self.mask = getattr(tokenizer, "eos_token", None) or ""
+        # The authors' stand-in for a removed word (the first tokenizer's end token); without one the word is lost.
+        self.mask = self.adapter.tokenizers[0].eos_token or ""
 
     def timesteps(self) -> list[int]:
         return clid_timesteps(self.t_mid, self.t_interval, self.n_draws)

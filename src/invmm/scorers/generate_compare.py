@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.conditioning import cond_expand
+from invmm.families.conditions import cond_expand
 from invmm.functional import seed_from
 from invmm.scorers.base import Scorer
 from invmm.similarity import build_similarity

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from invmm.adapters.base import CLASS
 from invmm.config import InvMMConfig, check_captions, check_config_for_model, default_config
 from invmm.errors import InvMMInputError
+from invmm.families.base import CLASS
 from invmm.inversion import Inverter, Target
 from invmm.repeats import combine
 from invmm.result import Result

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE
-from invmm.conditioning import cond_expand, cond_rows
+from invmm.families.base import NOISE_SCHEDULE
+from invmm.families.conditions import cond_expand, cond_rows
 from invmm.scorers.base import Scorer, check_timesteps
 
 

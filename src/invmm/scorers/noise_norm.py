@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE, TEXT
-from invmm.conditioning import cond_expand, cond_rows
+from invmm.families.base import NOISE_SCHEDULE, TEXT
+from invmm.families.conditions import cond_expand, cond_rows
 from invmm.functional import seed_from
 from invmm.scorers.base import Scorer
 

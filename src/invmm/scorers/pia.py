@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE
+from invmm.families.base import NOISE_SCHEDULE
 from invmm.scorers.base import Scorer, check_timesteps
 
 

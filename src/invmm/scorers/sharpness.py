@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from invmm.conditioning import cond_cat, cond_expand
+from invmm.families.conditions import cond_cat, cond_expand
 from invmm.scorers.anisotropy import sampler_grid
 from invmm.scorers.base import PromptScorer, ScorerError
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from invmm.adapters.base import NOISE_SCHEDULE
-from invmm.conditioning import cond_expand, cond_rows
+from invmm.families.base import NOISE_SCHEDULE
+from invmm.families.conditions import cond_expand, cond_rows
 from invmm.scorers.base import Scorer, ScorerError, check_timesteps
 
 

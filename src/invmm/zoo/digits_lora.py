@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invmm.families import family
+from invmm.families.lora import save_lora
 from invmm.functional import seed_from
 from invmm.zoo.digits import digits_uint8, load_manifest, to_model_space, train_denoiser
 
@@ -67,7 +69,6 @@ def train_digits_lora(base: Path, cfg: DigitsLoraConfig, out: Path, log=print) -
     from peft import LoraConfig
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from invmm.adapters.lora import save_lora
 
     base = Path(base)
     entries = plan_finetune(load_manifest(base), cfg)
@@ -99,7 +100,7 @@ def train_digits_lora(base: Path, cfg: DigitsLoraConfig, out: Path, log=print) -
 
     losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition)
     out.mkdir(parents=True, exist_ok=True)
-    weights = save_lora("text2image", {"denoiser": unet}, out)
+    weights = save_lora(family("sd"), {"denoiser": unet}, out)
     trainable = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
     manifest = {
         "kind": "invmm-zoo-digits-lora",

@@ -1,7 +1,8 @@
 """Tiny randomly initialised pipelines of every supported family, built from config (no download).
 
 They have the exact folder layout, classes and numerical paths of the real models, at a size that runs
-in a second on a CPU: the tests and the per-family timing benchmark use them. Their scores mean nothing.
+in a second on a CPU: the tests and the per-family timing benchmark use them. Their scores mean nothing. Each
+family names its builder and the variants the tests run (`Family.tiny`, `tiny_variants`).
 The DDPM-type ones train on 100 timesteps unless `train_timesteps` says otherwise (real models have 1,000,
 which the scorers' default timesteps need).
 """
@@ -277,29 +278,3 @@ def build_tiny_sdxl(path: Path, *, seed=0, prediction_type="epsilon", force_zero
     config.update(clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, sample_max_value=1.0)
     config_path.write_text(json.dumps(config, indent=2))
     return path
-
-
-# Every family's tiny pipeline under one name, with the variants the tests run (tests/families.py): a new family
-# joins here and every suite over the families runs on it.
-TINY_FAMILIES = {
-    "pixel": (build_tiny_pixel, {}),
-    "pixel-rgb-v": (build_tiny_pixel, {"channels": 3, "prediction_type": "v_prediction"}),
-    "latent-kl": (build_tiny_ldm, {"vae_kind": "kl"}),
-    "latent-vq": (build_tiny_ldm, {"vae_kind": "vq"}),
-    "sd": (build_tiny_sd, {}),
-    "sd-v": (build_tiny_sd, {"prediction_type": "v_prediction"}),
-    "sd3": (build_tiny_sd3, {}),
-    "sdxl": (build_tiny_sdxl, {}),
-    "flux-dev": (build_tiny_flux, {"guidance_embeds": True}),
-    "flux-schnell": (build_tiny_flux, {"guidance_embeds": False}),
-    "pixart-alpha": (build_tiny_pixart, {}),
-    "pixart-sigma": (build_tiny_pixart, {"sigma": True}),
-    "dit": (build_tiny_dit, {}),
-    "dit-pixel": (build_tiny_dit, {"latent": False}),
-}
-
-
-def build_tiny(name: str, path: Path, **extra) -> Path:
-    """TINY_FAMILIES[name] built at `path`; `extra` overrides its builder's arguments (e.g. train_timesteps)."""
-    build, kwargs = TINY_FAMILIES[name]
-    return build(path, **{**kwargs, **extra})

@@ -1,6 +1,6 @@
 """PixArt-alpha and PixArt-Sigma: VAE + `PixArtTransformer2DModel` + T5 encoder, a DDPM-type epsilon model.
 
-The forward process, x0 conversion and DDIM sampler are pixel.py's, through a VAE codec; the noise schedule
+The forward process, x0 conversion and DDIM sampler are noise_schedule.py's, through a VAE codec; the noise schedule
 is the betas of the folder's scheduler config (PixArt ships a DPM-Solver config: DDIMScheduler.from_config
 of it has the same betas). What this file adds follows diffusers' PixArtAlphaPipeline / PixArtSigmaPipeline:
 
@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.codecs import VAECodec
-from invmm.adapters.pixel import PixelAdapter
-from invmm.adapters.text2image import tokenize
+from invmm.errors import InvMMInputError
+from invmm.families import sd
+from invmm.families.base import NOISE_SCHEDULE, TEXT, Family, ModelFolder
+from invmm.families.codecs import VAECodec
+from invmm.families.loading import build, load_component, load_tokenizers, load_vae, read_json, require
+from invmm.families.noise_schedule import NoiseScheduleAdapter
+from invmm.families.text import tokenize
+from invmm.zoo.tiny import build_tiny_pixart
 
 # diffusers' default `max_sequence_length` of each pipeline's encode_prompt and __call__.
 MAX_SEQUENCE_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 VARIANTS = {"PixArtAlphaPipeline": "alpha", "PixArtSigmaPipeline": "sigma"}
 
 
-class PixArtAdapter(PixelAdapter):
+class PixArtAdapter(NoiseScheduleAdapter):
     family = "pixart"
     # No paper setting: as the `sd` preset it takes (an SD-type KL VAE, a DDPM schedule), the posterior's mode.
     vae_posterior = "mode"
     conditional = True
-    capabilities = frozenset({"noise_schedule", "text"})
+    capabilities = frozenset({NOISE_SCHEDULE, TEXT})
     # The DDPM family's check (the authors' SD 1.x one): one soft-prompt draw for all check samples.
     check_prompt_draws = "shared"
     # Without a caption, measure with a known caption rather than invert T5's prompt (see the README: a
@@ -49,16 +54,15 @@ class PixArtAdapter(PixelAdapter):
                          posterior=self.vae_posterior)
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
-        self.transformer = self.unet  # the denoiser, under the name the transformer families use
-        out_channels = int(self.transformer.config.out_channels or self.channels)
+        out_channels = int(self.denoiser.config.out_channels or self.channels)
         if out_channels not in (self.channels, 2 * self.channels):
             raise ValueError(f"the transformer outputs {out_channels} channels for {self.channels} input ones; "
                              "expected a noise prediction, or one with its learned variance")
         self.learned_sigma = out_channels == 2 * self.channels
-        self.micro_conditions = bool(self.transformer.use_additional_conditions)
+        self.micro_conditions = bool(self.denoiser.use_additional_conditions)
 
-        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        self.text_encoders = (text_encoder.to(self.device).eval().requires_grad_(False),)
+        self.tokenizers = (tokenizer,)
         self.soft_tokenizer = tokenizer
         self.pipeline_class = pipeline_class
         self.variant = VARIANTS.get(pipeline_class, "alpha")
@@ -67,11 +71,11 @@ class PixArtAdapter(PixelAdapter):
         self.max_length = self.max_sequence_length
         self.n_soft_tokens = self.max_sequence_length - 1
         # T5-XXL's table has 32128 rows for 32100 tokenizer ids; the rest are padding no text can reach.
-        self.vocab_size = min(int(self.text_encoder.get_input_embeddings().weight.shape[0]), len(tokenizer))
+        self.vocab_size = min(int(self.text_encoders[0].get_input_embeddings().weight.shape[0]), len(tokenizer))
         self._uncond = self.prompt_embeddings([""])
 
     def _side_step(self) -> int:
-        return int(self.unet.config.patch_size)
+        return int(self.denoiser.config.patch_size)
 
     # --- the denoiser ---
     def _micro_conditions(self, x: torch.Tensor) -> dict:
@@ -86,7 +90,7 @@ class PixArtAdapter(PixelAdapter):
 
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         embeds, mask = cond if cond is not None else self.uncond_embeddings(len(x_t))
-        out = self.transformer(x_t, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+        out = self.denoiser(x_t, encoder_hidden_states=embeds, encoder_attention_mask=mask,
                                timestep=t.to(self.device).expand(len(x_t)),
                                added_cond_kwargs=self._micro_conditions(x_t)).sample
         return out[:, : self.channels]  # learned sigma: [eps, variance] on channels
@@ -94,13 +98,13 @@ class PixArtAdapter(PixelAdapter):
     # --- text conditioning ---
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [t.lower().strip() for t in texts]
-        enc = tokenize(self.tokenizer, texts, self.max_sequence_length, self.device, add_special_tokens=True)
+        enc = tokenize(self.tokenizers[0], texts, self.max_sequence_length, self.device, add_special_tokens=True)
         return enc["input_ids"], enc["attention_mask"]
 
     @torch.no_grad()
     def prompt_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(texts)
-        return self.text_encoder(ids, attention_mask=mask)[0], mask
+        return self.text_encoders[0](ids, attention_mask=mask)[0], mask
 
     def uncond_embeddings(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
@@ -115,23 +119,57 @@ class PixArtAdapter(PixelAdapter):
         embedding mixtures go in as `inputs_embeds`, which the encoder uses exactly as its table lookup. (A
         hook on `get_input_embeddings()` would not do: in transformers 5 that is `shared`, a module the
         encoder never calls; its `encoder.embed_tokens` only shares the weight.)"""
-        table = self.text_encoder.get_input_embeddings().weight
+        table = self.text_encoders[0].get_input_embeddings().weight
         soft = probs.to(table.dtype) @ table[: self.vocab_size]
-        eos = table[self.tokenizer.eos_token_id].expand(len(soft), 1, -1)
+        eos = table[self.tokenizers[0].eos_token_id].expand(len(soft), 1, -1)
         embeds = torch.cat([soft, eos], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-        return self.text_encoder(inputs_embeds=embeds, attention_mask=mask)[0], mask
+        return self.text_encoders[0](inputs_embeds=embeds, attention_mask=mask)[0], mask
 
     def describe(self) -> dict:
         return {
             "family": self.family, "source": self.source, "variant": self.variant,
-            "pipeline_class": self.pipeline_class, "transformer_class": type(self.transformer).__name__,
+            "pipeline_class": self.pipeline_class, "transformer_class": type(self.denoiser).__name__,
             "resolution": self.image_size, "native_resolution": self.native_resolution,
             "latent_channels": self.channels, "learned_sigma": self.learned_sigma,
             "micro_conditions": self.micro_conditions, **self.codec.describe(),
             "prediction_type": self.prediction_type, "num_train_timesteps": self.num_train_timesteps,
             "scheduler_class": self.scheduler_config.get("_class_name"),
-            "text_encoder_class": type(self.text_encoder).__name__, "max_sequence_length": self.max_sequence_length,
+            "text_encoder_class": type(self.text_encoders[0]).__name__, "max_sequence_length": self.max_sequence_length,
             "vocab_size": self.vocab_size,
-            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
+            **({"loras": list(self.loras)} if self.loras else {}),
         }
+
+
+def detect(folder: ModelFolder) -> bool:
+    return (folder.transformer or {}).get("_class_name") == "PixArtTransformer2DModel"
+
+
+def load(folder: ModelFolder, *, device, allow_pickle, source, resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    root = folder.root
+    require(root, folder.listing, "a PixArt model", ("vae", "text_encoder", "tokenizer"))
+    encoder_cfg = read_json(root / "text_encoder" / "config.json", f"model {root}")
+    arch = (encoder_cfg.get("architectures") or ["T5EncoderModel"])[0]
+    if arch != "T5EncoderModel":
+        raise InvMMInputError(f"model {root}: text encoder {arch!r} is not a T5 encoder (T5EncoderModel)")
+    transformer = load_component(diffusers.PixArtTransformer2DModel, root / "transformer", allow_pickle, root)
+    vae, vae_saved = load_vae(folder, allow_pickle)
+    text_encoder = load_component(transformers.T5EncoderModel, root / "text_encoder", allow_pickle, root)
+    (tokenizer,) = load_tokenizers(root, {"tokenizer": transformers.AutoTokenizer})
+    # Alpha and Sigma differ in their prompt length (120 / 300 T5 tokens); only the pipeline class says which.
+    return build(PixArtAdapter, root, transformer, vae, text_encoder, tokenizer, folder.scheduler_config,
+                 device=device, source=source, resolution=resolution, latent_scale=latent_scale,
+                 pipeline_class=folder.index.get("_class_name"), vae_saved_config=vae_saved)
+
+
+FAMILY = Family(
+    name="pixart", folder="`transformer` (PixArtTransformer2DModel) + T5 + `vae`", detect=detect, load=load,
+    # No paper setting: the SD 1.x preset (an epsilon DDPM-schedule model; PixArt's own default 4.5 lies inside
+    # its guidance range).
+    presets={"pixart": dict(sd.PRESET)}, sampler="ddim",
+    lora=None,  # diffusers has no PixArt LoRA loader
+    tiny=build_tiny_pixart, tiny_variants={"pixart-alpha": {}, "pixart-sigma": {"sigma": True}},
+)

@@ -1,8 +1,7 @@
-"""Flow matching (Stable Diffusion 3 / 3.5): VAE + `SD3Transformer2DModel` + `FlowMatchEulerDiscreteScheduler`.
+"""Stable Diffusion 3 / 3.5: VAE + `SD3Transformer2DModel` + `FlowMatchEulerDiscreteScheduler` (the paper's `sd3`).
 
-Forward process x_s = s * eps + (1 - s) * x0, with s one of the scheduler's (shifted) training sigmas,
-drawn by index uniformly per sample. The transformer predicts the velocity v ~ eps - x0, so
-x0_hat = x_s - s * v. The success check samples with the scheduler's Euler steps from s = 1.
+The forward process, x0 and the Euler check are flow_matching.py's, with the scheduler's (shifted) training
+sigmas.
 
 Conditioning follows the SD3 pipeline: the penultimate hidden states of CLIP-L and CLIP-G, concatenated
 on features and zero-padded to the joint attention width, then the T5 states (zeros when the model was
@@ -12,70 +11,36 @@ Prompt inversion replaces 75 tokens of CLIP-L only; CLIP-G and T5 keep the capti
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from invmm.adapters.codecs import CodecImages, VAECodec, check_resolution
-from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
-from invmm.conditioning import classifier_free_guidance
+from invmm.families.base import TEXT, Family, LoraFormat, ModelFolder
+from invmm.families.codecs import VAECodec, check_resolution
+from invmm.families.conditions import classifier_free_guidance
+from invmm.families.flow_matching import PAPER_RESOLUTION, FlowMatching
+from invmm.families.loading import build, load_component, load_tokenizers, load_vae, require
+from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
 from invmm.functional import x0_from_flow_velocity
+from invmm.zoo.tiny import build_tiny_sd3
 
-# The authors invert SD3.5 at 512 x 512 (latent 16 x 64 x 64), not at its native 1024: models whose native
-# side is larger are measured at this side unless the user asks for another.
-PAPER_RESOLUTION = 512
-
-
-class FlowMatching(CodecImages):
-    """What SD3 and Flux share: the forward process over the training sigmas `self.sigmas` (drawn by index) and
-    the Euler check on the scheduler of the subclass's `sampler()`."""
-
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.sigmas), (n,), generator=generator, device=generator.device)
-
-    def _sigma(self, idx: torch.Tensor, ndim: int) -> torch.Tensor:
-        return self.sigmas[idx.to(self.device)].reshape(-1, *([1] * (ndim - 1)))
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        s = self._sigma(idx, x0.ndim)
-        return s * eps + (1.0 - s) * x0
-
-    def _euler(self, schedule: str):
-        """A fresh Euler scheduler of the model's config: a copy of one built once, at load time (see
-        pixel.PixelAdapter.sampler for why)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        if schedule != "model":
-            raise ValueError(f"flow matching checks use the model's Euler grid; got check schedule {schedule!r}")
-        if getattr(self, "_euler_template", None) is None:  # the first call comes from the subclass's __init__
-            self._euler_template = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        return copy.deepcopy(self._euler_template)
-
-    def check_timesteps(self, steps: int, schedule: str = "model") -> list[float]:
-        return [round(float(t), 3) for t in self.sampler(steps, schedule).timesteps]
-
-    @torch.no_grad()
-    def generate(self, noise: torch.Tensor, *, steps: int, eta: float = 0.0, cond=None,
-                 guidance: float | list[float] = 1.0,
-                 generator: torch.Generator | None = None, schedule: str = "model") -> torch.Tensor:
-        if eta:
-            raise ValueError("the flow-matching Euler sampler is deterministic; eta must be 0")
-        scheduler = self.sampler(steps, schedule)
-        x = noise.to(self.device, torch.float32)
-        for t in scheduler.timesteps:
-            x = scheduler.step(self.guided_output(x, t.expand(len(x)), cond, guidance), t, x).prev_sample
-        return self.decode(x)
-
-    def uncond_embeddings(self, n: int):
-        return tuple(c.expand(n, *c.shape[1:]) for c in self._uncond)
+# The paper's SD3 setting: B = 16, lambda growing 10x faster, the model's Euler grid of 50 steps, guidance 1..5.
+PRESET = {
+    "delta": 1e-3,
+    "batch_size": 16,
+    "sampler": "euler",
+    "sampler_steps": 50,
+    "check_schedule": "model",
+    "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
+    "sscd_resize": 320,
+}
 
 
-class FlowAdapter(FlowMatching):
-    family = "flow"
+class SD3Adapter(FlowMatching):
+    family = "sd3"
     # The authors' SD3 code draws the VAE posterior (sd3_impls' SDVAE.encode adds std * randn).
     vae_posterior = "sample"
     conditional = True
-    capabilities = frozenset({"text"})
+    capabilities = frozenset({TEXT})
     # The authors' SD3 check gives each of its samples its own Gumbel-softmax draw of the soft prompt.
     check_prompt_draws = "per_sample"
 
@@ -86,26 +51,26 @@ class FlowAdapter(FlowMatching):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.device = torch.device(device)
-        self.transformer = transformer.to(self.device).eval().requires_grad_(False)
+        self.denoiser = transformer.to(self.device).eval().requires_grad_(False)
         self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale,
                               posterior=self.vae_posterior)
         self.vae = self.codec.vae
-        self.text_encoders = [e.to(self.device).eval().requires_grad_(False) if e is not None else None
-                              for e in text_encoders]
-        self.tokenizers = list(tokenizers)
+        self.text_encoders = tuple(e.to(self.device).eval().requires_grad_(False) if e is not None else None
+                                   for e in text_encoders)
+        self.tokenizers = tuple(tokenizers)
         self.scheduler_config = dict(scheduler_config)
         self.max_sequence_length = max_sequence_length
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         # Training sigmas (shifted as the model was trained) and the matching model timesteps.
         self.sigmas = scheduler.sigmas[: len(scheduler.timesteps)].to(self.device, torch.float32)
         self.timesteps = scheduler.timesteps.to(self.device, torch.float32)
-        self.channels = int(self.transformer.config.in_channels)
+        self.channels = int(self.denoiser.config.in_channels)
         self.image_mode = self.codec.image_mode
-        self.native_resolution = int(self.transformer.config.sample_size) * self.codec.factor
+        self.native_resolution = int(self.denoiser.config.sample_size) * self.codec.factor
         if resolution is None:
             resolution = min(self.native_resolution, PAPER_RESOLUTION)
         self.image_size = check_resolution(resolution, self.native_resolution,
-                                           self.codec.factor * int(self.transformer.config.patch_size))
+                                           self.codec.factor * int(self.denoiser.config.patch_size))
         self.source = source
         clip_l = self.text_encoders[0]
         self.soft_tokenizer = self.tokenizers[0]
@@ -120,7 +85,7 @@ class FlowAdapter(FlowMatching):
     # --- forward process and x0 ---
     def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
         embeds, pooled = cond if cond is not None else self.uncond_embeddings(len(x))
-        return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
+        return self.denoiser(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=timestep.to(self.device)).sample
 
     def predict_x0(self, x_t: torch.Tensor, idx: torch.Tensor, cond=None) -> torch.Tensor:
@@ -147,7 +112,7 @@ class FlowAdapter(FlowMatching):
         return out.hidden_states[-2], out[0]
 
     def _t5(self, texts: list[str]) -> torch.Tensor:
-        width = int(self.transformer.config.joint_attention_dim)
+        width = int(self.denoiser.config.joint_attention_dim)
         if self.text_encoders[2] is None:
             return torch.zeros(len(texts), self.max_sequence_length, width, device=self.device)
         return self.text_encoders[2](self._tokenize(2, texts, self.max_sequence_length))[0]
@@ -175,11 +140,64 @@ class FlowAdapter(FlowMatching):
 
     def describe(self) -> dict:
         return {
-            "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
+            "family": self.family, "source": self.source, "transformer_class": type(self.denoiser).__name__,
             "resolution": self.image_size, "native_resolution": self.native_resolution,
             "latent_channels": self.channels, **self.codec.describe(),
             "t5": self.text_encoders[2] is not None, "vocab_size": self.vocab_size,
             "scheduler_class": self.scheduler_config.get("_class_name"),
             "shift": self.scheduler_config.get("shift"),
-            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
+            **({"loras": list(self.loras)} if self.loras else {}),
         }
+
+
+def detect(folder: ModelFolder) -> bool:
+    return (folder.transformer or {}).get("_class_name") == "SD3Transformer2DModel"
+
+
+def load(folder: ModelFolder, *, device, allow_pickle, source, resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    root = folder.root
+    require(root, folder.listing, "an SD3 model", ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    transformer = load_component(diffusers.SD3Transformer2DModel, root / "transformer", allow_pickle, root)
+    vae, vae_saved = load_vae(folder, allow_pickle)
+    encoders = [
+        load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder", allow_pickle, root),
+        load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
+        None,
+    ]
+    tokenizers = load_tokenizers(root, {"tokenizer": transformers.CLIPTokenizer,
+                                        "tokenizer_2": transformers.CLIPTokenizer}) + [None]
+    # T5 is optional: SD3 runs (slightly worse) without it, and it is 4.7B parameters.
+    if folder.has("text_encoder_3"):
+        encoders[2] = load_component(transformers.T5EncoderModel, root / "text_encoder_3", allow_pickle, root)
+        tokenizers[2] = load_tokenizers(root, {"tokenizer_3": transformers.AutoTokenizer})[0]
+    return build(SD3Adapter, root, transformer, vae, encoders, tokenizers, folder.scheduler_config, device=device,
+                 source=source, resolution=resolution, latent_scale=latent_scale, vae_saved_config=vae_saved)
+
+
+def load_lora(components: dict, f, name: str) -> int:
+    from diffusers import StableDiffusion3Pipeline as Loader
+
+    state = Loader.lora_state_dict(str(f.parent), **fetch_options(f))
+    Loader.load_lora_into_transformer(state, components["denoiser"], adapter_name=name)
+    for prefix in ("text_encoder", "text_encoder_2"):
+        if any(k.startswith(prefix + ".") for k in state):
+            Loader.load_lora_into_text_encoder(state, None, components[prefix], prefix=prefix, adapter_name=name)
+    return state_tensors(state)
+
+
+def save_lora(components: dict, out, layers: dict, adapter_name: str):
+    from diffusers import StableDiffusion3Pipeline
+
+    StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=layers["denoiser"],
+                                               safe_serialization=True, **text_encoder_layers(layers))
+    return out / "pytorch_lora_weights.safetensors"
+
+
+FAMILY = Family(
+    name="sd3", folder="`transformer` (SD3Transformer2DModel) + CLIP-L/G [+ T5] + `vae`", detect=detect, load=load,
+    presets={"sd3": PRESET}, sampler="euler", lora=LoraFormat(load=load_lora, save=save_lora),
+    tiny=build_tiny_sd3, tiny_variants={"sd3": {}},
+)

@@ -1,6 +1,7 @@
 """Stable Diffusion XL: VAE + `UNet2DConditionModel` with added text/size conditioning + two CLIP text encoders.
 
-The forward process, x0 conversion and DDIM check are pixel.py's, in the VAE's latent space (codecs.VAECodec).
+The forward process, x0 conversion and DDIM check are noise_schedule.py's, in the VAE's latent space
+(codecs.VAECodec).
 This file adds SDXL's conditioning, as diffusers' `StableDiffusionXLPipeline` builds it. A conditioning is the
 tuple (prompt_embeds [n, 77, D1 + D2], text_embeds [n, P], time_ids [n, 6]):
 - prompt_embeds: the penultimate hidden states of `text_encoder` (CLIP ViT-L) and `text_encoder_2` (OpenCLIP
@@ -20,16 +21,22 @@ prompt to both (prompt_2 defaults to prompt): text_encoder_2 gives 1280 of the 2
 the whole pooled embedding, so inverting CLIP-L alone would leave most of the text conditioning at the empty
 prompt when no caption is known. The two CLIP tokenizers share one vocabulary, so the distribution costs what
 SD 1.x's does; as there, a caption given with prompt inversion is not used. A model whose tokenizers differ
-inverts CLIP-L only, text_encoder_2 keeping the caption (the SD3 convention of flow.py).
+inverts CLIP-L only, text_encoder_2 keeping the caption (the SD3 convention of sd3.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from invmm.adapters.codecs import VAECodec
-from invmm.adapters.pixel import PixelAdapter
-from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
+from invmm.errors import InvMMInputError
+from invmm.families import sd
+from invmm.families.base import NOISE_SCHEDULE, TEXT, Family, LoraFormat, ModelFolder
+from invmm.families.codecs import VAECodec
+from invmm.families.loading import build, load_component, load_tokenizers, load_vae
+from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.noise_schedule import NoiseScheduleAdapter
+from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
+from invmm.zoo.tiny import build_tiny_sdxl
 
 N_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
@@ -45,12 +52,12 @@ def crop_top_left(original_size: tuple[int, int], side: int) -> tuple[int, int]:
     return round((h - short) * side / (2 * short)), round((w - short) * side / (2 * short))
 
 
-class SDXLAdapter(PixelAdapter):
+class SDXLAdapter(NoiseScheduleAdapter):
     family = "sdxl"
     # No paper setting: as its nearest paper family, SD 1.x/2.x (the same kind of KL VAE and UNet), the mode.
     vae_posterior = "mode"
     conditional = True
-    capabilities = frozenset({"noise_schedule", "text"})
+    capabilities = frozenset({NOISE_SCHEDULE, TEXT})
     # The paper has no SDXL setting; the UNet/DDIM family follows the authors' SD 1.x check: one soft prompt
     # draw shared by all samples at every guidance scale.
     check_prompt_draws = "shared"
@@ -70,15 +77,15 @@ class SDXLAdapter(PixelAdapter):
         codec = VAECodec(vae, torch.device(device), saved_config=vae_saved_config, latent_scale=latent_scale,
                          posterior=self.vae_posterior)
         super().__init__(unet, scheduler_config, device=device, source=source, resolution=resolution, codec=codec)
-        self.text_encoders = [e.to(self.device).eval().requires_grad_(False) for e in text_encoders]
-        self.tokenizers = list(tokenizers)
+        self.text_encoders = tuple(e.to(self.device).eval().requires_grad_(False) for e in text_encoders)
+        self.tokenizers = tuple(tokenizers)
         clip_l, clip_g = self.text_encoders
         if not hasattr(clip_g, "text_projection"):
             raise ValueError(f"text_encoder_2 is a {type(clip_g).__name__}; SDXL's must be a "
                              "CLIPTextModelWithProjection (its projected pooled output is the UNet's text_embeds)")
-        self.addition_time_embed_dim = int(self.unet.config.addition_time_embed_dim)
+        self.addition_time_embed_dim = int(self.denoiser.config.addition_time_embed_dim)
         projection = int(clip_g.config.projection_dim)
-        expected = int(self.unet.add_embedding.linear_1.in_features)
+        expected = int(self.denoiser.add_embedding.linear_1.in_features)
         if expected != N_TIME_IDS * self.addition_time_embed_dim + projection:
             raise ValueError(
                 f"the UNet's added embedding takes {expected} features, but {N_TIME_IDS} size ids x "
@@ -86,9 +93,9 @@ class SDXLAdapter(PixelAdapter):
                 f"{N_TIME_IDS * self.addition_time_embed_dim + projection} (an SDXL refiner, conditioned on an "
                 "aesthetic score, is not supported)")
         width = int(clip_l.config.hidden_size) + int(clip_g.config.hidden_size)
-        if width != int(self.unet.config.cross_attention_dim):
+        if width != int(self.denoiser.config.cross_attention_dim):
             raise ValueError(f"the two text encoders give {width} features but the UNet attends to "
-                             f"{self.unet.config.cross_attention_dim}")
+                             f"{self.denoiser.config.cross_attention_dim}")
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
         self.force_upcast = bool(getattr(self.vae.config, "force_upcast", False))
         self.max_length = int(self.tokenizers[0].model_max_length)
@@ -112,7 +119,7 @@ class SDXLAdapter(PixelAdapter):
     # --- the UNet with SDXL's added conditioning ---
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         embeds, text_embeds, time_ids = cond if cond is not None else self.uncond_embeddings(len(x_t))
-        out = self.unet(x_t, t.to(self.device), encoder_hidden_states=embeds,
+        out = self.denoiser(x_t, t.to(self.device), encoder_hidden_states=embeds,
                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
         return out[:, : self.channels]
 
@@ -198,3 +205,66 @@ class SDXLAdapter(PixelAdapter):
                  inverted_text_encoders=["text_encoder", "text_encoder_2"][: len(self.inverted_encoders)],
                  addition_time_embed_dim=self.addition_time_embed_dim, vae_force_upcast=self.force_upcast)
         return d
+
+
+def detect(folder: ModelFolder) -> bool:
+    # SDXL's UNet adds pooled text and size conditioning to its time embedding.
+    unet = folder.unet or {}
+    return unet.get("_class_name") == "UNet2DConditionModel" and unet.get("addition_embed_type") == "text_time"
+
+
+def load(folder: ModelFolder, *, device, allow_pickle, source, resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    root = folder.root
+    missing = [c for c in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if not folder.has(c)]
+    if missing:
+        refiner = "text_encoder" in missing and folder.has("text_encoder_2")
+        raise InvMMInputError(
+            f"model {root}: an SDXL model needs {', '.join(missing)} (found: {folder.listing})"
+            + ("; an SDXL refiner (text_encoder_2 only, aesthetic-score conditioning) is not supported" if refiner
+               else "")
+        )
+    unet = load_component(diffusers.UNet2DConditionModel, root / "unet", allow_pickle, root)
+    vae, vae_saved = load_vae(folder, allow_pickle)
+    encoders = [
+        load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
+        load_component(transformers.CLIPTextModelWithProjection, root / "text_encoder_2", allow_pickle, root),
+    ]
+    tokenizers = load_tokenizers(root, {"tokenizer": transformers.CLIPTokenizer,
+                                        "tokenizer_2": transformers.CLIPTokenizer})
+    # The pipeline's own setting (default True): the unconditional prompt is zeros, not the encoded "".
+    force_zeros = bool(folder.index.get("force_zeros_for_empty_prompt", True))
+    return build(SDXLAdapter, root, unet, vae, encoders, tokenizers, folder.scheduler_config, device=device,
+                 source=source, resolution=resolution, latent_scale=latent_scale, vae_saved_config=vae_saved,
+                 force_zeros_for_empty_prompt=force_zeros)
+
+
+def load_lora(components: dict, f, name: str) -> int:
+    from diffusers import StableDiffusionXLPipeline as Loader
+
+    state, alphas = Loader.lora_state_dict(str(f.parent), unet_config=components["denoiser"].config,
+                                           **fetch_options(f))
+    Loader.load_lora_into_unet(state, alphas, components["denoiser"], adapter_name=name)
+    for prefix in ("text_encoder", "text_encoder_2"):
+        if any(k.startswith(prefix + ".") for k in state):
+            Loader.load_lora_into_text_encoder(state, alphas, components[prefix], prefix=prefix, adapter_name=name)
+    return state_tensors(state)
+
+
+def save_lora(components: dict, out, layers: dict, adapter_name: str):
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=layers["denoiser"], safe_serialization=True,
+                                                **text_encoder_layers(layers))
+    return out / "pytorch_lora_weights.safetensors"
+
+
+FAMILY = Family(
+    name="sdxl", folder="`unet` (UNet2DConditionModel, `addition_embed_type: text_time`) + CLIP-L + OpenCLIP-G + `vae`",
+    detect=detect, load=load,
+    # No paper setting: the SD 1.x preset (an epsilon DDPM-schedule UNet like SD 1.x); the README says why.
+    presets={"sdxl": dict(sd.PRESET)}, sampler="ddim",
+    lora=LoraFormat(load=load_lora, save=save_lora), tiny=build_tiny_sdxl, tiny_variants={"sdxl": {}},
+)

@@ -1,6 +1,7 @@
 """Class-conditional DiT (ImageNet DiT-XL/2 and the like): `DiTTransformer2DModel` + VAE (or pixels) + labels.
 
-The forward process, x0 conversion and DDIM check are pixel.py's (through the VAE codec, or in pixel space).
+The forward process, x0 conversion and DDIM check are noise_schedule.py's (through the VAE codec, or in pixel
+space).
 DiT outputs [eps, variance] on channels (learned sigma); the mean channels are the prediction, as DiTPipeline
 steps with them. Classifier-free guidance mixes the class with the null class, the extra row of the label
 table that DiT's training label dropout used (index num_classes; DiTPipeline hard-codes 1000, ImageNet's).
@@ -17,16 +18,21 @@ from __future__ import annotations
 
 import torch
 
-from invmm.adapters.codecs import VAECodec
-from invmm.adapters.pixel import PixelAdapter
+from invmm.errors import InvMMInputError
+from invmm.families import ldm
+from invmm.families.base import CLASS, NOISE_SCHEDULE, Family, ModelFolder
+from invmm.families.codecs import VAECodec
+from invmm.families.loading import build, load_component, load_vae, no_vae_no_scale
+from invmm.families.noise_schedule import NoiseScheduleAdapter
+from invmm.zoo.tiny import build_tiny_dit
 
 
-class ClassConditionalAdapter(PixelAdapter):
-    family = "class"
+class DiTAdapter(NoiseScheduleAdapter):
+    family = "dit"
     # No paper setting: as the `ldm` preset it takes (the authors' LDM code) and DiT's own training, one draw.
     vae_posterior = "sample"
     conditional = True
-    capabilities = frozenset({"noise_schedule", "class"})
+    capabilities = frozenset({NOISE_SCHEDULE, CLASS})
     # One Gumbel-softmax class draw per check, shared by its samples, as prompt inversion does for SD 1.x.
     check_prompt_draws = "shared"
 
@@ -41,14 +47,14 @@ class ClassConditionalAdapter(PixelAdapter):
                              posterior=self.vae_posterior)
         super().__init__(transformer, scheduler_config, device=device, source=source, resolution=resolution,
                          codec=codec)
-        self.transformer = self.unet  # the denoiser, under the name the transformer families use
-        embedders = [m for m in self.unet.modules() if isinstance(m, LabelEmbedding)]
+        embedders = [m for m in self.denoiser.modules() if isinstance(m, LabelEmbedding)]
         self.label_tables = [m.embedding_table for m in embedders]
         for m in embedders:
             _take_distributions(m)
         if not self.label_tables:
-            raise ValueError(f"{type(self.unet).__name__} has no class-label embedding; not a class-conditional DiT")
-        self.num_classes = int(self.unet.config.num_embeds_ada_norm)
+            raise ValueError(f"{type(self.denoiser).__name__} has no class-label embedding; not a class-conditional "
+                             "DiT")
+        self.num_classes = int(self.denoiser.config.num_embeds_ada_norm)
         rows = {int(t.weight.shape[0]) for t in self.label_tables}
         if rows != {self.num_classes + 1}:
             raise ValueError(f"the label tables have {sorted(rows)} rows; a DiT trained with label dropout has "
@@ -60,7 +66,7 @@ class ClassConditionalAdapter(PixelAdapter):
         self._uncond = self.one_hot([self.null_class])
 
     def _side_step(self) -> int:
-        return int(self.unet.config.patch_size)
+        return int(self.denoiser.config.patch_size)
 
     # --- conditioning ---
     def class_id(self, label) -> int:
@@ -97,12 +103,12 @@ class ClassConditionalAdapter(PixelAdapter):
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
             cond = self.uncond_embeddings(len(x_t))
-        out = self.unet(x_t, t.to(self.device), class_labels=cond).sample
+        out = self.denoiser(x_t, t.to(self.device), class_labels=cond).sample
         return out[:, : self.channels]  # the eps channels of a learned-sigma output
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(denoiser_class=type(self.unet).__name__, num_classes=self.num_classes,
+        d.update(denoiser_class=type(self.denoiser).__name__, num_classes=self.num_classes,
                  class_names=bool(self.id2label))
         return d
 
@@ -122,3 +128,44 @@ def _take_distributions(embedder) -> None:
 
     embedder.forward = forward
     embedder._invmm_distributions = True
+
+
+def detect(folder: ModelFolder) -> bool:
+    transformer = folder.transformer or {}
+    # A DiT saved before diffusers had DiTTransformer2DModel is a Transformer2DModel with a label table; a
+    # class-conditional UNet2DModel is claimed here too, to be refused with the reason.
+    return transformer.get("_class_name") == "DiTTransformer2DModel" or (
+        transformer.get("_class_name") == "Transformer2DModel" and bool(transformer.get("num_embeds_ada_norm"))
+    ) or ((folder.unet or {}).get("_class_name") == "UNet2DModel" and bool(folder.unet.get("num_class_embeds")))
+
+
+def load(folder: ModelFolder, *, device, allow_pickle, source, resolution=None, latent_scale=None):
+    import diffusers
+
+    root = folder.root
+    if folder.transformer is None:
+        raise InvMMInputError(
+            f"model {root}: a class-conditional UNet2DModel is not supported (no convention names its "
+            "unconditional class, which guidance needs); supported class-conditional models are DiT "
+            "(transformer/ with DiTTransformer2DModel)"
+        )
+    cls = getattr(diffusers, folder.transformer["_class_name"])
+    transformer = load_component(cls, root / "transformer", allow_pickle, root)
+    vae, vae_saved = load_vae(folder, allow_pickle)
+    if vae is None:
+        no_vae_no_scale(folder, latent_scale)
+    id2label = folder.index.get("id2label")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise InvMMInputError(f"model {root}: model_index.json id2label must map class indices to names")
+    return build(DiTAdapter, root, transformer, vae, folder.scheduler_config, id2label=id2label, device=device,
+                 source=source, resolution=resolution, vae_saved_config=vae_saved, latent_scale=latent_scale)
+
+
+FAMILY = Family(
+    name="dit", folder="`transformer` (DiTTransformer2DModel) [+ `vae`] + `id2label`", detect=detect, load=load,
+    # No paper setting: a class-conditional latent diffusion model takes the `ldm` preset, with its pipeline's
+    # guidance (default 4) in the range.
+    presets={"dit": {**ldm.PRESET, "guidance_scales": [1.0, 2.0, 3.0, 4.0]}}, sampler="ddim",
+    lora=None,  # diffusers has no DiT LoRA loader
+    tiny=build_tiny_dit, tiny_variants={"dit": {}, "dit-pixel": {"latent": False}},
+)

@@ -1,7 +1,9 @@
-"""Unconditional pixel-space diffusion (DDPM/DDIM): a diffusers `UNet2DModel` plus a scheduler config.
+"""The numerical path every DDPM-type family shares (ddpm, ldm, sd, sdxl, pixart, dit): a denoiser trained on a
+DDPM alpha_bar schedule, in pixel space or through a VAE codec.
 
-The numerical path in one place: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, the UNet's raw output
-turned into x0_hat by the scheduler's `prediction_type`, and deterministic DDIM for generation.
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, the denoiser's raw output turned into x0_hat by the scheduler's
+`prediction_type`, deterministic DDIM for generation, classifier-free guidance for the conditional families
+(which supply `_model_output`'s conditioning and `uncond_embeddings`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import copy
 
 import torch
 
-from invmm.adapters.codecs import CodecImages, PixelCodec, check_resolution
-from invmm.conditioning import classifier_free_guidance
+from invmm.families.base import NOISE_SCHEDULE, ModelAdapter
+from invmm.families.codecs import CodecImages, PixelCodec, check_resolution
+from invmm.families.conditions import classifier_free_guidance
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 # The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
@@ -24,28 +27,24 @@ DDIM_GRIDS = {
 }
 
 
-class PixelAdapter(CodecImages):
-    """The DDPM-family numerical path for a `UNet2DModel`; pixel space, or another codec's (latent.py)."""
+class NoiseScheduleAdapter(CodecImages, ModelAdapter):
+    """The DDPM-type numerical path for a denoiser (`UNet2DModel` and the conditional ones), in pixel space or
+    through a VAE codec."""
 
-    family = "pixel"
-    # A KL VAE's posterior in the inversion (codecs.VAECodec, latent.py): one draw, as the authors' LDM code
-    # (its get_first_stage_encoding) takes it; the paper's LDM is a VQ model, whose latents involve no draw.
-    vae_posterior = "sample"
-    conditional = False
-    capabilities = frozenset({"noise_schedule"})
+    capabilities = frozenset({NOISE_SCHEDULE})
 
-    def __init__(self, unet, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = "",
+    def __init__(self, denoiser, scheduler_config: dict, *, device: str | torch.device = "cpu", source: str = "",
                  resolution: int | None = None, codec=None):
         from diffusers import DDIMScheduler
 
         self.device = torch.device(device)
-        self.unet = unet.to(self.device).eval().requires_grad_(False)
-        self.channels = int(self.unet.config.in_channels)
+        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.channels = int(self.denoiser.config.in_channels)
         self.codec = codec or PixelCodec(self.channels, self.device)
         if self.codec.channels != self.channels:
             raise ValueError(f"the {self.codec.kind} codec makes {self.codec.channels}-channel inputs but the "
                              f"denoiser takes {self.channels}")
-        self.vae = getattr(self.codec, "vae", None)
+        self.vae = self.codec.vae
         self.image_mode = self.codec.image_mode
         # A saved DDPM/DDIM config always states clip_sample; one that does not (DPM-Solver, Euler) comes from a
         # sampler that never clips x0, and DDIM's default (True) would clip latents on the model's own grid.
@@ -65,14 +64,14 @@ class PixelAdapter(CodecImages):
         # The check's schedulers, built once here (see sampler).
         self._samplers = {name: DDIMScheduler.from_config(self.scheduler_config, **grid)
                           for name, grid in DDIM_GRIDS.items()}
-        size = self.unet.config.sample_size
+        size = self.denoiser.config.sample_size
         self.native_resolution = int(size if isinstance(size, int) else size[0]) * self.codec.factor
         self.image_size = check_resolution(resolution, self.native_resolution, self.codec.factor * self._side_step())
         self.source = source
 
     def _side_step(self) -> int:
         # The UNet halves the side once per down block but the last.
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return 2 ** (len(self.denoiser.config.block_out_channels) - 1)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=generator.device)
@@ -90,7 +89,7 @@ class PixelAdapter(CodecImages):
     def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is not None:
             raise ValueError(f"{self.family} models are unconditional; got a prompt conditioning")
-        out = self.unet(x_t, t.to(self.device)).sample
+        out = self.denoiser(x_t, t.to(self.device)).sample
         # Models with a learned variance output [prediction, variance] stacked on channels.
         return out[:, : self.channels]
 
@@ -149,7 +148,7 @@ class PixelAdapter(CodecImages):
         return {
             "family": self.family,
             "source": self.source,
-            "unet_class": type(self.unet).__name__,
+            "denoiser_class": type(self.denoiser).__name__,
             "resolution": self.image_size,
             "native_resolution": self.native_resolution,
             "channels": self.channels,
@@ -157,5 +156,5 @@ class PixelAdapter(CodecImages):
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
             "scheduler_class": self.scheduler_config.get("_class_name"),
-            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
+            **({"loras": list(self.loras)} if self.loras else {}),
         }

@@ -16,7 +16,7 @@ Guidance: "dev" is guidance-distilled and takes the guidance scale as an input (
 "schnell" takes none (`"none"`); either way one forward per sample, never an unconditional pass. The
 optimisation (predict_x0) runs dev at guidance 1, the conditional output the distillation started from.
 
-Prompt inversion learns CLIP-L's 75 tokens while T5 keeps the caption (as flow.py does for SD3). CLIP-L
+Prompt inversion learns CLIP-L's 75 tokens while T5 keeps the caption (as sd3.py does for SD3). CLIP-L
 contributes only its pooled vector, which CLIP reads at the first end-of-text token: the soft tokens are
 therefore placed as a full-length prompt ([BOS] + 75 tokens + [EOS]), so that the pooled vector attends to
 every one of them (in the tokenized empty prompt the end token sits right after BOS, and only the first
@@ -30,13 +30,16 @@ import math
 import numpy as np
 import torch
 
-from invmm.adapters.codecs import VAECodec, check_resolution
-from invmm.adapters.flow import FlowMatching
-from invmm.adapters.text2image import encode_soft_tokens, full_length_ids, tokenize
+from invmm.families import sd3
+from invmm.families.base import TEXT, Family, LoraFormat, ModelFolder
+from invmm.families.codecs import VAECodec, check_resolution
+from invmm.families.flow_matching import PAPER_RESOLUTION, FlowMatching
+from invmm.families.loading import build, load_component, load_tokenizers, load_vae, require
+from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
 from invmm.functional import x0_from_flow_velocity
+from invmm.zoo.tiny import build_tiny_flux
 
-# As for SD3: models with a larger native side are measured at 512 unless the user asks for another.
-PAPER_RESOLUTION = 512
 # T5 tokens: FluxPipeline's default 512; schnell was trained with 256 (the Black Forest Labs reference code and
 # diffusers' Flux documentation run it so). A tokenizer declaring a shorter maximum caps both.
 T5_TOKENS = {"embedded": 512, "none": 256}
@@ -73,26 +76,30 @@ class FluxAdapter(FlowMatching):
     # training scripts, one draw.
     vae_posterior = "sample"
     conditional = True
-    capabilities = frozenset({"text"})
+    capabilities = frozenset({TEXT})
     # No authors' setting for Flux: the SD3 check's (each sample its own Gumbel-softmax draw of the soft prompt).
     check_prompt_draws = "per_sample"
     train_guidance = 1.0
+
+    @property
+    def preset(self) -> str:
+        """dev takes the `flux` preset; schnell, distilled for a few steps without a guidance input, its own."""
+        return "flux" if self.guidance_kind == "embedded" else "flux-schnell"
 
     def __init__(self, transformer, vae, text_encoders, tokenizers, scheduler_config: dict, *,
                  device: str | torch.device = "cpu", source: str = "", resolution: int | None = None,
                  vae_saved_config: dict | None = None, latent_scale: float | None = None,
                  max_sequence_length: int | None = None):
         self.device = torch.device(device)
-        self.transformer = transformer.to(self.device).eval().requires_grad_(False)
+        self.denoiser = transformer.to(self.device).eval().requires_grad_(False)
         self.codec = VAECodec(vae, self.device, saved_config=vae_saved_config, latent_scale=latent_scale,
                               posterior=self.vae_posterior)
         self.vae = self.codec.vae
-        self.text_encoders = [e.to(self.device).eval().requires_grad_(False) for e in text_encoders]
-        self.tokenizers = list(tokenizers)
+        self.text_encoders = tuple(e.to(self.device).eval().requires_grad_(False) for e in text_encoders)
+        self.tokenizers = tuple(tokenizers)
         self.scheduler_config = dict(scheduler_config)
-        config = self.transformer.config
+        config = self.denoiser.config
         self.guidance_kind = "embedded" if config.guidance_embeds else "none"
-        self.preset = "flux" if config.guidance_embeds else "flux-schnell"
         self.channels = self.codec.channels
         if int(config.in_channels) != 4 * self.channels or (config.out_channels or config.in_channels) != \
                 config.in_channels or int(config.patch_size) != 1:
@@ -138,7 +145,7 @@ class FluxAdapter(FlowMatching):
         embeds, pooled = cond if cond is not None else self.uncond_embeddings(len(x))
         h, w = x.shape[-2:]
         img_ids = self._img_ids if (h, w) == self.latent_shape[1:] else image_ids(h, w, self.device)
-        out = self.transformer(hidden_states=pack(x), encoder_hidden_states=embeds, pooled_projections=pooled,
+        out = self.denoiser(hidden_states=pack(x), encoder_hidden_states=embeds, pooled_projections=pooled,
                                timestep=timestep.to(self.device, x.dtype) / 1000, img_ids=img_ids,
                                txt_ids=self._txt_ids[: embeds.shape[1]], guidance=self._guidance(guidance, len(x)))
         return unpack(out.sample, h, w)
@@ -186,7 +193,7 @@ class FluxAdapter(FlowMatching):
 
     def describe(self) -> dict:
         return {
-            "family": self.family, "source": self.source, "transformer_class": type(self.transformer).__name__,
+            "family": self.family, "source": self.source, "transformer_class": type(self.denoiser).__name__,
             "resolution": self.image_size, "native_resolution": self.native_resolution,
             "latent_channels": self.channels, **self.codec.describe(),
             "guidance_kind": self.guidance_kind, "train_guidance": self.train_guidance if self.guidance_kind ==
@@ -196,5 +203,57 @@ class FluxAdapter(FlowMatching):
             "dynamic_shifting": bool(self.scheduler_config.get("use_dynamic_shifting")),
             "image_seq_len": self.image_seq_len,
             "mu": round(self.mu, 6) if self.scheduler_config.get("use_dynamic_shifting") else None,
-            **({"loras": self.loras} if getattr(self, "loras", None) else {}),
+            **({"loras": list(self.loras)} if self.loras else {}),
         }
+
+
+def detect(folder: ModelFolder) -> bool:
+    return (folder.transformer or {}).get("_class_name") == "FluxTransformer2DModel"
+
+
+def load(folder: ModelFolder, *, device, allow_pickle, source, resolution=None, latent_scale=None):
+    import diffusers
+    import transformers
+
+    root = folder.root
+    require(root, folder.listing, "a Flux model", ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    transformer = load_component(diffusers.FluxTransformer2DModel, root / "transformer", allow_pickle, root)
+    vae, vae_saved = load_vae(folder, allow_pickle)
+    encoders = [load_component(transformers.CLIPTextModel, root / "text_encoder", allow_pickle, root),
+                load_component(transformers.T5EncoderModel, root / "text_encoder_2", allow_pickle, root)]
+    tokenizers = load_tokenizers(root, {"tokenizer": transformers.CLIPTokenizer,
+                                        "tokenizer_2": transformers.AutoTokenizer})
+    return build(FluxAdapter, root, transformer, vae, encoders, tokenizers, folder.scheduler_config, device=device,
+                 source=source, resolution=resolution, latent_scale=latent_scale, vae_saved_config=vae_saved)
+
+
+def load_lora(components: dict, f, name: str) -> int:
+    from diffusers import FluxPipeline as Loader
+
+    # Flux LoRAs train CLIP-L at most; the T5 encoder (text_encoder_2 here) has no LoRA format.
+    state, alphas = Loader.lora_state_dict(str(f.parent), return_alphas=True, **fetch_options(f))
+    Loader.load_lora_into_transformer(state, alphas, components["denoiser"], adapter_name=name)
+    if any(k.startswith("text_encoder.") for k in state):
+        Loader.load_lora_into_text_encoder(state, alphas, components["text_encoder"], prefix="text_encoder",
+                                           adapter_name=name)
+    return state_tensors(state)
+
+
+def save_lora(components: dict, out, layers: dict, adapter_name: str):
+    from diffusers import FluxPipeline
+
+    text = text_encoder_layers(layers)
+    text.pop("text_encoder_2_lora_layers", None)
+    FluxPipeline.save_lora_weights(out, transformer_lora_layers=layers["denoiser"], safe_serialization=True, **text)
+    return out / "pytorch_lora_weights.safetensors"
+
+
+FAMILY = Family(
+    name="flux", folder="`transformer` (FluxTransformer2DModel) + CLIP-L + T5 + `vae`", detect=detect, load=load,
+    # No paper setting: the SD3 preset with guidance 1..5 (covering dev's usual 3.5; each scale costs one forward);
+    # schnell, distilled for 1-4 steps and without a guidance input, checks with 4 Euler steps at guidance 1.
+    presets={"flux": dict(sd3.PRESET),
+             "flux-schnell": {**sd3.PRESET, "sampler_steps": 4, "guidance_scales": [1.0]}},
+    sampler="euler", lora=LoraFormat(load=load_lora, save=save_lora), tiny=build_tiny_flux,
+    tiny_variants={"flux-dev": {"guidance_embeds": True}, "flux-schnell": {"guidance_embeds": False}},
+)

@@ -14,6 +14,8 @@ class PixelCodec:
 
     kind = "pixels"
     factor = 1
+    vae = None
+    scaling_factor, scale_source = 1.0, None  # nothing to scale
 
     def __init__(self, channels: int, device: torch.device):
         if channels not in (1, 3):
