@@ -17,12 +17,11 @@ from pathlib import Path
 
 from invmm.audit import audit
 from invmm.config import default_config
-from invmm.cost import forward_equivalents
 from invmm.datasets import load_dataset
 from invmm.estimate import estimate, format_estimate
 from invmm.families import load_adapter
 from invmm.images import load_image
-from invmm.repeats import combine
+from invmm.records import forward_equivalents, summarise
 from invmm.run.files import Ledger
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model
@@ -55,7 +54,7 @@ def main():
     shutil.rmtree(run, ignore_errors=True)
     items = load_dataset(data)
     summary = audit(str(model), items, cfg, run, adapter=adapter, batch_images=args.batch_images)
-    results = combine(Ledger(run).read())
+    results = summarise(Ledger(run).read())
     fe = [forward_equivalents(r.calls) for r in results]
     low, high = est["calls_per_image"]["low"]["forward_equivalents"], est["calls_per_image"]["high"][
         "forward_equivalents"]

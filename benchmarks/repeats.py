@@ -28,7 +28,8 @@ from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
 from invmm.images import ImageItem
-from invmm.repeats import combine, median_score, rep_score
+from invmm.records import summarise
+from invmm.repeats import median_score, rep_score
 from invmm.run.files import Ledger
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
@@ -125,7 +126,7 @@ def main():
     model, items, level, cfg = setup(args)
     t0 = time.perf_counter()
     if args.analyse:  # the tables again, from a finished run folder
-        results = combine(Ledger(args.out / "run").read())
+        results = summarise(Ledger(args.out / "run").read())
     else:
         results = measure(str(model), items, cfg, out=args.out / "run", batch_images=args.batch_images,
                           repeats=args.repeats,

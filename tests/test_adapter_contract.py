@@ -8,12 +8,12 @@ import torch
 from families import FAMILIES, given, images
 
 from invmm.config import default_config
-from invmm.cost import RowCounter, text_encoders, vae_encoder
 from invmm.families import load_adapter
 from invmm.families.base import CAPABILITIES, CLASS, NOISE_SCHEDULE, TEXT, ModelAdapter
 from invmm.families.conditions import cond_rows
 from invmm.families.noise_schedule import NoiseScheduleAdapter
 from invmm.inversion import Inverter, Target
+from invmm.inversion.cost import RowCounter, text_encoders, vae_encoder
 from invmm.similarity import PixelSimilarity
 
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from invmm.conditioning import KnownClass, SoftClass
 from invmm.families import load_adapter
 from invmm.families.dit import DiTAdapter
 from invmm.functional import reparameterize
+from invmm.inversion.conditioning import KnownClass, SoftClass
 from invmm.zoo.tiny import build_tiny_dit
 
 

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.result import Result
+from invmm.records import InversionRecord
 from invmm.zoo.tiny import build_tiny_pixel
 
 runner = CliRunner()
@@ -13,7 +13,7 @@ FAST = ["--max-steps", "20", "--check-every", "10", "--batch-size", "8", "--samp
 
 
 def read_results(out):
-    return {r.id: r for r in (Result.from_json(json.loads(line))
+    return {r.id: r for r in (InversionRecord.from_json(json.loads(line))
                               for line in (out / "results.jsonl").read_text().splitlines())}
 
 

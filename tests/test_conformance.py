@@ -7,16 +7,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from invmm import inversion, measure, preset
+from invmm import measure, preset
 from invmm.cli import app
-from invmm.conditioning import SoftPrompt
 from invmm.config import default_config
 from invmm.families import load_adapter
 from invmm.families.codecs import resolve_latent_scale
 from invmm.families.sd3 import SD3Adapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample, seed_from
 from invmm.images import ImageItem
-from invmm.inversion import Inverter, Target
+from invmm.inversion import Inverter, Target, inverter
+from invmm.inversion.conditioning import SoftPrompt
 from invmm.similarity import build_similarity
 from invmm.zoo.tiny import build_tiny_ldm, build_tiny_sd, build_tiny_sd3
 
@@ -173,7 +173,7 @@ def test_inverter_check_draws_once_per_check_from_the_image_stream(sd, monkeypat
     cfg = preset("sd", similarity="pixel", max_steps=2, check_every=2, sampler_steps=2,
                  guidance_scales=[1.0, 3.0], threshold=2.0, invert_prompt=True)  # never succeeds: both scales
     seen, prompts = [], []
-    real_generate, real_conditioner = sd.generate, inversion.conditioner
+    real_generate, real_conditioner = sd.generate, inverter.conditioner
 
     def spy(noise, **kw):
         seen.append(kw["cond"].clone())
@@ -184,7 +184,7 @@ def test_inverter_check_draws_once_per_check_from_the_image_stream(sd, monkeypat
         return prompts[-1]
 
     monkeypatch.setattr(sd, "generate", spy)
-    monkeypatch.setattr(inversion, "conditioner", keep)
+    monkeypatch.setattr(inverter, "conditioner", keep)
     pix = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out = Inverter(sd, cfg, build_similarity("pixel"), batch_images=1).run([Target(id="x", pixels=pix)])
     # One check; its first round runs both scales in one call (a row each), and both rows fail there.
@@ -280,7 +280,7 @@ def test_inversion_encodes_with_the_familys_posterior(tiny_family, family):
     assert adapter.describe()["vae_encoding"] == f"posterior {POSTERIOR[family]}"
     cfg = default_config(adapter, similarity="pixel")
     x = images(adapter, 1)[0]
-    x0 = Inverter(adapter, cfg, build_similarity("pixel"))._start(Target("i", x, caption="a cat")).x0
+    x0 = Inverter(adapter, cfg, build_similarity("pixel")).start(Target("i", x, caption="a cat")).x0
     with torch.no_grad():
         dist = adapter.vae.encode(x[None]).latent_dist
         g = torch.Generator().manual_seed(seed_from(seed_from(cfg.seed, "i"), "vae"))

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 from invmm import measure
 from invmm.cli import app
 from invmm.config import preset
-from invmm.cost import forward_equivalents
 from invmm.estimate import worst_case_calls
 from invmm.families import load_adapter
+from invmm.records import forward_equivalents
 from invmm.run.files import Ledger
 
 runner = CliRunner()

@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.conditioning import SoftPrompt
 from invmm.config import default_config
-from invmm.cost import RowCounter
 from invmm.families import load_adapter
 from invmm.families.flux import FluxAdapter, image_ids, pack, unpack
 from invmm.functional import reparameterize
+from invmm.inversion.conditioning import SoftPrompt
+from invmm.inversion.cost import RowCounter
 from invmm.zoo.tiny import build_tiny_flux
 
 KINDS = {"dev": True, "schnell": False}

@@ -11,6 +11,7 @@ from invmm.errors import InvMMInputError
 from invmm.families import family, load_adapter
 from invmm.families.lora import LoraSpec, lora_specs, save_lora
 from invmm.families.registry import lora_components
+from invmm.records import InversionRecord
 from invmm.zoo.tiny import (
     build_tiny_dit,
     build_tiny_flux,
@@ -171,14 +172,13 @@ def fake_run(run_dir, scores, *, seed=0, max_steps=2000):
     import math
 
     from invmm.config import preset
-    from invmm.result import Result
     from invmm.run.files import Ledger
 
     info = {"kind": "audit", "config": preset("ddpm", seed=seed, max_steps=max_steps).to_json(),
             "model": {"resolution": 8, "scaling_factor": None}}
     ledger = Ledger.create(run_dir, info)
     for i, s in scores.items():
-        ledger.append(Result(id=i, path=f"{i}.png", score=s, success=math.isfinite(s), steps=100))
+        ledger.append(InversionRecord(id=i, path=f"{i}.png", score=s, success=math.isfinite(s), steps=100))
     return run_dir
 
 

@@ -11,11 +11,11 @@ import shutil
 import pytest
 import torch
 
-from invmm.conditioning import SoftPrompt
 from invmm.families import load_adapter
 from invmm.families.conditions import cond_expand
 from invmm.families.pixart import PixArtAdapter
-from invmm.result import Result
+from invmm.inversion.conditioning import SoftPrompt
+from invmm.records import InversionRecord
 from invmm.zoo.tiny import build_tiny_pixart
 
 LONG = "a red square on a blue ground, " * 16  # about 380 tokens of the character tokenizer: over 300
@@ -189,7 +189,7 @@ def test_cli_measure_end_to_end(folders, tmp_path, mode):
     rec = json.loads((out / "results.jsonl").read_text())
     assert rec["status"] == "ok" and rec["prompt_mode"] == mode and rec["steps"] in (2, 4)
     assert rec["prompt"] == "a green square" if mode == "caption" else isinstance(rec["prompt"], str)
-    assert rec["checks"][0][0] == 2 and (rec["success"] or math.isinf(Result.from_json(rec).score))
+    assert rec["checks"][0][0] == 2 and (rec["success"] or math.isinf(InversionRecord.from_json(rec).score))
     assert rec["calls"]["opt_forward"] == 2 * rec["steps"] and rec["calls"]["text_encoder"] > 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["family"] == "pixart" and run["model"]["variant"] == "sigma"

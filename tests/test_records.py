@@ -5,29 +5,30 @@ import pytest
 
 from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
-from invmm.result import Result
+from invmm.records import InversionRecord
 from invmm.run.files import Ledger
 
 
 def test_inf_survives_json():
-    r = Result(id="a", path="a.png", score=math.inf, success=False, steps=2000)
+    r = InversionRecord(id="a", path="a.png", score=math.inf, success=False, steps=2000)
     text = json.dumps(r.to_json(), allow_nan=False)
     d = json.loads(text)
     assert d["score"] is None and d["score_is_inf"] is True
-    assert math.isinf(Result.from_json(d).score)
-    ok = Result.from_json(json.loads(json.dumps(Result(id="b", path="b", score=0.25, success=True).to_json())))
+    assert math.isinf(InversionRecord.from_json(d).score)
+    line = InversionRecord(id="b", path="b", score=0.25, success=True).to_json()
+    ok = InversionRecord.from_json(json.loads(json.dumps(line)))
     assert ok.score == 0.25 and ok.success
-    err = Result.from_json(Result(id="c", path="c", status="error", error="bad").to_json())
+    err = InversionRecord.from_json(InversionRecord(id="c", path="c", status="error", error="bad").to_json())
     assert math.isnan(err.score) and err.status == "error"
 
 
 def test_class_fields_only_on_class_conditional_lines():
-    plain = Result(id="a", path="a.png", score=0.5, success=True).to_json()
+    plain = InversionRecord(id="a", path="a.png", score=0.5, success=True).to_json()
     assert not {"class_mode", "class_label", "class_name"} & set(plain)
-    line = Result(id="b", path="b.png", class_mode="inverted", class_label=7, class_name="seven").to_json()
-    back = Result.from_json(json.loads(json.dumps(line)))
+    line = InversionRecord(id="b", path="b.png", class_mode="inverted", class_label=7, class_name="seven").to_json()
+    back = InversionRecord.from_json(json.loads(json.dumps(line)))
     assert (back.class_mode, back.class_label, back.class_name) == ("inverted", 7, "seven")
-    assert Result.from_json(json.loads(json.dumps(plain))).class_mode is None
+    assert InversionRecord.from_json(json.loads(json.dumps(plain))).class_mode is None
 
 
 def test_presets_are_data_and_round_trip():
@@ -55,8 +56,8 @@ def test_presets_are_data_and_round_trip():
 
 def test_ledger_refuses_an_existing_run_and_ignores_a_torn_tail(tmp_path):
     ledger = Ledger.create(tmp_path / "run", {"x": 1})
-    ledger.append(Result(id="a", path="a", score=0.5, success=True))
-    ledger.append(Result(id="b", path="b"))
+    ledger.append(InversionRecord(id="a", path="a", score=0.5, success=True))
+    ledger.append(InversionRecord(id="b", path="b"))
     with open(ledger.path, "a") as f:
         f.write('{"id": "c", "sco')  # a crash mid-write
     assert [r.id for r in ledger.read()] == ["a", "b"]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from invmm import compare_scores, measure
 from invmm.cli import app
 from invmm.config import preset
-from invmm.repeats import combine, median_interval, median_score, prob_lower
-from invmm.result import Result
+from invmm.records import ImageSummary, InversionRecord, summarise
+from invmm.repeats import median_interval, median_score, prob_lower
 from invmm.run.files import Ledger
 
 runner = CliRunner()
@@ -75,32 +75,32 @@ def test_prob_lower_is_the_mann_whitney_effect_size():
 
 def line(image_id, repeat, score, steps=100):
     ok = math.isfinite(score)
-    return Result(id=image_id, path="", score=score, success=ok, steps=steps, repeat=repeat, seconds=1.0,
+    return InversionRecord(id=image_id, path="", score=score, success=ok, steps=steps, repeat=repeat, seconds=1.0,
                   checks=[[steps, 0.5, 1.0, 0.99 if ok else 0.9]])
 
 
 def test_combine_summarises_repeats_and_partial_success_reads_as_such():
     lines = [line("a", 2, 0.5, 300), line("b", 0, math.inf), line("a", 0, 0.3, 100), line("a", 1, math.inf, 2000),
              line("b", 1, math.inf)]
-    a, b = combine(lines)
+    a, b = summarise(lines)
     assert (a.id, a.n_repeats, a.successes) == ("a", 3, 2)
     assert a.score == 0.5 and a.success and a.steps == 300 and a.repeat == 2  # the median repeat's details
     assert (a.score_low, a.score_high, a.interval_coverage) == (0.3, math.inf, 0.75)
     assert [r["repeat"] for r in a.repeats] == [0, 1, 2] and a.repeats[1]["score"] is None
     assert math.isinf(b.score) and not b.success and b.successes == 0
     assert compare_scores(a, b) == pytest.approx((2 + 0.5) / 3)  # 0.3, 0.5 beat inf; inf ties inf
-    back = Result.from_json(json.loads(json.dumps(a.to_json(), allow_nan=False)))
+    back = ImageSummary.from_json(json.loads(json.dumps(a.to_json(), allow_nan=False)))
     assert math.isinf(back.score_high) and back.score_low == 0.3 and back.successes == 2
 
 
 def test_combine_of_one_repeat_is_that_repeat():
-    (r,) = combine([line("a", 0, 0.42)])
+    (r,) = summarise([line("a", 0, 0.42)])
     assert r.score == 0.42 and r.n_repeats == 1 and r.successes == 1 and r.score_low is None
 
 
 def test_an_image_whose_repeats_all_failed_stays_an_error():
-    err = Result(id="a", path="", status="error", error="NaN", score=math.nan)
-    (r,) = combine([err])
+    err = InversionRecord(id="a", path="", status="error", error="NaN", score=math.nan)
+    (r,) = summarise([err])
     assert r.status == "error" and r.n_repeats == 1
 
 

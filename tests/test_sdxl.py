@@ -6,12 +6,12 @@ import shutil
 import pytest
 import torch
 
-from invmm.conditioning import SoftPrompt
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.families.noise_schedule import DDIM_GRIDS
 from invmm.families.sdxl import SDXLAdapter, crop_top_left
 from invmm.functional import reparameterize
+from invmm.inversion.conditioning import SoftPrompt
 from invmm.zoo.tiny import build_tiny_sdxl
 
 CAPTIONS = ["a red apple", "two cats on a mat"]

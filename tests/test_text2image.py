@@ -8,6 +8,7 @@ from invmm.families import load_adapter
 from invmm.families.sd import SDAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 from invmm.images import ImageItem
+from invmm.records import ImageSummary
 from invmm.zoo.tiny import build_tiny_sd
 
 
@@ -108,7 +109,6 @@ def test_cli_known_caption(sd_model, tmp_path):
 def test_memory_options_keep_the_numbers(sd_model, tmp_path):
     from PIL import Image
 
-    from invmm.result import Result
 
     Image.new("RGB", (16, 16), (90, 90, 10)).save(tmp_path / "y.png")
     item = ImageItem(id="y", path=str(tmp_path / "y.png"), caption="a yellow square")
@@ -120,6 +120,6 @@ def test_memory_options_keep_the_numbers(sd_model, tmp_path):
     # Checkpointing recomputes the same activations; slicing splits the same attention: same numbers.
     assert saving.kl == pytest.approx(plain.kl, rel=1e-5) and saving.steps == plain.steps
     (bf16,) = measure(str(sd_model), [item], preset("sd", precision="bf16", **base))
-    assert bf16.status == "ok" and math.isfinite(bf16.kl) and isinstance(bf16, Result)
+    assert bf16.status == "ok" and math.isfinite(bf16.kl) and isinstance(bf16, ImageSummary)
     with pytest.raises(ValueError, match="precision"):
         preset("sd", precision="fp8")

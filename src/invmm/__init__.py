@@ -3,8 +3,9 @@
 from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.measure import measure
+from invmm.records import ImageSummary, InversionRecord
 from invmm.repeats import compare_scores
-from invmm.result import Result
 
-__all__ = ["InvMMConfig", "InvMMInputError", "PRESETS", "Result", "compare_scores", "measure", "preset"]
+__all__ = ["ImageSummary", "InvMMConfig", "InvMMInputError", "InversionRecord", "PRESETS", "compare_scores", "measure",
+           "preset"]
 __version__ = "0.1.0"

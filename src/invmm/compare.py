@@ -17,8 +17,7 @@ from pathlib import Path
 
 from invmm.config import stored_config
 from invmm.errors import InvMMInputError
-from invmm.repeats import combine
-from invmm.result import Result
+from invmm.records import ImageSummary, summarise
 from invmm.run.files import RUN_FILE, Ledger
 from invmm.run.folder import MODEL_SETTINGS, read_run_info, settings_diff
 
@@ -30,8 +29,8 @@ VERDICTS = ("made reproducible", "more memorized", "unchanged", "less memorized"
 @dataclass
 class Row:
     id: str
-    base: Result
-    tuned: Result
+    base: ImageSummary
+    tuned: ImageSummary
     verdict: str
 
     @property
@@ -57,7 +56,7 @@ class Comparison:
         return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
 
 
-def verdict(base: Result, tuned: Result) -> str:
+def verdict(base: ImageSummary, tuned: ImageSummary) -> str:
     if base.status != "ok" or tuned.status != "ok":
         return "error"
     a, b = base.score, tuned.score
@@ -94,8 +93,8 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
     if diff:
         raise InvMMInputError(f"{base_dir} and {tuned_dir} were made with different settings ({'; '.join(diff)}); "
                               "rerun one with the other's settings so the scores are comparable")
-    base = {r.id: r for r in combine(Ledger(base_dir).read())}
-    tuned = {r.id: r for r in combine(Ledger(tuned_dir).read())}
+    base = {r.id: r for r in summarise(Ledger(base_dir).read())}
+    tuned = {r.id: r for r in summarise(Ledger(tuned_dir).read())}
     shared = [i for i in tuned if i in base]
     if not shared:
         raise InvMMInputError(f"{base_dir} and {tuned_dir} have no image in common (ids are compared); run both "
@@ -104,7 +103,7 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
     return Comparison(base_dir, tuned_dir, rows, sorted(set(base) - set(tuned)), sorted(set(tuned) - set(base)))
 
 
-def _score(r: Result) -> str:
+def _score(r: ImageSummary) -> str:
     if r.status != "ok":
         return "error"
     text = "inf" if math.isinf(r.score) else f"{r.score:.4f}"

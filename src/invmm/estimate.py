@@ -16,8 +16,9 @@ import time
 import torch
 
 from invmm.config import InvMMConfig
-from invmm.cost import forward_equivalents, sample_forwards
 from invmm.inversion import Inverter, Target
+from invmm.inversion.cost import sample_forwards
+from invmm.records import forward_equivalents
 
 
 def checks_per_image(config: InvMMConfig) -> int:
@@ -56,14 +57,14 @@ def probe_seconds(adapter, config: InvMMConfig, similarity, pixels: torch.Tensor
     """Seconds per optimisation step and per failing check, per image, measured on a full batch."""
     cfg = config.replace(threshold=2.0, check_every=10**9, max_steps=10**9)  # no check unless asked; none passes
     inv = Inverter(adapter, cfg, similarity, batch_images=batch_images)
-    states = [inv._start(Target(id=f"probe-{i}", pixels=pixels)) for i in range(batch_images)]
-    inv._step(states)  # warm-up: first calls allocate
+    states = [inv.start(Target(id=f"probe-{i}", pixels=pixels)) for i in range(batch_images)]
+    inv.step(states)  # warm-up: first calls allocate
     t0 = time.perf_counter()
     for _ in range(steps):
-        inv._step(states)
+        inv.step(states)
     step_s = (time.perf_counter() - t0) / steps / batch_images
     t0 = time.perf_counter()
-    inv._check(states)
+    inv.check(states)
     check_s = (time.perf_counter() - t0) / batch_images
     return {"step_s": step_s, "check_s": check_s, "batch_images": batch_images, "probe_steps": steps}
 

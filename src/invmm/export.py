@@ -8,10 +8,8 @@ import io
 import math
 from pathlib import Path
 
-from invmm.cost import forward_equivalents
 from invmm.errors import InvMMInputError
-from invmm.repeats import combine
-from invmm.result import Result
+from invmm.records import InversionRecord, forward_equivalents, summarise
 from invmm.run.files import LEDGER_FILE, Ledger, atomic_write_bytes
 
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
@@ -24,7 +22,7 @@ REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "sco
                                                   "interval_coverage")] + ["repeat", "image_seed"]
 
 
-def _value(r: Result, column: str):
+def _value(r: InversionRecord, column: str):
     if column == "forward_equivalents":
         return forward_equivalents(r.calls) if r.calls else None
     if column == "check_forward":
@@ -32,7 +30,7 @@ def _value(r: Result, column: str):
     return getattr(r, column)
 
 
-def rows(results: list[Result], columns: list[str] = COLUMNS) -> list[dict]:
+def rows(results: list[InversionRecord], columns: list[str] = COLUMNS) -> list[dict]:
     return [{c: _value(r, c) for c in columns} for r in results]
 
 
@@ -44,7 +42,7 @@ def _csv_value(v):
     return v
 
 
-def write_table_csv(results: list[Result], path: Path, columns: list[str] = COLUMNS) -> Path:
+def write_table_csv(results: list[InversionRecord], path: Path, columns: list[str] = COLUMNS) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
@@ -62,7 +60,7 @@ def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = N
         raise InvMMInputError(f"--format must be csv or parquet, got {fmt!r}")
     out = Path(out) if out else run_dir / f"results.{fmt}"
     lines = Ledger(run_dir).read()
-    results, columns = (lines, REPEAT_COLUMNS) if per_repeat else (combine(lines), COLUMNS)
+    results, columns = (lines, REPEAT_COLUMNS) if per_repeat else (summarise(lines), COLUMNS)
     if fmt == "csv":
         return write_table_csv(results, out, columns)
     try:

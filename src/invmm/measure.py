@@ -11,8 +11,7 @@ from pathlib import Path
 from invmm.config import InvMMConfig, default_config
 from invmm.families import load_adapter
 from invmm.images import ImageItem, collect_images
-from invmm.repeats import combine
-from invmm.result import Result
+from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.run.engine import run_images
 
 
@@ -28,16 +27,16 @@ def measure(
     allow_pickle: bool = False,
     hub: bool = False,
     backend: str = "local",
-    on_result: Callable[[Result], None] | None = None,
+    on_result: Callable[[InversionRecord], None] | None = None,
     on_step: Callable[[list[int]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     run_extra: dict | None = None,
     prompt: str | None = None,
     class_label: str | None = None,
-) -> list[Result]:
+) -> list[ImageSummary]:
     """Measure InvMM for each image. `model` is a diffusers folder (or hub id with hub=True) or an adapter.
 
-    Images that cannot be used get a Result with status "error" and a message; the others are measured.
+    Images that cannot be used get a record with status "error" and a message; the others are measured.
     With `out`, the run folder gets run.json, results.jsonl (a line per image, as it finishes), and per
     image its fitted mu/logvar (safetensors) and a PNG of the target beside the last check's samples.
     With `repeats` R > 1 every image is inverted R times from independent streams (as more rows of the same
@@ -64,4 +63,4 @@ def measure(
         on_start=(lambda total, done: on_start(total)) if on_start else None, run_extra=run_extra,
     )
     order = {it.id: i for i, it in enumerate(items)}
-    return sorted(combine(summary.results), key=lambda r: order.get(r.id, len(order)))
+    return sorted(summarise(summary.results), key=lambda r: order.get(r.id, len(order)))

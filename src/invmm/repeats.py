@@ -15,16 +15,13 @@ even [min, max] stays below 90% (75% at R = 3).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binom
 
-from invmm.cost import sum_calls
 from invmm.functional import seed_from
 
 CONFIDENCE = 0.9  # nominal coverage of the interval of a median
@@ -82,8 +79,8 @@ def prob_lower(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def repeat_scores(result) -> list[float]:
-    """The scores of an image's repeats (a combined Result), or its one score."""
-    reps = getattr(result, "repeats", None)
+    """The scores of an image's repeats (records.ImageSummary), or its one score (an InversionRecord)."""
+    reps = getattr(result, "repeats", None)  # an InversionRecord has none
     if reps:
         return [rep_score(r) for r in reps if r.get("status", "ok") == "ok"]
     return [result.score]
@@ -105,45 +102,3 @@ def compare_scores(a, b) -> float:
     sa = a if isinstance(a, Sequence) else repeat_scores(a)
     sb = b if isinstance(b, Sequence) else repeat_scores(b)
     return prob_lower(sa, sb)
-
-
-def combine(results) -> list:
-    """One Result per image from ledger lines (one per repeat), in the order images first appear.
-
-    The combined result is the representative repeat (the one at the lower median) with: score = the
-    median over the repeats that ran without error, success = that median is finite, the per-repeat
-    outcomes in `repeats`, the success count, and the interval of the median with its coverage. An image
-    whose every repeat failed with an error stays an error.
-    """
-    groups: dict[str, list] = {}
-    for r in results:
-        groups.setdefault(r.id, []).append(r)
-    out = []
-    for reps in groups.values():
-        reps = sorted(reps, key=lambda r: r.repeat)
-        ok = [r for r in reps if r.status == "ok"]
-        if not ok:
-            out.append(dataclasses.replace(reps[0], n_repeats=len(reps), successes=0,
-                                           repeats=[_rep_record(r) for r in reps]))
-            continue
-        scores = [r.score for r in ok]
-        order = sorted(ok, key=lambda r: (r.score, r.repeat))
-        rep = order[(len(order) - 1) // 2]
-        med = median_score(scores)
-        iv = median_interval(scores)
-        out.append(dataclasses.replace(
-            rep, score=med, success=math.isfinite(med), n_repeats=len(reps), successes=sum(r.success for r in ok),
-            repeats=[_rep_record(r) for r in reps], score_low=iv.low if iv else None,
-            score_high=iv.high if iv else None, interval_coverage=round(iv.coverage, 4) if iv else None,
-            seconds=round(sum(r.seconds or 0.0 for r in reps), 3),
-            calls=dict(sum_calls(r.calls for r in reps)),
-            check_skips=dict(sum((Counter(r.check_skips) for r in reps), Counter())),
-        ))
-    return out
-
-
-def _rep_record(r) -> dict:
-    return {"repeat": r.repeat, "status": r.status, "success": r.success,
-            "score": r.score if math.isfinite(r.score) else None, "steps": r.steps, "kl": r.kl,
-            "min_similarity": r.min_similarity, "image_seed": r.image_seed, "seconds": r.seconds,
-            "checks": r.checks}

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from invmm.compare import compare_runs, comparison_html
-from invmm.cost import forward_equivalents, sum_calls
 from invmm.errors import InvMMInputError
 from invmm.evaluate_run import choose_labels
 from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
 from invmm.export import write_table_csv
 from invmm.plots import check_curves_png, histograms_png, intervals_png, roc_png
-from invmm.repeats import combine, compare_scores, rep_score
-from invmm.result import Result
+from invmm.records import ImageSummary, forward_equivalents, sum_calls, summarise
+from invmm.repeats import compare_scores, rep_score
 from invmm.run.artifacts import artifact_stem
 from invmm.run.files import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.scoring import read_scores
@@ -97,7 +96,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
     info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    results = combine(Ledger(run_dir).read())  # one row per image, summarised over its repeats
+    results = summarise(Ledger(run_dir).read())  # one row per image, summarised over its repeats
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -176,7 +175,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     return page
 
 
-def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figures: dict) -> str:
+def _roc_section(ok: list[ImageSummary], labels: list[str], positive, out: Path, figures: dict) -> str:
     from sklearn.metrics import roc_curve
 
     try:
@@ -200,7 +199,7 @@ def _roc_section(ok: list[Result], labels: list[str], positive, out: Path, figur
             f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
 
 
-def _screen_section(run_dir: Path, info: dict, results: list[Result], shown: int = 50) -> str:
+def _screen_section(run_dir: Path, info: dict, results: list[ImageSummary], shown: int = 50) -> str:
     """Stage 1 of a screened audit: what the cheap scorer ranked, and which images InvMM skipped."""
     sc = info.get("screen")
     if not sc:
@@ -220,7 +219,7 @@ def _screen_section(run_dir: Path, info: dict, results: list[Result], shown: int
             f"<th>label</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def _calls_text(results: list[Result]) -> str:
+def _calls_text(results: list[ImageSummary]) -> str:
     counted = [r for r in results if r.calls]
     if not counted:
         return "not recorded (run made before model calls were counted)"
@@ -233,7 +232,7 @@ def _calls_text(results: list[Result]) -> str:
             f"text encoder {total['text_encoder']:,}, similarity {total['similarity']:,}{_skips_text(counted)}")
 
 
-def _skips_text(results: list[Result]) -> str:
+def _skips_text(results: list[ImageSummary]) -> str:
     """The opt-in check shortcuts, which may change decisions: say how many checks they decided."""
     preview = sum(r.check_skips.get("preview", 0) for r in results)
     rec = sum(r.check_skips.get("rec", 0) for r in results)
@@ -243,7 +242,7 @@ def _skips_text(results: list[Result]) -> str:
             f"the preview, {rec:,} were skipped on the reconstruction loss")
 
 
-def _repeats_text(results: list[Result], info: dict) -> str:
+def _repeats_text(results: list[ImageSummary], info: dict) -> str:
     counts = sorted({r.n_repeats for r in results})
     planned = info.get("repeats", 1)
     text = ", ".join(str(c) for c in counts) or str(planned)
@@ -253,7 +252,7 @@ def _repeats_text(results: list[Result], info: dict) -> str:
     return text
 
 
-def _curves(out: Path, r: Result, beta, name: str) -> str:
+def _curves(out: Path, r: ImageSummary, beta, name: str) -> str:
     runs = [(f"repeat {rep['repeat']}", rep.get("checks") or []) for rep in r.repeats] or [("", r.checks)]
     if not any(c for _, c in runs) or beta is None:
         return ""
@@ -262,13 +261,13 @@ def _curves(out: Path, r: Result, beta, name: str) -> str:
     return f"<img alt='similarity and KL against steps' src='{_png(path)}' style='max-width:560px'>"
 
 
-def _interval_text(r: Result) -> str:
+def _interval_text(r: ImageSummary) -> str:
     if r.score_low is None:
         return "-"
     return f"[{_fmt(r.score_low)}, {_fmt(r.score_high)}] ({r.interval_coverage:.0%})"
 
 
-def _top_section(run_dir: Path, finite: list[Result], k: int, out: Path, beta) -> str:
+def _top_section(run_dir: Path, finite: list[ImageSummary], k: int, out: Path, beta) -> str:
     top = sorted(finite, key=lambda r: (r.score, r.id))[:k]
     if not top:
         return "<h2>Most memorized</h2><p>No image was reproduced within the budget.</p>"
@@ -300,12 +299,12 @@ def _top_section(run_dir: Path, finite: list[Result], k: int, out: Path, beta) -
             "<tbody>" + "".join(rows_html) + "</tbody></table>")
 
 
-def _best_similarity(r: Result) -> float:
+def _best_similarity(r: ImageSummary) -> float:
     checks = [c for rep in r.repeats for c in (rep.get("checks") or [])] or r.checks
     return max((c[3] for c in checks), default=-math.inf)
 
 
-def _misses_section(ok: list[Result], k: int, out: Path, beta) -> str:
+def _misses_section(ok: list[ImageSummary], k: int, out: Path, beta) -> str:
     """The images not reproduced (median +inf) that came closest to the threshold: a larger budget, or a
     check at another guidance scale, would reproduce these first."""
     misses = sorted((r for r in ok if math.isinf(r.score)), key=lambda r: (-_best_similarity(r), r.id))[:k]
@@ -328,7 +327,7 @@ def _misses_section(ok: list[Result], k: int, out: Path, beta) -> str:
             "<th>similarity and KL per check</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
 
 
-def _class_text(r: Result) -> str:
+def _class_text(r: ImageSummary) -> str:
     """A class-conditional result's class: given, or decoded from the inverted distribution."""
     if r.class_label is None:
         return ""
@@ -336,7 +335,7 @@ def _class_text(r: Result) -> str:
     return f"class {r.class_label}{name}" + (", inverted" if r.class_mode == "inverted" else "")
 
 
-def _table_section(results: list[Result]) -> str:
+def _table_section(results: list[ImageSummary]) -> str:
     cols = ["id", "label", "score", "success", "successes", "n_repeats", "score_low", "score_high", "steps",
             "min_similarity", "caption", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from invmm.conditioning import check_class_labels, given_condition
 from invmm.config import stored_config
 from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.images import ImageItem, load_image
-from invmm.result import score_from_json, score_to_json
+from invmm.inversion.conditioning import check_class_labels, given_condition
+from invmm.records import score_from_json, score_to_json
 from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
 from invmm.run.folder import model_settings, settings_diff
 from invmm.run.info import run_info

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invmm.conditioning import check_class_labels
 from invmm.config import InvMMConfig, check_captions, check_config_for_model
 from invmm.errors import InvMMInputError
 from invmm.families import load_options
 from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
-from invmm.result import Result
+from invmm.inversion.conditioning import check_class_labels
+from invmm.records import InversionRecord
 from invmm.run.artifacts import write_image_artifacts
 from invmm.run.files import RUN_FILE
 from invmm.run.folder import add_session, next_free, open_run
@@ -46,7 +46,7 @@ class RunSummary:
     seconds: float = 0.0
     torn_bytes: int = 0
     error_ids: list[str] = field(default_factory=list)
-    results: list[Result] = field(default_factory=list)  # this session's ledger lines, when asked to keep them
+    results: list[InversionRecord] = field(default_factory=list)  # this session's ledger lines, when asked to keep them
     images: int = 0
     repeats: int = 1
     calls: Counter = field(default_factory=Counter)  # model calls of this session (invmm.cost)
@@ -73,13 +73,13 @@ def run_images(
     data_source: str = "",
     keep_results: bool = False,
     on_start: Callable[[int, int], None] | None = None,
-    on_result: Callable[[Result], None] | None = None,
+    on_result: Callable[[InversionRecord], None] | None = None,
     on_step: Callable[[list[int]], None] | None = None,
     on_workers: Callable[[list], None] | None = None,
     run_extra: dict | None = None,
 ) -> RunSummary:
     """InvMM `repeats` times for every item not yet in the run folder `out` (None: no folder, results in
-    memory only). Every session's ledger lines are per repeat; repeats.combine summarises them per image."""
+    memory only). Every session's ledger lines are per repeat; records.summarise summarises them per image."""
     if backend not in BACKENDS:
         raise InvMMInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if batch_images < 1:
@@ -118,7 +118,7 @@ def run_images(
         left = {it.id: len(missing[it.id]) for it in todo}  # an image's pixels are freed after its last repeat
         model_path = adapter.describe().get("source")
 
-        def record(res: Result, outcome: Outcome | None = None) -> None:
+        def record(res: InversionRecord, outcome: Outcome | None = None) -> None:
             it = by_id.get(res.id)
             if it is not None:
                 res.path, res.caption, res.label = it.path, it.caption, it.label
@@ -153,8 +153,8 @@ def run_images(
                 load_image(it, mode=adapter.image_mode, size=adapter.image_size)
                 for rep in missing[it.id]:
                     if it.error:
-                        record(Result(id=it.id, path=it.path, status="error", error=it.error, error_kind="input",
-                                      repeat=rep))
+                        record(InversionRecord(id=it.id, path=it.path, status="error", error=it.error,
+                                               error_kind="input", repeat=rep))
                     else:
                         yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption,
                                      class_label=it.class_label, original_size=it.original_size, repeat=rep)

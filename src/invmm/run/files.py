@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
-from invmm.result import Result
+from invmm.records import InversionRecord
 
 RUN_FILE = "run.json"
 LEDGER_FILE = "results.jsonl"
@@ -58,12 +58,12 @@ class Ledger:
         ledger.path.touch()
         return ledger
 
-    def append(self, result: Result) -> None:
+    def append(self, result: InversionRecord) -> None:
         append_line(self.path, result.to_json())
 
-    def read(self) -> list[Result]:
+    def read(self) -> list[InversionRecord]:
         """All complete records; a torn last line (a crash mid-write) is ignored."""
-        return [Result.from_json(d) for d in read_lines(self.path)]
+        return [InversionRecord.from_json(d) for d in read_lines(self.path)]
 
 
 def repair_tail(path: Path) -> int:

@@ -17,7 +17,7 @@ from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.inversion import Inverter, Outcome, Target
-from invmm.result import Result
+from invmm.records import InversionRecord
 from invmm.similarity import build_similarity
 
 
@@ -73,7 +73,7 @@ def _cluster_slots(ray, gpus_per_worker: float, workers: int | None) -> tuple[in
 
 
 def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, batch_images: int,
-               record: Callable[[Result, Outcome | None], None], address: str | None = None,
+               record: Callable[[InversionRecord, Outcome | None], None], address: str | None = None,
                gpus_per_worker: float = 1.0, workers: int | None = None, max_retries: int = 2,
                allow_pickle: bool = False, on_workers: Callable[[list], None] | None = None,
                load_options: dict | None = None) -> tuple[int, str]:
@@ -127,15 +127,16 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
                     key = (t.id, t.repeat)
                     attempts[key] = attempts.get(key, 0) + 1
                     if attempts[key] > max_retries:
-                        record(Result(id=t.id, path=t.path, status="error", error_kind="worker", repeat=t.repeat,
-                                      error=f"the Ray worker died {attempts[key]} times on this image "
-                                            f"({type(exc).__name__}); not retried again"), None)
+                        record(InversionRecord(id=t.id, path=t.path, status="error", error_kind="worker",
+                                               repeat=t.repeat,
+                                               error=f"the Ray worker died {attempts[key]} times on this image "
+                                                     f"({type(exc).__name__}); not retried again"), None)
                     else:
                         queue.append(t)
                 submit(i)
                 continue
             for res_json, mu, logvar, samples in outs:
-                res = Result.from_json(res_json)
+                res = InversionRecord.from_json(res_json)
                 record(res, Outcome(res, mu, logvar, samples))
             submit(i)
         return len(actors), device

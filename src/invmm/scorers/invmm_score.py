@@ -17,8 +17,7 @@ from invmm.config import InvMMConfig, check_captions, check_config_for_model, de
 from invmm.errors import InvMMInputError
 from invmm.families.base import CLASS
 from invmm.inversion import Inverter, Target
-from invmm.repeats import combine
-from invmm.result import Result
+from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.similarity import build_similarity
 
@@ -28,7 +27,7 @@ class InvMMScorer(Scorer):
     config: InvMMConfig | None = None  # None: the family's preset with the default similarity
     batch_images: int = 8
     repeats: int = 1  # independent inversions per image; the score is their median (+inf last)
-    results: dict[str, Result] = field(default_factory=dict, repr=False, compare=False)
+    results: dict[str, ImageSummary] = field(default_factory=dict, repr=False, compare=False)
 
     name = "invmm"
     higher_is_better = False
@@ -57,10 +56,10 @@ class InvMMScorer(Scorer):
             check_captions(self.adapter, cfg, targets)
         except InvMMInputError as exc:
             raise ScorerError(f"invmm: {exc}") from None
-        lines: list[Result] = []
+        lines: list[InversionRecord] = []
         Inverter(self.adapter, cfg, sim, batch_images=self.batch_images).run(
             targets, on_done=lambda o: lines.append(o.result))
-        done = {r.id: r for r in combine(lines)}
+        done = {r.id: r for r in summarise(lines)}
         self.results.update(done)
         # A diverged optimisation (status error) has no score; NaN keeps it out of every metric.
         return [done[i].score if done[i].status == "ok" else math.nan for i in ids]

@@ -7,7 +7,7 @@ Counts are rows through a model (one image of a batch through one network evalua
 - `vae_encode`, `vae_decode`: the autoencoder of latent models (the target once, each check sample once);
 - `text_encoder`: prompts through the text encoder(s) (soft prompts every step, check prompts, captions);
 - `similarity`: check samples compared with the target.
-A backward costs about two forwards, so `forward_equivalents` = opt_forward + 2 opt_backward + check_forward.
+A backward costs about two forwards (records.forward_equivalents weighs them; records.sum_calls adds them up).
 """
 
 from __future__ import annotations
@@ -17,27 +17,12 @@ from collections import Counter
 
 import torch
 
-CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "vae_encode", "vae_decode", "text_encoder",
-               "similarity")
-
-
-def forward_equivalents(calls: dict) -> int:
-    return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0))
-
 
 def sample_forwards(sampler_steps: int, conditional: bool, scale: float, guidance_kind: str = "cfg") -> int:
     """Denoiser forwards to generate one check sample: one per sampler step, two at a guidance scale other
     than 1 (conditional and unconditional pass)."""
     # A guidance-distilled model ("embedded", Flux dev) takes the scale as an input: one pass at any scale.
     return sampler_steps * (2 if conditional and scale != 1.0 and guidance_kind == "cfg" else 1)
-
-
-def sum_calls(many) -> Counter:
-    total = Counter({k: 0 for k in CALL_FIELDS})
-    for calls in many:
-        for k in CALL_FIELDS:
-            total[k] += int((calls or {}).get(k, 0))
-    return total
 
 
 def _rows(args, kwargs) -> int:
@@ -73,3 +58,26 @@ def text_encoders(adapter) -> list:
 
 def vae_encoder(adapter):
     return adapter.vae.encoder if adapter.vae is not None else None
+
+
+class Meter:
+    """The text-encoder and VAE-encoder rows of per-image calls (a prompt encoded, a target encoded), counted by
+    hooks on the model's modules while `attached`; the denoiser's rows are counted from what each image puts into
+    a batch instead (the inversion's own bookkeeping)."""
+
+    def __init__(self, adapter):
+        self._text = RowCounter(text_encoders(adapter))
+        self._encoder = RowCounter([vae_encoder(adapter)])
+
+    @contextlib.contextmanager
+    def attached(self):
+        with self._text.attached(), self._encoder.attached():
+            yield self
+
+    @contextlib.contextmanager
+    def metered(self, calls: Counter):
+        """Adds the rows of the enclosed calls to `calls` (one image's)."""
+        text, enc = self._text.rows, self._encoder.rows
+        yield
+        calls["text_encoder"] += self._text.rows - text
+        calls["vae_encode"] += self._encoder.rows - enc

@@ -1,0 +1,139 @@
+"""The adaptive InvMM loop over a batch of images: start each image, step the batch, check the images due, and
+finish each image as it succeeds, diverges or runs out of budget; waiting images take the freed places.
+
+Each image carries its own distribution, Adam state, lambda, loss history, random streams and stop state
+(state.ImageState), so batching changes how many model calls are made, not what any image sees. The step and the
+check are their own units (optimise.py, check.py); this one holds what they share.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import torch
+
+from invmm.config import InvMMConfig
+from invmm.errors import InvMMInputError
+from invmm.functional import kl_to_standard_normal, seed_from
+from invmm.inversion.check import SuccessCheck
+from invmm.inversion.conditioning import conditioner, given_condition
+from invmm.inversion.cost import Meter
+from invmm.inversion.optimise import OptimisationStep
+from invmm.inversion.state import ImageState, Outcome, Target
+from invmm.records import InversionRecord
+from invmm.repeats import repeat_seed
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def apply_memory_options(adapter, config: InvMMConfig) -> None:
+    """Gradient checkpointing and attention slicing on the adapter's denoiser, where the model offers them."""
+    net = adapter.denoiser
+    if config.gradient_checkpointing:
+        if not net._supports_gradient_checkpointing:
+            raise InvMMInputError(f"--gradient-checkpointing: {type(net).__name__} does not support it; "
+                                  "leave the option out for this model")
+        net.enable_gradient_checkpointing()
+    if config.attention_slicing and hasattr(net, "set_attention_slice"):
+        net.set_attention_slice("auto")
+
+
+def check_grid(adapter, config: InvMMConfig) -> dict:
+    """What run.json records of the success check's sampler grid."""
+    ts = adapter.check_timesteps(config.sampler_steps, config.check_schedule)
+    return {"schedule": config.check_schedule, "steps": len(ts), "first": ts[0], "last": ts[-1]}
+
+
+class Inverter:
+    def __init__(self, adapter, config: InvMMConfig, similarity, *, batch_images: int = 8):
+        if batch_images < 1:
+            raise ValueError(f"batch_images must be >= 1, got {batch_images}")
+        self.adapter = adapter
+        self.config = config
+        self.similarity = similarity
+        self.batch_images = batch_images
+        apply_memory_options(adapter, config)
+        # Denoiser calls are counted from what each image puts into a batch (a check's per sampler step), the text
+        # encoder(s) and the VAE encoder, called per image, by hooks on the modules (cost.py).
+        self.check_steps = len(adapter.check_timesteps(config.sampler_steps, config.check_schedule))
+        self.preview_steps = len(adapter.check_timesteps(config.check_preview_steps, config.check_schedule)) \
+            if config.check_preview_steps else 0
+        self.decodes = adapter.vae is not None
+        self.guidance_kind = adapter.guidance_kind  # how a guidance scale costs (cost.py)
+        self.meter = Meter(adapter)
+        self.check = SuccessCheck(self)
+        self.step = OptimisationStep(self)
+
+    def autocast(self):
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        return torch.autocast(self.adapter.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def run(self, targets: Iterable[Target], on_done: Callable[[Outcome], None] | None = None,
+            on_step: Callable[[list[int]], None] | None = None, *, keep: bool = True) -> list[Outcome]:
+        """Invert every target, refilling the batch as images finish. `targets` is consumed lazily (an audit
+        loads each image only when a slot frees up); with keep=False outcomes go only to on_done."""
+        source = iter(targets)
+        active: list[ImageState] = []
+        outcomes: list[Outcome] = []
+        with self.meter.attached():
+            while True:
+                while len(active) < self.batch_images and (target := next(source, None)) is not None:
+                    active.append(self.start(target))
+                if not active:
+                    return outcomes
+                finished, checking = self.step(active)
+                if checking:
+                    finished += self.check(checking)
+                for s, success, error in finished:
+                    active.remove(s)
+                    outcome = self.finish(s, success=success, error=error)
+                    if keep:
+                        outcomes.append(outcome)
+                    if on_done:
+                        on_done(outcome)
+                if on_step:
+                    on_step([s.step for s in active])
+
+    def start(self, target: Target) -> ImageState:
+        """An image's initial state: its x0 (a VAE posterior drawn once from its own stream where the family
+        draws one), its conditioning (known or to be learned), N(0, I) and Adam."""
+        cfg, adapter = self.config, self.adapter
+        image_seed = repeat_seed(cfg.seed, target.id, target.repeat)
+        calls = Counter()
+        with self.meter.metered(calls):
+            with torch.no_grad():
+                vae_gen = torch.Generator().manual_seed(seed_from(image_seed, "vae"))
+                x0 = adapter.encode(target.pixels[None], generator=vae_gen)[0]
+            cond = None
+            if adapter.conditional:
+                given = given_condition(target, adapter)
+                invert = cfg.invert_prompt if cfg.invert_prompt is not None else (
+                    given is None and adapter.default_invert_prompt)
+                cond = conditioner(adapter, given, invert_prompt=invert, tau=cfg.gumbel_tau,
+                                   seed=seed_from(image_seed, "gumbel"), original_size=target.original_size)
+        mu = torch.zeros_like(x0, requires_grad=True)
+        logvar = torch.zeros_like(x0, requires_grad=True)
+        opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
+        # The stochastic sampler gets its own stream so that eta changes only the check, never the optimisation's
+        # noise: the same fit is judged by both samplers.
+        return ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
+                          cfg.lambda_init, cond=cond, calls=calls,
+                          sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
+
+    def finish(self, s: ImageState, *, success: bool, error: str | None = None) -> Outcome:
+        with torch.no_grad():
+            kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
+        record = InversionRecord(
+            id=s.target.id, path=s.target.path, status="error" if error else "ok", error=error,
+            error_kind="numerical" if error else None, score=kl if success else math.inf, success=success,
+            steps=s.step, final_lambda=s.lam, kl=kl if math.isfinite(kl) else None,
+            min_similarity=min(s.similarities) if s.similarities else None, similarities=list(s.similarities),
+            checks=s.checks, seed=self.config.seed, image_seed=s.image_seed,
+            seconds=round(time.perf_counter() - s.started, 3), caption=s.target.caption, repeat=s.target.repeat,
+            guidance_scale=s.guidance_scale, calls=dict(s.calls), check_skips=dict(s.check_skips),
+            **(s.cond.describe() if s.cond else {}),
+        )
+        return Outcome(record, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
