@@ -31,8 +31,8 @@ from invmm import measure
 from invmm.config import default_config
 from invmm.evaluation import roc_metrics
 from invmm.families import load_adapter
-from invmm.images import ImageItem
 from invmm.records import forward_equivalents
+from invmm.runs.images import ImageItem
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

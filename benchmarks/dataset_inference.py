@@ -22,8 +22,8 @@ import numpy as np
 
 from invmm.dataset_inference import dataset_test, feature_matrix, set_features
 from invmm.families import load_adapter
-from invmm.images import ImageItem
-from invmm.scoring import read_run, read_scores, score_with_specs
+from invmm.runs.images import ImageItem
+from invmm.runs.scores import read_run, read_scores, score_with_specs
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, select_images
 

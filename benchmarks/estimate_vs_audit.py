@@ -15,14 +15,14 @@ import statistics
 import time
 from pathlib import Path
 
-from invmm.audit import audit
 from invmm.config import default_config
-from invmm.datasets import load_dataset
 from invmm.estimate import estimate, format_estimate
 from invmm.families import load_adapter
-from invmm.images import load_image
 from invmm.records import forward_equivalents, summarise
-from invmm.run.files import Ledger
+from invmm.runs.audit import audit
+from invmm.runs.datasets import load_dataset
+from invmm.runs.files import Ledger
+from invmm.runs.images import load_image
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images

@@ -19,8 +19,8 @@ from PIL import Image
 
 from invmm import measure
 from invmm.families import load_adapter
-from invmm.images import ImageItem
-from invmm.measure import default_config
+from invmm.runs.images import ImageItem
+from invmm.runs.measure import default_config
 from invmm.zoo.tiny import (
     build_tiny_dit,
     build_tiny_flux,

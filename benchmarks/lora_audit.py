@@ -22,7 +22,7 @@ from invmm.config import default_config
 from invmm.evaluation import roc_metrics
 from invmm.families import load_adapter
 from invmm.families.lora import LoraSpec
-from invmm.images import ImageItem
+from invmm.runs.images import ImageItem
 from invmm.zoo import shipped_digits_lora, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

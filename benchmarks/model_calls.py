@@ -25,9 +25,9 @@ from invmm import measure
 from invmm.config import default_config
 from invmm.estimate import worst_case_calls
 from invmm.families import load_adapter
-from invmm.images import ImageItem
 from invmm.inversion import Inverter, Target
 from invmm.records import forward_equivalents
+from invmm.runs.images import ImageItem
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from invmm.datasets import load_dataset
 from invmm.families import load_adapter
+from invmm.runs.datasets import load_dataset
+from invmm.runs.scores import score_dataset
+from invmm.runs.screen import suspicion_order
 from invmm.scorers import build_scorer
-from invmm.scoring import score_dataset
-from invmm.screen import suspicion_order
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import digits_uint8, export_images, load_manifest
 

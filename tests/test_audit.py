@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.run.files import Ledger
-from invmm.run.lock import RunLock
+from invmm.runs.files import Ledger
+from invmm.runs.lock import RunLock
 
 runner = CliRunner()
 FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "-k", "4"]
@@ -191,9 +191,9 @@ def ray_cluster():
 
 
 def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_model, dataset, ray_cluster):
-    from invmm.audit import audit
     from invmm.config import preset
-    from invmm.datasets import load_dataset
+    from invmm.runs.audit import audit
+    from invmm.runs.datasets import load_dataset
 
     ray = ray_cluster
     cfg = preset("ddpm", similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
@@ -227,9 +227,9 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
 
 def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
-    from invmm.datasets import load_dataset
     from invmm.families import load_adapter
-    from invmm.screen import screen
+    from invmm.runs.datasets import load_dataset
+    from invmm.runs.screen import screen
 
     adapter = load_adapter(str(toy_model))
     items = load_dataset(dataset / "data.csv")

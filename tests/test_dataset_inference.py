@@ -147,7 +147,7 @@ def test_cli_encodes_not_reproduced_images_alike_in_both_sets(tmp_path):
     set (2.0 and 3.0), every other image not reproduced; loss and sima exchangeable. Encoded set by set the
     classifier separates the sets on the encoding of +inf (p = 0.00014 with these numbers); encoded together the
     sets are what they are, exchangeable."""
-    from invmm.scoring import SCORES_FILE, ScoreRecord
+    from invmm.runs.scores import SCORES_FILE, ScoreRecord
 
     rng = np.random.default_rng(0)
     lines = []

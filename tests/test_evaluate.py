@@ -8,10 +8,10 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.evaluate_run import choose_labels
-from invmm.scoring import read_scores
+from invmm.runs.datasets import load_dataset
+from invmm.runs.scores import read_scores
 
 runner = CliRunner()
 SCORERS = "invmm:max_steps=150,sampler_steps=50;loss:n_draws=2;pia;secmi;generate_compare:n_samples=16"

@@ -6,7 +6,7 @@ import torch
 from invmm import measure, preset
 from invmm.families import load_adapter
 from invmm.families.sd3 import SD3Adapter
-from invmm.images import ImageItem
+from invmm.runs.images import ImageItem
 from invmm.zoo.tiny import build_tiny_sd3
 
 

@@ -6,7 +6,7 @@ import torch
 from invmm import measure, preset
 from invmm.families import load_adapter
 from invmm.families.ldm import LDMAdapter
-from invmm.images import ImageItem
+from invmm.runs.images import ImageItem
 from invmm.zoo.tiny import build_tiny_ldm
 
 

@@ -13,13 +13,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.functional import seed_from
+from invmm.runs.datasets import load_dataset
+from invmm.runs.scores import read_scores
 from invmm.scorers import AnisotropyScorer, ScorerError, SharpnessScorer, build_scorer
 from invmm.scorers.sharpness import score_hvp
-from invmm.scoring import read_scores
 from invmm.zoo.tiny import build_tiny_pixel, build_tiny_sd, build_tiny_sd3
 
 runner = CliRunner()
@@ -253,7 +253,7 @@ def test_evaluate_refuses_an_image_scorer_on_a_caption_only_manifest(tmp_path, s
 
 
 def test_evaluate_mixed_manifest_decodes_images_only_for_image_scorers(tmp_path, sd_path, monkeypatch):
-    import invmm.scoring
+    import invmm.runs.scores
 
     rng = np.random.default_rng(0)
     rows = []
@@ -264,8 +264,8 @@ def test_evaluate_mixed_manifest_decodes_images_only_for_image_scorers(tmp_path,
     rows.append({"path": "", "caption": "a hat", "label": "heldout"})  # no image at all: refused with loss
     data = write_captions(tmp_path / "mixed.csv", rows)
     decoded = []
-    real = invmm.scoring.load_image
-    monkeypatch.setattr(invmm.scoring, "load_image", lambda it, **kw: decoded.append(it.id) or real(it, **kw))
+    real = invmm.runs.scores.load_image
+    monkeypatch.setattr(invmm.runs.scores, "load_image", lambda it, **kw: decoded.append(it.id) or real(it, **kw))
     args = ["evaluate", str(tmp_path / "run"), "--model", str(sd_path), "--data", str(data), "--positive", "member",
             "--bootstrap", "20"]
     res = runner.invoke(app, args + ["--scorers", "anisotropy;loss:t=50,n_draws=1"])

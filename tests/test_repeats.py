@@ -14,7 +14,7 @@ from invmm.cli import app
 from invmm.config import preset
 from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.repeats import median_interval, median_score, prob_lower
-from invmm.run.files import Ledger
+from invmm.runs.files import Ledger
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from invmm import measure, preset
 from invmm.families import load_adapter
 from invmm.families.sd import SDAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
-from invmm.images import ImageItem
 from invmm.records import ImageSummary
+from invmm.runs.images import ImageItem
 from invmm.zoo.tiny import build_tiny_sd
 
 

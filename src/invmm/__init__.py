@@ -2,9 +2,9 @@
 
 from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
-from invmm.measure import measure
 from invmm.records import ImageSummary, InversionRecord
 from invmm.repeats import compare_scores
+from invmm.runs.measure import measure
 
 __all__ = ["ImageSummary", "InvMMConfig", "InvMMInputError", "InversionRecord", "PRESETS", "compare_scores", "measure",
            "preset"]

@@ -14,11 +14,9 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from invmm.audit import audit as run_audit
 from invmm.compare import compare_runs, format_comparison, write_comparison
 from invmm.config import PRESETS, InvMMConfig, check_config_for_model, default_config
 from invmm.dataset_inference import format_dataset_test, run_dataset_test, write_dataset_test
-from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.estimate import estimate as estimate_cost
 from invmm.estimate import format_estimate
@@ -26,12 +24,14 @@ from invmm.evaluate_run import choose_labels, evaluate_run
 from invmm.export import export_run
 from invmm.families import load_adapter
 from invmm.families.lora import lora_specs
-from invmm.images import load_image
-from invmm.measure import measure as run_measure_images
 from invmm.report import build_report
-from invmm.run.files import atomic_write_json
+from invmm.runs.audit import audit as run_audit
+from invmm.runs.datasets import load_dataset
+from invmm.runs.files import atomic_write_json
+from invmm.runs.images import load_image
+from invmm.runs.measure import measure as run_measure_images
+from invmm.runs.scores import load_scoring_dataset, score_with_specs
 from invmm.scorers import DEFAULT_SCORERS, SCREEN_SCORERS, ScorerError, default_scorers
-from invmm.scoring import load_scoring_dataset, score_with_specs
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import (

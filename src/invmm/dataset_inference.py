@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from invmm.errors import InvMMInputError
 from invmm.evaluation import oriented
 from invmm.plots import pvalue_curve_png
-from invmm.scoring import read_run, read_scores
+from invmm.runs.scores import read_run, read_scores
 
 TEST_NAME = "one-sided Welch t-test on held-out classifier scores (CDI), split p-values aggregated as 2 x median"
 MIN_PER_SET = 4  # two to fit on and two to test on, per set

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve
 from invmm.errors import InvMMInputError
 from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
 from invmm.plots import histograms_png, roc_png
-from invmm.scoring import read_run, read_scores
+from invmm.runs.scores import read_run, read_scores
 
 POSITIVE_NAMES = ("member", "members", "memorized", "duplicated", "positive", "train", "1", "true", "yes")
 METRICS = ("auc", "tpr@1%fpr", "tpr@0.1%fpr")

@@ -23,10 +23,10 @@ from invmm.export import write_table_csv
 from invmm.plots import check_curves_png, histograms_png, intervals_png, roc_png
 from invmm.records import ImageSummary, forward_equivalents, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
-from invmm.run.artifacts import artifact_stem
-from invmm.run.files import RUN_FILE, Ledger, atomic_write_bytes
-from invmm.scoring import read_scores
-from invmm.screen import suspicion_order
+from invmm.runs.artifacts import artifact_stem
+from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.runs.scores import read_scores
+from invmm.runs.screen import suspicion_order
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from invmm.config import InvMMConfig, default_config
 from invmm.families import load_adapter
-from invmm.images import ImageItem, collect_images
 from invmm.records import ImageSummary, InversionRecord, summarise
-from invmm.run.engine import run_images
+from invmm.runs.engine import run_images
+from invmm.runs.images import ImageItem, collect_images
 
 
 def measure(

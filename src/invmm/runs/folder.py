@@ -1,13 +1,12 @@
-"""Opening a run folder: create it, or, to resume, check that it was made the same way."""
+"""Opening a run folder, the one store every kind of run uses (an InvMM run of measure or audit, evaluate's
+scores): create it, or, to resume, check that it was made the same way."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from invmm.config import stored_config
-from invmm.errors import InvMMInputError
-from invmm.run.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, repair_tail
+from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, open_folder, read_run_info
 
 # How the model was loaded (--resolution, --latent-scale) changes every score as much as the config does.
 MODEL_SETTINGS = ("resolution", "scaling_factor")
@@ -32,19 +31,16 @@ def next_free(run_dir: Path) -> Path:
     return run_dir.parent / f"{run_dir.name}-{n}"
 
 
-def read_run_info(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-
-
 def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
-    """Create the run; or, with resume, check an existing one matches and reopen it. Returns the ledger and
-    the bytes cut from a torn last line. Without resume an existing run is never touched."""
-    if not (resume and (run_dir / RUN_FILE).exists()):
-        if resume and (run_dir / LEDGER_FILE).exists():
-            raise InvMMInputError(f"{run_dir} has {LEDGER_FILE} but no {RUN_FILE}; it is not a run folder this "
-                                  "tool wrote. Give another --out")
-        return Ledger.create(run_dir, info), 0
-    old = read_run_info(run_dir)
+    """An InvMM run folder (measure, audit): created; or, with resume, reopened when its model weights, config
+    and model settings are those of `info`. Returns the ledger and the bytes cut from a torn last line."""
+    _, torn = open_folder(run_dir, info, ledger=LEDGER_FILE, resume=resume, what="a run",
+                          hint="Rerun with the same settings to resume, or add --force-new to start over in a new "
+                               "folder", differences=_run_differences, update=_resumed)
+    return Ledger(run_dir), torn
+
+
+def _run_differences(old: dict, info: dict) -> list[str]:
     changed = []
     if old.get("model_fingerprint") != info["model_fingerprint"]:
         changed.append(f"model weights ({old.get('model_path')} fingerprint {old.get('model_fingerprint', '')[:12]}"
@@ -55,16 +51,15 @@ def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
     diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))
     if diff:
         changed.append("model settings " + "; ".join(diff))
-    if changed:
-        raise InvMMInputError(f"{run_dir} holds a run made differently: {'; '.join(changed)}. Rerun with "
-                              "the same settings to resume, or add --force-new to start over in a new folder")
-    torn = repair_tail(run_dir / LEDGER_FILE)
+    return changed
+
+
+def _resumed(old: dict, info: dict) -> dict:
     old.setdefault("resumed", []).append({"at": info["created"], "dataset_hash": info["dataset"]["hash"],
                                           "backend": info["backend"], "repeats": info.get("repeats", 1)})
     # A resume may ask for more repeats (they are added) or fewer (the ledger keeps what it has).
     old["repeats"] = max(old.get("repeats", 1), info.get("repeats", 1))
-    atomic_write_json(run_dir / RUN_FILE, old)
-    return Ledger(run_dir), torn
+    return old
 
 
 def add_session(run_dir: Path, session: dict) -> None:

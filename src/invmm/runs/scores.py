@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from invmm.config import stored_config
-from invmm.datasets import load_dataset
 from invmm.errors import InvMMInputError
-from invmm.images import ImageItem, load_image
 from invmm.inversion.conditioning import check_class_labels, given_condition
 from invmm.records import score_from_json, score_to_json
-from invmm.run.files import RUN_FILE, append_line, atomic_write_json, read_lines
-from invmm.run.folder import model_settings, settings_diff
-from invmm.run.info import run_info
-from invmm.run.lock import RunLock
+from invmm.runs.datasets import load_dataset
+from invmm.runs.files import Ledger, open_folder, read_run_info
+from invmm.runs.folder import model_settings, settings_diff
+from invmm.runs.images import ImageItem, load_image
+from invmm.runs.info import run_info
+from invmm.runs.lock import RunLock
 from invmm.scorers import SCORERS, ScorerError, build_scorer, parse_spec, split_specs
 
 SCORES_FILE = "scores.jsonl"
@@ -63,59 +63,54 @@ class ScoreRecord:
 
 
 def read_scores(run_dir: Path) -> list[ScoreRecord]:
-    return [ScoreRecord.from_json(d) for d in read_lines(Path(run_dir) / SCORES_FILE)]
+    return Ledger(run_dir, SCORES_FILE, ScoreRecord).read()
 
 
 def read_run(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.exists():
-        raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; not a scores run folder (give --model and --data to "
-                              "create one)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_run_info(run_dir, "scores run (give --model and --data to create one)")
 
 
-def _open_run(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
-    """Create run.json, or check the existing one agrees and add the new scorers and images to it."""
-    model = adapter.describe()
+def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
+    """Create the scores folder, or reopen one made with the same model, seed, labels and scorer settings, adding
+    the new scorers and images to its run.json (the run-folder store: runs/files.open_folder)."""
     dataset = [{"id": it.id, "path": it.path, "label": it.label, "caption": it.caption} for it in items]
-    settings = {s.name: s.to_json() for s in scorers}
-    path = run_dir / RUN_FILE
-    if not path.exists():
-        if run_dir.exists() and not run_dir.is_dir():
-            raise InvMMInputError(f"{run_dir} is a file; choose another --out")
-        info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers=settings)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, info)
-        (run_dir / SCORES_FILE).touch()
-        return info
-    info = read_run(run_dir)
+    info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers={s.name: s.to_json() for s in scorers})
+    info, _ = open_folder(run_dir, info, ledger=SCORES_FILE, resume=True, what="scores",
+                          hint="Reuse the same settings to add to it, or give another --out",
+                          differences=_score_differences, update=_added)
+    return info
+
+
+def _score_differences(old: dict, info: dict) -> list[str]:
     changed = []
-    if info.get("model", {}).get("source") != model.get("source"):
-        changed.append(f"model was {info.get('model', {}).get('source')!r}, now {model.get('source')!r}")
-    diff = settings_diff(model_settings(info.get("model", {})), model_settings(model))
+    model, was = info["model"], old.get("model", {})
+    if was.get("source") != model.get("source"):
+        changed.append(f"model was {was.get('source')!r}, now {model.get('source')!r}")
+    diff = settings_diff(model_settings(was), model_settings(model))
     if diff:
         changed.append("model settings " + "; ".join(diff))
-    if info.get("seed") != seed:
-        changed.append(f"seed was {info.get('seed')}, now {seed}")
-    for name, s in settings.items():
-        old = info.get("scorers", {}).get(name)
-        if old is not None and isinstance(old.get("config"), dict):  # InvMM: fields added since, at their old values
-            old = {**old, "config": stored_config(old["config"])}
-        if old is not None and _canonical(old) != _canonical(s):
-            diffs = sorted(k for k in set(old) | set(s) if old.get(k) != s.get(k))
+    if old.get("seed") != info["seed"]:
+        changed.append(f"seed was {old.get('seed')}, now {info['seed']}")
+    for name, s in info["scorers"].items():
+        prev = old.get("scorers", {}).get(name)
+        if prev is not None and isinstance(prev.get("config"), dict):  # InvMM: fields added since, at their old values
+            prev = {**prev, "config": stored_config(prev["config"])}
+        if prev is not None and _canonical(prev) != _canonical(s):
+            diffs = sorted(k for k in set(prev) | set(s) if prev.get(k) != s.get(k))
             changed.append(f"scorer {name!r} settings differ ({', '.join(diffs)})")
-    known = {d["id"]: d for d in info.get("dataset", [])}
-    for d in dataset:
+    known = {d["id"]: d for d in old.get("dataset", [])}
+    for d in info["dataset"]:
         if d["id"] in known and known[d["id"]].get("label") != d["label"]:
             changed.append(f"image {d['id']!r} was labelled {known[d['id']].get('label')!r}, now {d['label']!r}")
             break
-    if changed:
-        raise InvMMInputError(f"{run_dir} holds scores made differently: {'; '.join(changed)}. Reuse the same "
-                              "settings to add to it, or give another --out")
-    info["scorers"] = {**info.get("scorers", {}), **settings}
-    info["dataset"] = list(known.values()) + [d for d in dataset if d["id"] not in known]
-    atomic_write_json(path, info)
-    return info
+    return changed
+
+
+def _added(old: dict, info: dict) -> dict:
+    known = {d["id"]: d for d in old.get("dataset", [])}
+    old["scorers"] = {**old.get("scorers", {}), **info["scorers"]}
+    old["dataset"] = list(known.values()) + [d for d in info["dataset"] if d["id"] not in known]
+    return old
 
 
 def _canonical(d: dict) -> str:
@@ -133,9 +128,9 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
     if run_dir.exists() and not run_dir.is_dir():
         raise InvMMInputError(f"{run_dir} is a file; choose another --out")
     with RunLock(run_dir):  # one writer per run folder, as for measure and audit
-        _open_run(run_dir, adapter, items, scorers, seed)
-        ledger = run_dir / SCORES_FILE
-        done = {(r.id, r.scorer) for r in read_scores(run_dir)}
+        open_scores(run_dir, adapter, items, scorers, seed)
+        ledger = Ledger(run_dir, SCORES_FILE, ScoreRecord)
+        done = {(r.id, r.scorer) for r in ledger.read()}
         todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
 
         for scorer in scorers:
@@ -143,13 +138,13 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
             size = getattr(scorer, "batch_images", CHEAP_BATCH)
             if distribute is not None and pending:
                 for n, record in enumerate(distribute(scorer, pending), 1):
-                    append_line(ledger, record.to_json())
+                    ledger.append(record)
                     if on_batch and (n % size == 0 or n == len(pending)):
                         on_batch(scorer.name, n, len(pending))
                 continue
             for start in range(0, len(pending), size):
                 for record in score_items(scorer, adapter, pending[start : start + size], seed):
-                    append_line(ledger, record.to_json())
+                    ledger.append(record)
                 if on_batch:
                     on_batch(scorer.name, min(start + size, len(pending)), len(pending))
         return read_scores(run_dir)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
-from invmm.images import IMAGE_SUFFIXES, ImageItem, collect_images
+from invmm.runs.images import IMAGE_SUFFIXES, ImageItem, collect_images
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
 

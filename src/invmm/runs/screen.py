@@ -15,9 +15,9 @@ from pathlib import Path
 
 from invmm.errors import InvMMInputError
 from invmm.families import load_options
-from invmm.images import ImageItem
+from invmm.runs.images import ImageItem
+from invmm.runs.scores import ScoreRecord, score_dataset
 from invmm.scorers import SCORERS, SCREEN_SCORERS, ScorerError, auto_screen, build_scorer, parse_spec, runnable
-from invmm.scoring import ScoreRecord, score_dataset
 
 SCREEN_DIR = "screen"
 
@@ -85,7 +85,7 @@ def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, k
                               "(or --screen auto)") from None
     distribute = None
     if ray is not None:
-        from invmm.run.ray_screen import score_on_ray
+        from invmm.runs.ray_screen import score_on_ray
 
         def distribute(_scorer, pending):
             return score_on_ray(pending, spec, model=adapter.describe().get("source"), seed=seed,

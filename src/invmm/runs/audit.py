@@ -10,11 +10,11 @@ from pathlib import Path
 
 from invmm.config import InvMMConfig
 from invmm.families import load_adapter
-from invmm.images import ImageItem
-from invmm.run.engine import RunSummary, run_images
-from invmm.run.files import RUN_FILE
-from invmm.run.folder import next_free
-from invmm.screen import screen as run_screen
+from invmm.runs.engine import RunSummary, run_images
+from invmm.runs.files import RUN_FILE
+from invmm.runs.folder import next_free
+from invmm.runs.images import ImageItem
+from invmm.runs.screen import screen as run_screen
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,

@@ -20,16 +20,16 @@ from pathlib import Path
 from invmm.config import InvMMConfig, check_captions, check_config_for_model
 from invmm.errors import InvMMInputError
 from invmm.families import load_options
-from invmm.images import ImageItem, load_image
 from invmm.inversion import Inverter, Outcome, Target, check_grid
 from invmm.inversion.conditioning import check_class_labels
 from invmm.records import InversionRecord
-from invmm.run.artifacts import write_image_artifacts
-from invmm.run.files import RUN_FILE
-from invmm.run.folder import add_session, next_free, open_run
-from invmm.run.info import dataset_hash, run_info
-from invmm.run.lock import RunLock
-from invmm.run.ray_backend import run_on_ray
+from invmm.runs.artifacts import write_image_artifacts
+from invmm.runs.files import RUN_FILE
+from invmm.runs.folder import add_session, next_free, open_run
+from invmm.runs.images import ImageItem, load_image
+from invmm.runs.info import dataset_hash, run_info
+from invmm.runs.lock import RunLock
+from invmm.runs.ray_backend import run_on_ray
 from invmm.similarity import build_similarity
 
 BACKENDS = ("local", "ray")

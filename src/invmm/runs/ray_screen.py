@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import torch
 
 from invmm.families import load_adapter
-from invmm.images import ImageItem
-from invmm.run.ray_backend import _cluster_slots, ray_session
+from invmm.runs.images import ImageItem
+from invmm.runs.ray_backend import _cluster_slots, ray_session
+from invmm.runs.scores import CHEAP_BATCH, ScoreRecord, score_items
 from invmm.scorers import build_scorer
-from invmm.scoring import CHEAP_BATCH, ScoreRecord, score_items
 
 
 class ScreenWorker:
