@@ -79,7 +79,7 @@ def main():
     subprocess.run([sys.executable, "-m", "invmm.cli", "report", str(args.out / "local"), "--positive",
                     "duplicated"], check=True, stdout=subprocess.DEVNULL)
     shot = args.out / "report-screenshot.png"
-    from invmm.browser import render
+    from invmm.report.browser import render
 
     dom, console = render(args.out / "local" / "report" / "index.html", shot, height=3000)
     script_ran = 'data-ready="yes"' in dom

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from invmm import measure
+from invmm.analysis.metrics import roc_metrics
 from invmm.config import default_config
-from invmm.evaluation import roc_metrics
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents
 from invmm.runs.images import ImageItem

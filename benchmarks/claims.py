@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from invmm.analysis.evaluate import evaluate_run
 from invmm.config import preset
-from invmm.evaluate_run import evaluate_run
 from invmm.families import load_adapter
 from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores, score_dataset

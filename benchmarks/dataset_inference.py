@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invmm.dataset_inference import dataset_test, feature_matrix, set_features
+from invmm.analysis.dataset_inference import dataset_test, feature_matrix, set_features
 from invmm.families import load_adapter
 from invmm.runs.images import ImageItem
 from invmm.runs.scores import read_run, read_scores, score_with_specs

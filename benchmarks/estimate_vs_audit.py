@@ -15,8 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
+from invmm.analysis.estimate import estimate, format_estimate
 from invmm.config import default_config
-from invmm.estimate import estimate, format_estimate
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents, summarise
 from invmm.runs.audit import audit

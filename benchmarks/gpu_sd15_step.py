@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from invmm.analysis.estimate import probe_seconds
 from invmm.config import preset
-from invmm.estimate import probe_seconds
 from invmm.families.sd import SDAdapter
 from invmm.inversion import Inverter, Target
 from invmm.similarity import PixelSimilarity

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from invmm import measure
-from invmm.compare import compare_runs, format_comparison
+from invmm.analysis.compare import compare_runs, format_comparison
+from invmm.analysis.metrics import roc_metrics
 from invmm.config import default_config
-from invmm.evaluation import roc_metrics
 from invmm.families import load_adapter
 from invmm.families.lora import LoraSpec
 from invmm.runs.images import ImageItem

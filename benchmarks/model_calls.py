@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from invmm import measure
+from invmm.analysis.estimate import worst_case_calls
 from invmm.config import default_config
-from invmm.estimate import worst_case_calls
 from invmm.families import load_adapter
 from invmm.inversion import Inverter, Target
 from invmm.records import forward_equivalents

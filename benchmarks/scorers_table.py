@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from invmm.evaluate_run import evaluate_run
+from invmm.analysis.evaluate import evaluate_run
 from invmm.families import load_adapter
 from invmm.families.lora import LoraSpec
 from invmm.runs.images import ImageItem

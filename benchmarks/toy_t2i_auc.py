@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from invmm import measure, preset
-from invmm.evaluation import roc_metrics
+from invmm.analysis.metrics import roc_metrics
 from invmm.runs.images import ImageItem
 from invmm.zoo import shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images

@@ -172,7 +172,7 @@ def test_report_is_self_contained_escaped_and_renders(tmp_path, audited):
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         pytest.skip("headless Chromium not installed (Debian package chromium); benchmarks/audit_scale.py renders it")
-    from invmm.browser import render
+    from invmm.report.browser import render
 
     shot = tmp_path / "shot.png"
     dom, console = render(run / "report" / "index.html", shot)

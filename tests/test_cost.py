@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from invmm import measure
+from invmm.analysis.estimate import worst_case_calls
 from invmm.cli import app
 from invmm.config import preset
-from invmm.estimate import worst_case_calls
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents
 from invmm.runs.files import Ledger

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from invmm.dataset_inference import dataset_test, feature_matrix, p_value_curve, set_features, split_p_value
+from invmm.analysis.dataset_inference import dataset_test, feature_matrix, p_value_curve, set_features, split_p_value
 
 
 def _sets(shift: float, n: int = 32, seed: int = 0):

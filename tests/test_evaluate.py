@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from invmm.analysis.evaluate import choose_labels
 from invmm.cli import app
 from invmm.errors import InvMMInputError
-from invmm.evaluate_run import choose_labels
 from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics, tpr_at_fpr
+from invmm.analysis.metrics import bootstrap_intervals, oriented, roc_metrics, tpr_at_fpr
 
 
 def test_auc_matches_sklearn_in_both_directions():

@@ -185,7 +185,7 @@ def fake_run(run_dir, scores, *, seed=0, max_steps=2000):
 def test_compare_sorts_by_what_the_fine_tune_added_and_refuses_other_settings(tmp_path):
     import math
 
-    from invmm.compare import compare_runs
+    from invmm.analysis.compare import compare_runs
 
     inf = math.inf
     base = fake_run(tmp_path / "base", {"a": inf, "b": 0.9, "c": 0.5, "d": inf, "e": 0.4, "f": inf, "g": 0.7})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -106,3 +107,9 @@ def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
 def gumbel_softmax_sample(logits: torch.Tensor, gumbels: torch.Tensor, tau: float) -> torch.Tensor:
     """Relaxed one-hot sample softmax((logits + g) / tau) over the last dimension (Jang et al. 2017)."""
     return torch.softmax((logits + gumbels) / tau, dim=-1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[K, C, H, W] in [-1, 1] -> uint8 [K, H, W, C]."""
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).numpy()

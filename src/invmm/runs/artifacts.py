@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invmm.functional import to_uint8
 from invmm.runs.files import atomic_write_bytes
-from invmm.runs.images import to_uint8
 
 
 def safe_name(image_id: str) -> str:

@@ -110,9 +110,3 @@ def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
         arr = arr.transpose(2, 0, 1)
     item.pixels = torch.from_numpy(np.ascontiguousarray(arr))
     return item
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[K, C, H, W] in [-1, 1] -> uint8 [K, H, W, C]."""
-    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return arr.permute(0, 2, 3, 1).numpy()

