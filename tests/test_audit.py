@@ -229,14 +229,14 @@ def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
     from invmm.families import load_adapter
     from invmm.runs.datasets import load_dataset
-    from invmm.runs.screen import screen
+    from invmm.runs.screen import run_screen
 
     adapter = load_adapter(str(toy_model))
     items = load_dataset(dataset / "data.csv")
     (tmp_path / "broken.png").write_bytes(b"not a png")  # an unreadable file gets an error record
     items.append(type(items[0])(id="broken", path=str(tmp_path / "broken.png"), label="other"))
-    local = screen(adapter, items, "loss", tmp_path / "local", keep=0.25)
-    remote = screen(adapter, items, "loss", tmp_path / "ray", keep=0.25, ray={"workers": 2})
+    local = run_screen(adapter, items, "loss", tmp_path / "local", keep=0.25)
+    remote = run_screen(adapter, items, "loss", tmp_path / "ray", keep=0.25, ray={"workers": 2})
     assert [it.id for it in remote.kept] == [it.id for it in local.kept]
     assert len(remote.records) == len(items) == 33
     for i, r in local.records.items():

@@ -6,8 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from invmm.errors import InvMMInputError
-from invmm.families.registry import PRESETS as FAMILY_PRESETS
-from invmm.families.registry import family
+from invmm.families.registry import PRESETS, family
 
 SIMILARITIES = ("sscd", "pixel")
 
@@ -131,9 +130,9 @@ def stored_config(d: dict) -> dict:
     return {**BACKWARD_DEFAULTS, **d}
 
 
-# The presets, as the families declare them (families/<name>.py: the paper's ddpm, ldm, sd and sd3, and for the
-# families the paper does not cover their nearest paper preset plus what differs).
-PRESETS: dict[str, dict] = FAMILY_PRESETS
+# PRESETS: the presets as the families declare them (families/<name>.py: the paper's ddpm, ldm, sd and sd3, and for
+# the families the paper does not cover their nearest paper preset plus what differs); families/registry.py joins
+# them.
 
 
 def preset(name: str, **overrides) -> InvMMConfig:

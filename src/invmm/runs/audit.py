@@ -10,11 +10,11 @@ from pathlib import Path
 
 from invmm.config import InvMMConfig
 from invmm.families import load_adapter
-from invmm.runs.engine import RunSummary, run_images
+from invmm.runs.engine import RunSummary, run_images, split_run_options
 from invmm.runs.files import RUN_FILE
 from invmm.runs.folder import next_free
 from invmm.runs.images import ImageItem
-from invmm.runs.screen import screen as run_screen
+from invmm.runs.screen import run_screen
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
@@ -39,7 +39,8 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
         items = result.kept
         described = result.describe(keep, keep_top)  # `auto` recorded as what it stood for
         options["run_extra"] = {**(options.get("run_extra") or {}), "screen": described}
-    summary = run_images(adapter, items, config, out, kind="audit", resume=True, allow_pickle=allow_pickle,
-                         **options)
+    run_options, callbacks = split_run_options(allow_pickle=allow_pickle, **options)
+    summary = run_images(adapter, items, config, out, kind="audit", resume=True, options=run_options,
+                         callbacks=callbacks)
     summary.screen = described
     return summary

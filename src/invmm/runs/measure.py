@@ -11,7 +11,7 @@ from pathlib import Path
 from invmm.config import InvMMConfig, default_config
 from invmm.families import load_adapter
 from invmm.records import ImageSummary, InversionRecord, summarise
-from invmm.runs.engine import run_images
+from invmm.runs.engine import RunCallbacks, RunOptions, run_images
 from invmm.runs.images import ImageItem, collect_images
 
 
@@ -56,11 +56,9 @@ def measure(
     if class_label is not None:
         for it in items:
             it.class_label = it.class_label if it.class_label is not None else str(class_label)
-    summary = run_images(
-        adapter, items, config, out, kind="measure", resume=False, backend=backend, batch_images=batch_images,
-        repeats=repeats,
-        allow_pickle=allow_pickle, keep_results=True, on_result=on_result, on_step=on_step,
-        on_start=(lambda total, done: on_start(total)) if on_start else None, run_extra=run_extra,
-    )
+    summary = run_images(adapter, items, config, out, kind="measure", resume=False, options=RunOptions(
+        backend=backend, batch_images=batch_images, repeats=repeats, allow_pickle=allow_pickle, keep_results=True,
+        run_extra=run_extra), callbacks=RunCallbacks(
+        on_result=on_result, on_step=on_step, on_start=(lambda total, done: on_start(total)) if on_start else None))
     order = {it.id: i for i, it in enumerate(items)}
     return sorted(summarise(summary.results), key=lambda r: order.get(r.id, len(order)))

@@ -71,8 +71,8 @@ def resolve_screen(spec: str, adapter, items: list[ImageItem]) -> str:
     return spec
 
 
-def screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, keep: float | None = None,
-           keep_top: int | None = None, seed: int = 0, on_batch=None, ray: dict | None = None) -> ScreenResult:
+def run_screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, *, keep: float | None = None,
+               keep_top: int | None = None, seed: int = 0, on_batch=None, ray: dict | None = None) -> ScreenResult:
     """Score every item with the screen scorer into RUN/screen, then split the items into kept and skipped.
     `ray` (the options of run/ray_screen.score_on_ray but the model's) scores them on a Ray cluster."""
     count = n_kept(len(items), keep, keep_top)
