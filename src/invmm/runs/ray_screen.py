@@ -16,8 +16,9 @@ import torch
 from invmm.families import load_adapter
 from invmm.runs.images import ImageItem
 from invmm.runs.ray_backend import _cluster_slots, ray_session
-from invmm.runs.scores import CHEAP_BATCH, ScoreRecord, score_items
+from invmm.runs.scores import ScoreRecord, score_items
 from invmm.scorers import build_scorer
+from invmm.scorers.base import CHEAP_BATCH
 
 
 class ScreenWorker:

@@ -33,7 +33,6 @@ from invmm.runs.lock import RunLock
 from invmm.scorers import SCORERS, ScorerError, build_scorer, parse_spec, split_specs
 
 SCORES_FILE = "scores.jsonl"
-CHEAP_BATCH = 16  # images per call for the one-pass scorers
 
 
 @dataclass
@@ -135,7 +134,7 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
 
         for scorer in scorers:
             pending = todo[scorer.name]
-            size = getattr(scorer, "batch_images", CHEAP_BATCH)
+            size = scorer.batch_images
             if distribute is not None and pending:
                 for n, record in enumerate(distribute(scorer, pending), 1):
                     ledger.append(record)
@@ -197,16 +196,9 @@ def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]
     per_image = (time.perf_counter() - t0) / len(chunk)
     records = []
     for it, score in zip(chunk, scores):
-        details, status, error = scorer.pop_details(it.id), "ok", None
-        result = getattr(scorer, "results", {}).pop(it.id, None)  # recorded: no need to keep it
-        if result is not None:
-            details = {"success": result.success, "steps": result.steps,
-                       "min_similarity": result.min_similarity, "guidance_scale": result.guidance_scale,
-                       "repeats": result.n_repeats, "successes": result.successes,
-                       # None = +inf (not reproduced in that repeat)
-                       "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats]}
-            if result.status != "ok":
-                status, error = "error", result.error
+        details = scorer.pop_details(it.id)
+        error = details.pop("error", None)  # the scorer could not score this image (InvMM: it diverged)
+        status = "error" if error else "ok"
         records.append(ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
                                    error=error, seconds=round(per_image, 4), details=details))
     return records

@@ -20,6 +20,8 @@ import torch
 from invmm.families.base import CLASS, NOISE_SCHEDULE, TEXT
 from invmm.functional import seed_from
 
+CHEAP_BATCH = 16  # images per call for the one-pass scorers
+
 CAPABILITY_NAMES = {NOISE_SCHEDULE: "a DDPM-style noise schedule (epsilon/v/sample prediction)",
                     TEXT: "text conditioning", CLASS: "class conditioning"}
 
@@ -54,6 +56,8 @@ class Scorer:
     needs_image: ClassVar[bool] = True
     # True: every image needs its caption (a caption-free row is refused with a ScorerError naming it)
     needs_caption: ClassVar[bool] = False
+    # images per `score` call when a dataset is scored (InvMM overrides it with its own batch setting)
+    batch_images = CHEAP_BATCH
 
     def __post_init__(self) -> None:
         self.check(self.adapter)
@@ -91,7 +95,8 @@ class Scorer:
         raise NotImplementedError
 
     def pop_details(self, image_id: str) -> dict:
-        """Numbers the last score of `image_id` was made of, recorded beside it (ScoreRecord.details); once."""
+        """Numbers the last score of `image_id` was made of, recorded beside it (ScoreRecord.details); once. An
+        "error" entry says the image could not be scored, and why."""
         return {}
 
     def settings(self) -> dict:

@@ -64,5 +64,16 @@ class InvMMScorer(Scorer):
         # A diverged optimisation (status error) has no score; NaN keeps it out of every metric.
         return [done[i].score if done[i].status == "ok" else math.nan for i in ids]
 
+    def pop_details(self, image_id: str) -> dict:
+        result = self.results.pop(image_id, None)  # recorded beside the score: no need to keep it
+        if result is None:
+            return {}
+        details = {"success": result.success, "steps": result.steps, "min_similarity": result.min_similarity,
+                   "guidance_scale": result.guidance_scale, "repeats": result.n_repeats,
+                   "successes": result.successes,
+                   # None = +inf (not reproduced in that repeat)
+                   "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats]}
+        return {**details, "error": result.error} if result.status != "ok" else details
+
     def settings(self) -> dict:
         return {"config": self.config.to_json(), "batch_images": self.batch_images, "repeats": self.repeats}
