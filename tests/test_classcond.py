@@ -10,12 +10,11 @@ from invmm.families import load_adapter
 from invmm.families.dit import DiTAdapter
 from invmm.functional import reparameterize
 from invmm.inversion.conditioning import KnownClass, SoftClass
-from invmm.zoo.tiny import build_tiny_dit
 
 
 @pytest.fixture(scope="module")
-def dit_model(tmp_path_factory):
-    return build_tiny_dit(tmp_path_factory.mktemp("dit") / "model")
+def dit_model(tiny_family):
+    return tiny_family("dit")
 
 
 @pytest.fixture(scope="module")

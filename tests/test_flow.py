@@ -7,12 +7,11 @@ from invmm import measure, preset
 from invmm.families import load_adapter
 from invmm.families.sd3 import SD3Adapter
 from invmm.runs.images import ImageItem
-from invmm.zoo.tiny import build_tiny_sd3
 
 
 @pytest.fixture(scope="module")
-def sd3_model(tmp_path_factory):
-    return build_tiny_sd3(tmp_path_factory.mktemp("sd3") / "model")
+def sd3_model(tiny_family):
+    return tiny_family("sd3")
 
 
 @pytest.fixture(scope="module")

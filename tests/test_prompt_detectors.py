@@ -27,8 +27,8 @@ CAPTIONS = ["a cat", "a dog on a mat", "a red car"]
 
 
 @pytest.fixture(scope="module")
-def sd_path(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "m")
+def sd_path(tiny_family):
+    return tiny_family("sd")
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ CAPTIONS = ["a red apple", "two cats on a mat"]
 
 
 @pytest.fixture(scope="module")
-def sdxl_model(tmp_path_factory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "model")
+def sdxl_model(tiny_family):
+    return tiny_family("sdxl")
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from invmm.families.sd import SDAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 from invmm.records import ImageSummary
 from invmm.runs.images import ImageItem
-from invmm.zoo.tiny import build_tiny_sd
 
 
 @pytest.fixture(scope="module")
-def sd_model(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "model")
+def sd_model(tiny_family):
+    return tiny_family("sd")
 
 
 @pytest.fixture(scope="module")
