@@ -21,6 +21,13 @@ def _fresh(out: Path, marker: str, what: str) -> None:
         fail(f"{out} already holds {what}; choose another --out")
 
 
+def _train(train, config, out: Path) -> None:
+    """A toy model trained into a fresh folder, logged as it goes."""
+    _fresh(out, "model_index.json", "a model")
+    manifest = train(config, out, log=typer.echo)
+    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+
+
 def train_digits_command(
     out: Annotated[Path, typer.Option(help="folder to write the diffusers model and manifest.json to")],
     seed: Seed = 0,
@@ -28,10 +35,7 @@ def train_digits_command(
     checkpoint_every: Annotated[int, typer.Option(help="also save checkpoints every N steps (0: none)")] = 0,
 ):
     """Train the toy 8x8 digits DDPM with planted duplicates (about 10 minutes on 2 CPU cores)."""
-    _fresh(out, "model_index.json", "a model")
-    manifest = train_digits(DigitsTrainConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out,
-                            log=typer.echo)
-    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+    _train(train_digits, DigitsTrainConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out)
 
 
 def train_digits_t2i_command(
@@ -40,9 +44,7 @@ def train_digits_t2i_command(
     steps: Annotated[int, typer.Option(help="training steps")] = 7000,
 ):
     """Train the toy text-to-image digits model ("a handwritten seven") with planted duplicated pairs."""
-    _fresh(out, "model_index.json", "a model")
-    manifest = train_digits_t2i(DigitsT2IConfig(seed=seed, steps=steps), out, log=typer.echo)
-    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+    _train(train_digits_t2i, DigitsT2IConfig(seed=seed, steps=steps), out)
 
 
 def train_digits_dit_command(
@@ -51,9 +53,7 @@ def train_digits_dit_command(
     steps: Annotated[int, typer.Option(help="training steps")] = 8000,
 ):
     """Train the toy class-conditional DiT on the digits (the class is the digit) with planted duplicates."""
-    _fresh(out, "model_index.json", "a model")
-    manifest = train_digits_dit(DigitsDiTConfig(seed=seed, steps=steps), out, log=typer.echo)
-    typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")
+    _train(train_digits_dit, DigitsDiTConfig(seed=seed, steps=steps), out)
 
 
 def train_lora_command(
