@@ -35,7 +35,7 @@ from invmm.families.base import TEXT, Family, LoraFormat, ModelFolder
 from invmm.families.codecs import VAECodec, check_resolution
 from invmm.families.flow_matching import PAPER_RESOLUTION, FlowMatching
 from invmm.families.loading import build, load_component, load_tokenizers, load_vae, require
-from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.lora import fetch_options, load_text_encoder_loras, save_pipeline_lora, state_tensors
 from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
 from invmm.functional import x0_from_flow_velocity
 from invmm.zoo.tiny import build_tiny_flux
@@ -233,19 +233,14 @@ def load_lora(components: dict, f, name: str) -> int:
     # Flux LoRAs train CLIP-L at most; the T5 encoder (text_encoder_2 here) has no LoRA format.
     state, alphas = Loader.lora_state_dict(str(f.parent), return_alphas=True, **fetch_options(f))
     Loader.load_lora_into_transformer(state, alphas, components["denoiser"], adapter_name=name)
-    if any(k.startswith("text_encoder.") for k in state):
-        Loader.load_lora_into_text_encoder(state, alphas, components["text_encoder"], prefix="text_encoder",
-                                           adapter_name=name)
+    load_text_encoder_loras(Loader, state, alphas, components, name, prefixes=("text_encoder",))
     return state_tensors(state)
 
 
 def save_lora(components: dict, out, layers: dict, adapter_name: str):
     from diffusers import FluxPipeline
 
-    text = text_encoder_layers(layers)
-    text.pop("text_encoder_2_lora_layers", None)
-    FluxPipeline.save_lora_weights(out, transformer_lora_layers=layers["denoiser"], safe_serialization=True, **text)
-    return out / "pytorch_lora_weights.safetensors"
+    return save_pipeline_lora(FluxPipeline, out, layers, denoiser="transformer", text_encoders=("text_encoder",))
 
 
 FAMILY = Family(

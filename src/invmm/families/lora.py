@@ -133,9 +133,24 @@ def fetch_options(f: Path) -> dict:
             "use_safetensors": True if f.suffix == ".safetensors" else None}
 
 
-def text_encoder_layers(layers: dict) -> dict:
-    """The `text_encoder*_lora_layers` arguments of a pipeline's `save_lora_weights`."""
-    return {f"{key}_lora_layers": layers[key] for key in ("text_encoder", "text_encoder_2") if key in layers}
+def load_text_encoder_loras(loader, state: dict, alphas, components: dict, name: str,
+                            prefixes=("text_encoder", "text_encoder_2")) -> None:
+    """The text-encoder part of a diffusers LoRA file, into each encoder it has keys for (`loader`: the
+    family's pipeline class, whose `load_lora_into_text_encoder` reads the format)."""
+    for prefix in prefixes:
+        if any(k.startswith(prefix + ".") for k in state):
+            loader.load_lora_into_text_encoder(state, alphas, components[prefix], prefix=prefix, adapter_name=name)
+
+
+def save_pipeline_lora(pipeline, out: Path, layers: dict, denoiser: str = "unet",
+                       text_encoders=("text_encoder", "text_encoder_2")) -> Path:
+    """peft LoRA layers written by the family's pipeline class (`save_lora_weights`), in peft's own key names
+    (lora_A / lora_B), which diffusers' loaders read for every layer type; the older diffusers names (lora.down /
+    lora.up) exist only for linear layers."""
+    text = {f"{key}_lora_layers": layers[key] for key in text_encoders if key in layers}
+    pipeline.save_lora_weights(out, **{f"{denoiser}_lora_layers": layers["denoiser"]}, safe_serialization=True,
+                               **text)
+    return out / "pytorch_lora_weights.safetensors"
 
 
 def _load_peft(components: dict, f: Path, name: str) -> int:

@@ -17,7 +17,7 @@ from invmm.errors import InvMMInputError
 from invmm.families.base import NOISE_SCHEDULE, TEXT, Family, LoraFormat, ModelFolder
 from invmm.families.codecs import VAECodec
 from invmm.families.loading import build, load_component, load_tokenizers, load_vae, no_vae_no_scale, read_json
-from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.lora import fetch_options, load_text_encoder_loras, save_pipeline_lora, state_tensors
 from invmm.families.noise_schedule import NoiseScheduleAdapter
 from invmm.families.text import encode_soft_tokens, tokenize
 from invmm.zoo.tiny import build_tiny_sd
@@ -122,20 +122,14 @@ def load_lora(components: dict, f, name: str) -> int:
 
     state, alphas = Loader.lora_state_dict(str(f.parent), **fetch_options(f))
     Loader.load_lora_into_unet(state, alphas, components["denoiser"], adapter_name=name)
-    if any(k.startswith("text_encoder.") for k in state):
-        Loader.load_lora_into_text_encoder(state, alphas, components["text_encoder"], prefix="text_encoder",
-                                           adapter_name=name)
+    load_text_encoder_loras(Loader, state, alphas, components, name, prefixes=("text_encoder",))
     return state_tensors(state)
 
 
 def save_lora(components: dict, out, layers: dict, adapter_name: str):
-    # peft's own key names (lora_A / lora_B), which diffusers' loaders read for every layer type; the older
-    # diffusers names (lora.down / lora.up) exist only for linear layers.
     from diffusers import StableDiffusionPipeline
 
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers["denoiser"], safe_serialization=True,
-                                              **text_encoder_layers(layers))
-    return out / "pytorch_lora_weights.safetensors"
+    return save_pipeline_lora(StableDiffusionPipeline, out, layers)
 
 
 FAMILY = Family(

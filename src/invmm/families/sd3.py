@@ -18,7 +18,7 @@ from invmm.families.codecs import VAECodec, check_resolution
 from invmm.families.conditions import classifier_free_guidance
 from invmm.families.flow_matching import PAPER_RESOLUTION, FlowMatching
 from invmm.families.loading import build, load_component, load_tokenizers, load_vae, require
-from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.lora import fetch_options, load_text_encoder_loras, save_pipeline_lora, state_tensors
 from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
 from invmm.functional import x0_from_flow_velocity
 from invmm.zoo.tiny import build_tiny_sd3
@@ -182,18 +182,14 @@ def load_lora(components: dict, f, name: str) -> int:
 
     state = Loader.lora_state_dict(str(f.parent), **fetch_options(f))
     Loader.load_lora_into_transformer(state, components["denoiser"], adapter_name=name)
-    for prefix in ("text_encoder", "text_encoder_2"):
-        if any(k.startswith(prefix + ".") for k in state):
-            Loader.load_lora_into_text_encoder(state, None, components[prefix], prefix=prefix, adapter_name=name)
+    load_text_encoder_loras(Loader, state, None, components, name)
     return state_tensors(state)
 
 
 def save_lora(components: dict, out, layers: dict, adapter_name: str):
     from diffusers import StableDiffusion3Pipeline
 
-    StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=layers["denoiser"],
-                                               safe_serialization=True, **text_encoder_layers(layers))
-    return out / "pytorch_lora_weights.safetensors"
+    return save_pipeline_lora(StableDiffusion3Pipeline, out, layers, denoiser="transformer")
 
 
 FAMILY = Family(

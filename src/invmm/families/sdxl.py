@@ -33,7 +33,7 @@ from invmm.families import sd
 from invmm.families.base import NOISE_SCHEDULE, TEXT, Family, LoraFormat, ModelFolder
 from invmm.families.codecs import VAECodec
 from invmm.families.loading import build, load_component, load_tokenizers, load_vae
-from invmm.families.lora import fetch_options, state_tensors, text_encoder_layers
+from invmm.families.lora import fetch_options, load_text_encoder_loras, save_pipeline_lora, state_tensors
 from invmm.families.noise_schedule import NoiseScheduleAdapter
 from invmm.families.text import encode_soft_tokens, full_length_ids, tokenize
 from invmm.zoo.tiny import build_tiny_sdxl
@@ -247,18 +247,14 @@ def load_lora(components: dict, f, name: str) -> int:
     state, alphas = Loader.lora_state_dict(str(f.parent), unet_config=components["denoiser"].config,
                                            **fetch_options(f))
     Loader.load_lora_into_unet(state, alphas, components["denoiser"], adapter_name=name)
-    for prefix in ("text_encoder", "text_encoder_2"):
-        if any(k.startswith(prefix + ".") for k in state):
-            Loader.load_lora_into_text_encoder(state, alphas, components[prefix], prefix=prefix, adapter_name=name)
+    load_text_encoder_loras(Loader, state, alphas, components, name)
     return state_tensors(state)
 
 
 def save_lora(components: dict, out, layers: dict, adapter_name: str):
     from diffusers import StableDiffusionXLPipeline
 
-    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=layers["denoiser"], safe_serialization=True,
-                                                **text_encoder_layers(layers))
-    return out / "pytorch_lora_weights.safetensors"
+    return save_pipeline_lora(StableDiffusionXLPipeline, out, layers)
 
 
 FAMILY = Family(
