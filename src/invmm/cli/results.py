@@ -24,10 +24,13 @@ def report(
     out: Annotated[Path, typer.Option(help="folder for index.html and the figures (default: RUN/report)")] = None,
     compare_with: Annotated[Path, typer.Option("--compare", help="a run of the base model over the same images: "
                                                                  "adds what this run's fine-tune added")] = None,
+    rank_by: Annotated[str, typer.Option(help="the score the report ranks, plots and compares by: paper, or "
+                                              "refined (a run made with --refine)")] = "paper",
 ):
     """Write a self-contained HTML report of a run (offline: images inlined, no external scripts)."""
     try:
-        page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with)
+        page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,
+                            rank_by=rank_by)
     except InvMMInputError as exc:
         fail(str(exc))
     typer.echo(f"wrote {page}")
@@ -54,11 +57,13 @@ def compare(
     out: Annotated[Path, typer.Option(help="folder for compare.csv and compare.html (default: "
                                            "FINETUNE/compare)")] = None,
     show: Annotated[int, typer.Option(help="rows printed (all are written)")] = 30,
+    by: Annotated[str, typer.Option(help="the score compared: paper, or refined (both runs made with "
+                                         "--refine)")] = "paper",
 ):
     """Base model vs fine-tune: per image both scores, the change, and the images the fine-tune made
     reproducible, sorted by what the fine-tune added."""
     try:
-        comparison = compare_runs(base, finetune)
+        comparison = compare_runs(base, finetune, by=by)
     except InvMMInputError as exc:
         fail(str(exc))
     files = write_comparison(comparison, out or finetune / "compare")

@@ -65,6 +65,12 @@ class _Fixed:
     def skip_check(self, n: int) -> None:
         """A skipped check draws nothing here (see _Relaxed.skip_check)."""
 
+    def snapshot(self):
+        return None
+
+    def check_at(self, n: int, logits, generator: torch.Generator):
+        return cond_expand(self.embedding, n)
+
 
 class _Relaxed:
     """A learned distribution over discrete choices (tokens per position, or classes): logits learned with mu and
@@ -101,6 +107,15 @@ class _Relaxed:
         """Consume for_check's Gumbel draws without encoding them: a check skipped by an opt-in shortcut then
         leaves the optimisation's draws exactly as the full check would."""
         gumbel_noise((self._check_draws(n), *self.logits.shape), self.gen)
+
+    def snapshot(self) -> torch.Tensor:
+        """The logits as they are now, for a later check of this step's distribution (inversion/refine.py)."""
+        return self.logits.detach().clone()
+
+    def check_at(self, n: int, logits: torch.Tensor, generator: torch.Generator):
+        """for_check's conditionings for a snapshot's logits, drawn from another stream than the image's."""
+        g = gumbel_noise((self._check_draws(n), *logits.shape), generator)
+        return cond_expand(self._encode(gumbel_softmax_sample(logits, g, self.tau)), n)
 
 
 class KnownPrompt(_Fixed):

@@ -22,6 +22,7 @@ from invmm.inversion.check import SuccessCheck
 from invmm.inversion.conditioning import conditioner, given_condition
 from invmm.inversion.cost import Meter
 from invmm.inversion.optimise import OptimisationStep
+from invmm.inversion.refine import Refiner
 from invmm.inversion.state import ImageState, Outcome, Target
 from invmm.records import InversionRecord
 from invmm.repeats import repeat_seed
@@ -66,6 +67,7 @@ class Inverter:
         self.meter = Meter(adapter)
         self.check = SuccessCheck(self)
         self.step = OptimisationStep(self)
+        self.refiner = Refiner(self) if config.refine else None
 
     def autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -85,17 +87,39 @@ class Inverter:
                 if not active:
                     return outcomes
                 finished, checking = self.step(active)
-                if checking:
-                    finished += self.check(checking)
-                for s, success, error in finished:
+                paper = [s for s in checking if s.paper is None]
+                if paper:
+                    finished += self.check(paper)
+                    if self.refiner:  # every checked distribution, for the copy-probability estimates
+                        for s in paper:
+                            self.refiner.snapshot(s)
+                outcomes_now = self._close(finished, [s for s in checking if s.paper is not None])
+                for s, outcome in outcomes_now:
                     active.remove(s)
-                    outcome = self.finish(s, success=success, error=error)
                     if keep:
                         outcomes.append(outcome)
                     if on_done:
                         on_done(outcome)
                 if on_step:
                     on_step([s.step for s in active])
+
+    def _close(self, finished, refining) -> list[tuple[ImageState, Outcome]]:
+        """The outcomes of the images that finish now. With the refinement, an image whose paper check passed
+        keeps its paper outcome and goes on refining until its crossing is located (refine.py)."""
+        if self.refiner is None:
+            return [(s, self.finish(s, success=ok, error=error)) for s, ok, error in finished]
+        closing, begin = [], []
+        for s, ok, error in finished:
+            if s.paper is not None:  # a numerical error while refining: the crossing from the points so far
+                closing.append((s, self.refiner.outcome(s, error)))
+            elif ok:
+                s.paper = self.finish(s, success=True)
+                begin.append(s)
+            else:
+                closing.append((s, self.finish(s, success=False, error=error)))
+        stopped = {id(s) for s, *_ in finished}
+        done = self.refiner.begin(begin) + self.refiner.check([s for s in refining if id(s) not in stopped])
+        return closing + [(s, self.refiner.outcome(s)) for s in done]
 
     def start(self, target: Target) -> ImageState:
         """An image's initial state: its x0 (a VAE posterior drawn once from its own stream where the family
@@ -119,9 +143,10 @@ class Inverter:
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the optimisation's
         # noise: the same fit is judged by both samplers.
-        return ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
-                          cfg.lambda_init, cond=cond, calls=calls,
-                          sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
+        state = ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
+                           cfg.lambda_init, cond=cond, calls=calls,
+                           sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
+        return state
 
     def finish(self, s: ImageState, *, success: bool, error: str | None = None) -> Outcome:
         with torch.no_grad():
@@ -134,6 +159,8 @@ class Inverter:
             checks=s.checks, seed=self.config.seed, image_seed=s.image_seed,
             seconds=round(time.perf_counter() - s.started, 3), caption=s.target.caption, repeat=s.target.repeat,
             guidance_scale=s.guidance_scale, calls=dict(s.calls), check_skips=dict(s.check_skips),
+            refined_score=None if self.refiner is None or success or error else math.inf,
             **(s.cond.describe() if s.cond else {}),
         )
-        return Outcome(record, s.mu.detach().cpu(), s.logvar.detach().cpu(), s.samples)
+        # Copies: on the CPU .cpu() is the tensor itself, which a refinement goes on optimising.
+        return Outcome(record, s.mu.detach().cpu().clone(), s.logvar.detach().cpu().clone(), s.samples)

@@ -46,6 +46,13 @@ class ImageState:
     started: float = field(default_factory=time.perf_counter)
     calls: Counter = field(default_factory=Counter)  # model calls spent on this image (cost.py)
     check_skips: Counter = field(default_factory=Counter)  # checks decided by an opt-in shortcut: preview, rec
+    # The refined score (inversion/refine.py): the distributions at the checks, the copy-probability estimates,
+    # the paper's outcome once its check has passed, and the calls spent until then.
+    snapshots: list = field(default_factory=list)
+    refine_points: list = field(default_factory=list)
+    paper: Outcome | None = None
+    paper_calls: Counter | None = None
+    refine_checks: int = 0
 
 
 @dataclass

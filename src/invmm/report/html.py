@@ -89,18 +89,19 @@ def _sort_value(v) -> str:
 
 
 def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | None = None,
-                 out: Path | None = None, compare_with: str | Path | None = None) -> Path:
+                 out: Path | None = None, compare_with: str | Path | None = None, rank_by: str = "paper") -> Path:
     """`compare_with`: a run of the base model over the same images; the report then shows what this run's
-    model (the fine-tune) added (compare.py)."""
+    model (the fine-tune) added (compare.py). `rank_by`: "paper", or "refined" for a run made with the
+    refinement: the ranking, figures and comparison then use the refined score."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
     info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    results = summarise(Ledger(run_dir).read())  # one row per image, summarised over its repeats
+    results = summarise(Ledger(run_dir).read(), by=rank_by)  # one row per image, summarised over its repeats
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    compare_section = comparison_html(compare_runs(compare_with, run_dir)) if compare_with else ""
+    compare_section = comparison_html(compare_runs(compare_with, run_dir, by=rank_by)) if compare_with else ""
     ok = [r for r in results if r.status == "ok"]
     errors = [r for r in results if r.status != "ok"]
     finite = [r for r in ok if math.isfinite(r.score)]
@@ -156,7 +157,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              f"<h1>InvMM audit report: {_e(run_dir.name)}</h1>",
              "<p class='note'>InvMM score: KL divergence of the fitted noise distribution from N(0, I) when its "
              "samples first all reproduce the image. Lower = more strongly memorized; inf = not reproduced within the "
-             "budget.</p>",
+             "budget.</p>" + (REFINED_NOTE if rank_by == "refined" else ""),
              "<h2>Run</h2><table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
                                                           for k, v in meta) + "</table>",
              "<h2>Scores</h2>",
@@ -173,6 +174,12 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     page = out / "index.html"
     atomic_write_bytes(page, "\n".join(parts).encode("utf-8"))
     return page
+
+
+REFINED_NOTE = ("<p class='note'><b>Every score in this report is the refined score</b> (--rank-by refined): "
+                "the KL along the same inversion at which a sample's chance of being a copy reaches 0.917, the level "
+                "where the paper's 8-of-8 check passes half the time, estimated from many samples and interpolated "
+                "between checks. It moves less with the seed than the paper's score; images.csv holds both.</p>")
 
 
 def _roc_section(ok: list[ImageSummary], labels: list[str], positive, out: Path, figures: dict) -> str:
@@ -336,7 +343,8 @@ def _class_text(r: ImageSummary) -> str:
 
 
 def _table_section(results: list[ImageSummary]) -> str:
-    cols = ["id", "label", "score", "success", "successes", "n_repeats", "score_low", "score_high", "steps",
+    cols = ["id", "label", "score", *(["refined_score"] if any(r.refined_score is not None for r in results) else []),
+            "success", "successes", "n_repeats", "score_low", "score_high", "steps",
             "min_similarity", "caption", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []

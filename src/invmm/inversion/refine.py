@@ -1,0 +1,161 @@
+"""The refined score (opt-in, config.refine): the paper's score averaged over the success check's luck, on the
+image's own optimisation path: E[KL at the first passing check | path] (functional.expected_first_success).
+
+Why: the paper's score is the KL at the first check (every C steps) whose n = 8 samples are all copies. A check at
+per-sample copy probability p passes with p^8, so on one path the success comes a check or more early or late by
+luck, and the score jumps with it. Here, once the paper's check has passed, p^8 is estimated without bias from
+`refine_samples` fresh samples of the distribution at that check, then at the stored distributions of the checks
+before it (walking back until a check's pass probability is below BACK_FLOOR) and at the checks of the continued
+path (until the chance that no check has passed yet is below `refine_tail`), at most `refine_max_checks` each way.
+The expectation keeps the paper's number on average and drops the variance of its verdict; what is left is the
+variance of the path itself (benchmarks/seed_spread.py measures both).
+
+The paper's record is taken at the success, before anything here runs, and nothing here draws from the image's
+own streams: the paper's score and decisions stay exactly as without the refinement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from invmm.families.conditions import cond_cat
+from invmm.functional import (
+    all_pass_probability,
+    expected_first_success,
+    kl_to_standard_normal,
+    reparameterize,
+    seed_from,
+)
+from invmm.inversion.state import ImageState, Outcome
+
+# Walking back stops at a check whose estimated all-pass probability is below this: it and the checks before it
+# add less than this to the expectation's weights (a p^8 of 0.01 is a per-sample p of 0.56).
+BACK_FLOOR = 0.01
+
+
+@dataclass
+class Snapshot:
+    """An image's distribution at a check: all a later pass-probability estimate needs."""
+
+    step: int
+    kl: float
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    logits: torch.Tensor | None  # a learned conditioning's logits
+
+
+@dataclass
+class Point:
+    step: int
+    kl: float
+    copies: int
+    samples: int
+    passes: float  # the estimated probability that the paper's check passes here
+
+
+class Refiner:
+    def __init__(self, inverter):
+        self.inv = inverter
+        cfg = inverter.config
+        self.samples = cfg.refine_samples
+        self.tail = cfg.refine_tail
+        self.max_checks = cfg.refine_max_checks
+
+    @torch.no_grad()
+    def snapshot(self, s: ImageState) -> None:
+        kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
+        s.snapshots.append(Snapshot(s.step, kl, s.mu.detach().clone(), s.logvar.detach().clone(),
+                                    s.cond.snapshot() if s.cond is not None else None))
+
+    def begin(self, states: list[ImageState]) -> list[ImageState]:
+        """The images whose paper check has just passed (their paper outcome taken, their last snapshot the
+        success); returns those that are done, the rest go on optimising."""
+        for s in states:
+            s.paper_calls = Counter(s.calls)
+        self._estimate([(s, s.snapshots[-1]) for s in states])
+        back = list(states)
+        for _ in range(self.max_checks):  # the stored checks before the success, while they could have passed
+            back = [s for s in back if self._earlier(s) is not None]
+            if not back:
+                break
+            self._estimate([(s, self._earlier(s)) for s in back])
+        return [s for s in states if self._done(s)]
+
+    def check(self, states: list[ImageState]) -> list[ImageState]:
+        """A check of the continued path for images still refining; returns those that are done."""
+        for s in states:
+            # The paper's check would draw its noise (and prompts) here: take the same draws, so the continued path
+            # is the one the paper would have followed had this image not passed yet.
+            self.inv.check.draws(s, encode=False)
+            self.snapshot(s)
+            s.refine_checks += 1
+        self._estimate([(s, s.snapshots[-1]) for s in states])
+        return [s for s in states if self._done(s)]
+
+    def _earlier(self, s: ImageState) -> Snapshot | None:
+        first = min(s.refine_points, key=lambda p: p.step)
+        if first.passes < BACK_FLOOR:
+            return None
+        return next((x for x in reversed(s.snapshots) if x.step < first.step), None)
+
+    def _done(self, s: ImageState) -> bool:
+        return self._expectation(s)[2] < self.tail or s.refine_checks >= self.max_checks
+
+    def _expectation(self, s: ImageState) -> tuple[float, float, float]:
+        points = sorted(s.refine_points, key=lambda p: p.step)
+        return expected_first_success([(p.kl, p.passes) for p in points])
+
+    @torch.no_grad()
+    def _estimate(self, items: list[tuple[ImageState, Snapshot]]) -> None:
+        """`refine_samples` samples of each snapshot's distribution through the check's sampler, at the scale the
+        paper's check passed at, counted as copies or not; batched over images as the check batches them."""
+        inv, cfg, n = self.inv, self.inv.config, self.samples
+        per_call = max(1, (cfg.n_check_samples * inv.batch_images) // n)
+        for lo in range(0, len(items), per_call):
+            chunk = items[lo : lo + per_call]
+            conditional = chunk[0][0].cond is not None
+            noise, conds, gens, scales = [], [], [], []
+            for s, snap in chunk:
+                seed = seed_from(s.image_seed, "refine", snap.step)
+                z = torch.randn((n, *s.x0.shape), generator=torch.Generator().manual_seed(seed))
+                noise.append(reparameterize(snap.mu[None], snap.logvar[None], z.to(s.x0.device)))
+                if conditional:
+                    g = torch.Generator(device=inv.adapter.device).manual_seed(seed_from(seed, "prompt"))
+                    with inv.meter.metered(s.calls):
+                        conds.append(s.cond.check_at(n, snap.logits, g))
+                gens += [torch.Generator().manual_seed(seed_from(seed, "sampler"))] * n if cfg.eta > 0 else []
+                scales += [s.guidance_scale or 1.0] * n
+            with inv.autocast():
+                images = inv.adapter.generate(torch.cat(noise), steps=cfg.sampler_steps, eta=cfg.eta,
+                                              cond=cond_cat(conds) if conditional else None,
+                                              guidance=scales if conditional else 1.0,
+                                              generator=gens or None, schedule=cfg.check_schedule)
+            images = images.float().cpu()
+            for i, (s, snap) in enumerate(chunk):
+                values = inv.similarity(images[i * n : (i + 1) * n], s.target.pixels)
+                copies = int(sum(round(float(v), 6) >= cfg.beta for v in values))
+                inv.check._count(s, n, inv.check_steps, conditional, s.guidance_scale or 1.0)
+                s.refine_points.append(Point(snap.step, snap.kl, copies, n,
+                                             all_pass_probability(copies, n, cfg.n_check_samples)))
+
+    def outcome(self, s: ImageState, error: str | None = None) -> Outcome:
+        """The paper's outcome with the refined score and what it was computed from; its calls and seconds
+        include the refinement's."""
+        out = s.paper
+        mean, sd, leftover = self._expectation(s)
+        extra = {k: v - s.paper_calls.get(k, 0) for k, v in s.calls.items() if v - s.paper_calls.get(k, 0)}
+        out.result.refined_score = mean
+        out.result.refine = {
+            "samples": self.samples, "sd": round(sd, 6), "leftover": round(leftover, 6),
+            "extra_steps": s.step - out.result.steps, "calls": extra,
+            "points": [[p.step, p.kl, p.copies, p.samples]
+                       for p in sorted(s.refine_points, key=lambda p: p.step)],
+            **({"error": error} if error else {}),
+        }
+        out.result.calls = dict(s.calls)
+        out.result.seconds = round(time.perf_counter() - s.started, 3)
+        return out

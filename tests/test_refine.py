@@ -1,0 +1,167 @@
+"""The refined score (inversion/refine.py): its math against independent references, and that it leaves the
+paper's score exactly as it was."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import hypergeom
+
+from invmm.config import preset
+from invmm.families import load_adapter
+from invmm.functional import all_pass_probability, expected_first_success
+from invmm.inversion import Inverter, Target
+from invmm.inversion.refine import BACK_FLOOR
+from invmm.similarity import PixelSimilarity
+
+
+@pytest.mark.parametrize("copies,samples,n", [(32, 32, 8), (29, 32, 8), (7, 32, 8), (12, 16, 8), (5, 5, 3)])
+def test_all_pass_probability_is_the_hypergeometric_chance_that_n_drawn_are_all_copies(copies, samples, n):
+    assert all_pass_probability(copies, samples, n) == pytest.approx(hypergeom(samples, copies, n).pmf(n))
+
+
+def test_all_pass_probability_is_unbiased_for_p_to_the_n():
+    rng = np.random.default_rng(0)
+    p, n, samples = 0.9, 8, 32
+    estimates = [all_pass_probability(int(k), samples, n) for k in rng.binomial(samples, p, size=20000)]
+    assert np.mean(estimates) == pytest.approx(p**n, abs=0.005)  # p^8 = 0.430; the plug-in k/N^8 is biased low
+    with pytest.raises(ValueError):
+        all_pass_probability(3, 4, 8)
+
+
+def test_expected_first_success_matches_a_simulated_first_passage():
+    points = [(0.1, 0.05), (0.2, 0.3), (0.25, 0.6), (0.4, 0.2)]
+    rng = np.random.default_rng(1)
+    draws = []
+    for _ in range(50000):
+        for kl, p in points:
+            if rng.random() < p:
+                draws.append(kl)
+                break
+        else:
+            draws.append(points[-1][0])  # no check passed: the leftover mass sits on the last KL
+    mean, sd, leftover = expected_first_success(points)
+    assert mean == pytest.approx(np.mean(draws), abs=0.002)
+    assert sd == pytest.approx(np.std(draws), abs=0.002)
+    assert leftover == pytest.approx(0.95 * 0.7 * 0.4 * 0.8)
+    assert expected_first_success([(0.3, 1.0), (0.9, 1.0)]) == (0.3, 0.0, 0.0)
+
+
+def targets(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Target(id=f"img-{i}", pixels=torch.rand(1, 8, 8, generator=g) * 2 - 1) for i in range(n)]
+
+
+def small_config(**kw):
+    base = dict(similarity="pixel", batch_size=4, check_every=5, window=5, max_steps=40, sampler_steps=5,
+                check_rounds=[], refine_samples=16, refine_max_checks=3)
+    base.update(kw)
+    return preset("ddpm", **base)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model):
+    return load_adapter(str(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def threshold(adapter):
+    """A threshold most samples of the tiny (untrained) model pass, so checks pass now and then by luck."""
+    probe = Inverter(adapter, small_config(threshold=1.5), PixelSimilarity(), batch_images=4).run(targets(4))
+    sims = sorted(v for o in probe for v in o.result.similarities)
+    return sims[len(sims) // 8]
+
+
+def run(adapter, cfg, ts, k):
+    return {o.result.id: o for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=k).run(ts)}
+
+
+@pytest.fixture(scope="module")
+def paired(adapter, threshold):
+    """Each image alone (one batch slot), with and without the refinement."""
+    ts = targets(4)
+    plain = {t.id: run(adapter, small_config(threshold=threshold), [t], 1)[t.id] for t in ts}
+    refined = {t.id: run(adapter, small_config(threshold=threshold, refine=True), [t], 1)[t.id] for t in ts}
+    assert sum(o.result.success for o in plain.values()) >= 2, "the scenario needs successes"
+    return plain, refined
+
+
+def test_the_refinement_leaves_the_paper_score_bit_identical(paired):
+    plain, refined = paired
+    for i, p in plain.items():
+        a, b = p.result, refined[i].result
+        assert (a.score, a.success, a.steps, a.kl, a.similarities, a.checks, a.final_lambda) == \
+               (b.score, b.success, b.steps, b.kl, b.similarities, b.checks, b.final_lambda)
+        assert torch.equal(p.mu, refined[i].mu) and torch.equal(p.samples, refined[i].samples)
+        assert a.refined_score is None and b.refined_score is not None
+        if not a.success:
+            assert math.isinf(b.refined_score) and b.refine is None
+
+
+def test_the_refined_score_is_the_expectation_over_its_points(paired):
+    _, refined = paired
+    for o in refined.values():
+        r = o.result
+        if not r.success:
+            continue
+        pts = r.refine["points"]
+        steps = [p[0] for p in pts]
+        assert r.steps in steps and steps == sorted(steps)
+        assert all(b - a == 5 for a, b in zip(steps, steps[1:])), "consecutive checks"
+        probs = [all_pass_probability(c, n, 8) for _, _, c, n in pts]
+        assert r.refined_score == pytest.approx(expected_first_success([(p[1], q) for p, q in zip(pts, probs)])[0])
+        # The walk back stops at the first check, or after a check that could hardly have passed.
+        assert steps[0] == 5 or probs[0] < BACK_FLOOR or steps.index(r.steps) == 3
+        # Paper checks walked back over: the same distributions (KL) the paper checked.
+        paper_kl = {c.step: c.kl for c in r.checks}
+        for step, kl, *_ in pts:
+            if step <= r.steps:
+                assert kl == paper_kl[step]
+        assert r.refine["extra_steps"] == max(steps) - r.steps
+
+
+def test_the_continued_path_is_the_path_of_a_run_that_never_stopped(adapter, paired, threshold):
+    _, refined = paired
+    never = run(adapter, small_config(threshold=1.5, max_steps=60), targets(4), 1)
+    continued = [o for o in refined.values() if o.result.success and o.result.refine["extra_steps"] > 0]
+    assert continued, "the scenario needs a refinement past the success"
+    for o in continued:
+        kl_never = {c.step: c.kl for c in never[o.result.id].result.checks}
+        for step, kl, *_ in o.result.refine["points"]:
+            assert kl == kl_never[step]
+
+
+def test_the_calls_include_the_refinements_forwards(adapter, paired):
+    plain, refined = paired
+    check_steps = len(adapter.check_timesteps(5, "paper"))
+    for i, o in refined.items():
+        r, p = o.result, plain[i].result
+        if not r.success:
+            assert r.calls == p.calls
+            continue
+        extra = r.refine["calls"]
+        assert extra["check_forward"] == len(r.refine["points"]) * 16 * check_steps
+        assert extra.get("opt_forward", 0) == r.refine["extra_steps"] * 4
+        assert {k: r.calls[k] - extra.get(k, 0) for k in r.calls} == p.calls
+
+
+def test_refined_scores_are_deterministic_and_batching_keeps_decisions(adapter, paired, threshold):
+    _, alone = paired
+    cfg = small_config(threshold=threshold, refine=True)
+    batched = run(adapter, cfg, targets(4), 3)
+    again = run(adapter, cfg, targets(4), 3)
+    for i, o in batched.items():
+        assert o.result.refined_score == again[i].result.refined_score
+        assert o.result.refine == again[i].result.refine
+        a = alone[i].result
+        assert (o.result.success, o.result.steps) == (a.success, a.steps)
+        if a.success:  # batch shapes change float rounding only (KL within 1e-4 relative)
+            assert o.result.refined_score == pytest.approx(a.refined_score, rel=1e-4)
+
+
+def test_refine_settings_are_checked():
+    with pytest.raises(ValueError, match="refine_samples"):
+        preset("ddpm", refine_samples=4)
+    with pytest.raises(ValueError, match="refine_tail"):
+        preset("ddpm", refine_tail=1.0)
