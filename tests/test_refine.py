@@ -165,3 +165,88 @@ def test_refine_settings_are_checked():
         preset("ddpm", refine_samples=4)
     with pytest.raises(ValueError, match="refine_tail"):
         preset("ddpm", refine_tail=1.0)
+
+
+# --- through the commands: audit, resume, export, report, compare ---
+
+def _audit(model, data, out, *extra):
+    from typer.testing import CliRunner
+
+    from invmm.cli import app
+
+    opts = ["--max-steps", "30", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8",
+            "--similarity", "pixel", "--threshold", "0.3", "--refine-samples", "8"]
+    return CliRunner().invoke(app, ["audit", str(model), str(data), "--out", str(out), *opts, *extra])
+
+
+def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_path, toy_model, toy_images):
+    from typer.testing import CliRunner
+
+    from invmm.cli import app
+    from invmm.runs.files import Ledger
+
+    runner = CliRunner()
+    data = tmp_path / "data"
+    data.mkdir()
+    for p, _ in list(toy_images.values())[:3]:
+        (data / p.name).write_bytes(p.read_bytes())
+    full = tmp_path / "full"
+    res = _audit(toy_model, data, full, "--refine")
+    assert res.exit_code == 0, res.output
+    lines = (full / "results.jsonl").read_text().splitlines()
+    records = Ledger(full).read()
+    assert len(records) == 3 and any(r.success for r in records), "the scenario needs a success"
+    for r in records:
+        assert r.refined_score is not None
+        assert math.isfinite(r.refined_score) == r.success
+        assert (r.refine is not None) == r.success
+
+    # An interrupted audit resumed: the images not yet written are scored as the full run scored them.
+    part = tmp_path / "part"
+    res = _audit(toy_model, data, part, "--refine")
+    (part / "results.jsonl").write_text(lines[0] + "\n")
+    res = _audit(toy_model, data, part, "--refine")
+    assert res.exit_code == 0, res.output
+    assert "1 already done" in res.output
+    key = lambda r: r.id  # noqa: E731
+    after = {key(r): r.to_json() for r in Ledger(part).read()}
+    for r in records:
+        mine = after[key(r)]
+        assert (mine["score"], mine.get("refined_score"), mine.get("refine", {}) and mine["refine"]["points"]) == \
+               (r.to_json()["score"], r.to_json().get("refined_score"), r.refine and r.refine["points"])
+    # Resuming without the refinement is another setting: refused, nothing written.
+    res = _audit(toy_model, data, part)
+    assert res.exit_code != 0 and "refine" in res.output
+    assert len(Ledger(part).read()) == 3
+
+    res = runner.invoke(app, ["export", str(full)])
+    assert res.exit_code == 0, res.output
+    header, *rows = (full / "results.csv").read_text().splitlines()
+    assert "refined_score" in header.split(",")
+    res = runner.invoke(app, ["report", str(full), "--rank-by", "refined"])
+    assert res.exit_code == 0, res.output
+    assert "Every score in this report is the refined score" in (full / "report" / "index.html").read_text()
+    res = runner.invoke(app, ["compare", str(full), str(part), "--by", "refined"])
+    assert res.exit_code == 0, res.output
+
+    plain = tmp_path / "plain"
+    assert _audit(toy_model, data, plain).exit_code == 0
+    res = runner.invoke(app, ["report", str(plain), "--rank-by", "refined"])
+    assert res.exit_code != 0 and "without the refinement" in res.output
+    res = runner.invoke(app, ["report", str(plain), "--rank-by", "best"])
+    assert res.exit_code != 0 and "paper" in res.output
+
+
+def test_the_invmm_scorer_scores_by_the_refined_score_when_asked(adapter, paired, threshold):
+    from invmm.scorers import build_scorer
+
+    _, alone = paired
+    spec = (f"invmm:by=refined,similarity=pixel,threshold={threshold},batch_size=4,check_every=5,window=5,"
+            "max_steps=40,sampler_steps=5,check_rounds=[],refine_samples=16,refine_max_checks=3,batch_images=1")
+    scorer = build_scorer(spec, adapter)
+    ts = targets(4)
+    scores = scorer.score(torch.stack([t.pixels for t in ts]), [t.id for t in ts])
+    for t, s in zip(ts, scores):
+        assert s == alone[t.id].result.refined_score
+        assert scorer.pop_details(t.id)["refined_score"] == (s if math.isfinite(s) else None)
+    assert scorer.settings()["by"] == "refined" and scorer.config.refine

@@ -90,8 +90,11 @@ def _bound(v) -> str:
 def format_table(results) -> str:
     """One row per image; with repeats, the score is the median and the row shows k/R and the interval."""
     repeated = any(r.n_repeats > 1 for r in results)
+    refined = any(r.refined_score is not None for r in results)
     head = ("image", "score", "success", "steps", "min sim", "seconds")
     rows = [head[:2] + ("reproduced", "interval (coverage)") + head[3:] if repeated else head]
+    if refined:
+        rows[0] = rows[0][:2] + ("refined",) + rows[0][2:]
     for r in results:
         row = [r.id, _score(r), "yes" if r.success else "no", str(r.steps),
                "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
@@ -100,6 +103,8 @@ def format_table(results) -> str:
             interval = "-" if r.score_low is None else \
                 f"[{_bound(r.score_low)}, {_bound(r.score_high)}] ({r.interval_coverage:.0%})"
             row[2:3] = [f"{r.successes or 0}/{r.n_repeats}", interval]
+        if refined:
+            row.insert(2, "-" if r.refined_score is None or r.status != "ok" else _bound(r.refined_score))
         rows.append(tuple(row))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -116,4 +121,7 @@ def format_table(results) -> str:
     if repeated:
         lines += ["", "score: median over the repeats (inf ordered last); steps, min sim: the median repeat's; "
                       "interval: order-statistic interval of the median, with its coverage"]
+    if refined:
+        lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion "
+                      "(README, \"A score that holds still\")" + ("; the median over the repeats" if repeated else "")]
     return "\n".join(lines)

@@ -87,12 +87,15 @@ def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> S
     if cls is InvMMScorer:
         batch = options.pop("batch_images", invmm_options.pop("batch_images", 8))
         repeats = options.pop("repeats", invmm_options.pop("repeats", 1))
+        by = options.pop("by", "paper")
+        if by == "refined":
+            options["refine"] = True
         base = invmm_config or default_config(adapter, **{k: v for k, v in invmm_options.items() if k == "preset"})
         try:
             config = base.replace(**options)
         except (TypeError, ValueError) as exc:
             raise ScorerError(f"invalid invmm options in {spec!r}: {exc}") from None
-        return InvMMScorer(adapter, config=config, batch_images=batch, repeats=repeats)
+        return InvMMScorer(adapter, config=config, batch_images=batch, repeats=repeats, by=by)
     known = {f.name for f in dataclasses.fields(cls)} - {"adapter"}
     unknown = set(options) - known
     if unknown:

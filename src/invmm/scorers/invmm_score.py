@@ -17,7 +17,7 @@ from invmm.config import InvMMConfig, check_captions, check_config_for_model, de
 from invmm.errors import InvMMInputError
 from invmm.families.base import CLASS
 from invmm.inversion import Inverter, Target
-from invmm.records import ImageSummary, InversionRecord, summarise
+from invmm.records import SCORE_KINDS, ImageSummary, InversionRecord, summarise
 from invmm.scorers.base import Scorer, ScorerError
 from invmm.similarity import build_similarity
 
@@ -27,6 +27,7 @@ class InvMMScorer(Scorer):
     config: InvMMConfig | None = None  # None: the family's preset with the default similarity
     batch_images: int = 8
     repeats: int = 1  # independent inversions per image; the score is their median (+inf last)
+    by: str = "paper"  # or "refined": the refined score (config.refine; inversion/refine.py) is the score
     results: dict[str, ImageSummary] = field(default_factory=dict, repr=False, compare=False)
 
     name = "invmm"
@@ -39,6 +40,10 @@ class InvMMScorer(Scorer):
             raise ScorerError(f"invmm: repeats must be >= 1, got {self.repeats}")
         if self.config is None:
             self.config = default_config(self.adapter)
+        if self.by not in SCORE_KINDS:
+            raise ScorerError(f"invmm: by must be one of {SCORE_KINDS}, got {self.by!r}")
+        if self.by == "refined" and not self.config.refine:
+            self.config = self.config.replace(refine=True)
         try:
             check_config_for_model(self.adapter, self.config)
         except InvMMInputError as exc:
@@ -59,7 +64,7 @@ class InvMMScorer(Scorer):
         lines: list[InversionRecord] = []
         Inverter(self.adapter, cfg, sim, batch_images=self.batch_images).run(
             targets, on_done=lambda o: lines.append(o.result))
-        done = {r.id: r for r in summarise(lines)}
+        done = {r.id: r for r in summarise(lines, by=self.by)}
         self.results.update(done)
         # A diverged optimisation (status error) has no score; NaN keeps it out of every metric.
         return [done[i].score if done[i].status == "ok" else math.nan for i in ids]
@@ -72,8 +77,11 @@ class InvMMScorer(Scorer):
                    "guidance_scale": result.guidance_scale, "repeats": result.n_repeats,
                    "successes": result.successes,
                    # None = +inf (not reproduced in that repeat)
-                   "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats]}
+                   "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats],
+                   **({"refined_score": None if math.isinf(result.refined_score) else result.refined_score}
+                      if result.refined_score is not None else {})}
         return {**details, "error": result.error} if result.status != "ok" else details
 
     def settings(self) -> dict:
-        return {"config": self.config.to_json(), "batch_images": self.batch_images, "repeats": self.repeats}
+        return {"config": self.config.to_json(), "batch_images": self.batch_images, "repeats": self.repeats,
+                **({"by": self.by} if self.by != "paper" else {})}
