@@ -36,6 +36,7 @@ from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
+from invmm.functional import expected_first_success
 from invmm.records import forward_equivalents
 from invmm.runs.files import Ledger
 from invmm.runs.images import ImageItem
@@ -68,6 +69,20 @@ def var(xs) -> float:
 
 def fmt(x, d=3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else ("inf" if math.isinf(x) else f"{x:.{d}f}")
+
+
+def disjoint_taus(matrix: np.ndarray, r: int) -> list[float]:
+    """Kendall tau between the rankings by the medians of every two disjoint sets of r repeats (columns)."""
+    n = matrix.shape[1]
+    out = []
+    for a in itertools.combinations(range(n), r):
+        for b in itertools.combinations([i for i in range(n) if i not in a], r):
+            if a > b:
+                continue
+            t = kendalltau(np.median(matrix[:, list(a)], axis=1), np.median(matrix[:, list(b)], axis=1)).statistic
+            if not math.isnan(t):
+                out.append(float(t))
+    return out
 
 
 def single_taus(matrix: np.ndarray) -> list[float]:
@@ -105,9 +120,9 @@ def analyse(records, level: dict, wall: float | None) -> dict:
     print("\n### Decomposition of the paper score's variance over seeds (mean over images with >= 2 finite "
           "repeats)\n")
     print("| copies | images | total var | verdict (path held) | path (refined, check averaged) | "
-          "verdict + path | grid: KL growth last fail -> success, median | grid var (growth^2/12) | "
-          "verdict share | path share | grid share |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "of which estimation | verdict + path | grid: KL growth last fail -> success, median | "
+          "grid var (growth^2/12) | verdict share | path share | grid share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = {}
     for lv in sorted({level[i] for i in ids}, reverse=True):
         rows = []
@@ -119,16 +134,18 @@ def analyse(records, level: dict, wall: float | None) -> dict:
             rows.append({"total": var([r.score for r in reps]),
                          "verdict": statistics.mean((r.refine or {}).get("sd", 0.0) ** 2 for r in reps),
                          "path": var([r.refined_score for r in reps]),
+                         "estimation": statistics.mean(_estimation_var(r) for r in reps),
                          "grid": statistics.mean(g ** 2 / 12 for g in growth if g is not None) if any(
                              g is not None for g in growth) else math.nan,
                          "growth": [g for g in growth if g is not None]})
         if not rows:
             continue
-        m = {k: statistics.mean(x[k] for x in rows) for k in ("total", "verdict", "path", "grid")}
+        m = {k: statistics.mean(x[k] for x in rows) for k in ("total", "verdict", "path", "grid", "estimation")}
         growth = [g for x in rows for g in x["growth"]]
         table[lv] = m
         print(f"| {lv} | {len(rows)} | {m['total']:.4f} | {m['verdict']:.4f} | {m['path']:.4f} | "
-              f"{m['verdict'] + m['path']:.4f} | {fmt(statistics.median(growth) if growth else math.nan)} | "
+              f"{m['estimation']:.4f} | {m['verdict'] + m['path']:.4f} | "
+              f"{fmt(statistics.median(growth) if growth else math.nan)} | "
               f"{m['grid']:.4f} | {m['verdict'] / m['total']:.2f} | {m['path'] / m['total']:.2f} | "
               f"{m['grid'] / m['total']:.2f} |")
 
@@ -143,9 +160,12 @@ def analyse(records, level: dict, wall: float | None) -> dict:
         cvs = {lv: [cv([get(r) for r in by_id[i]]) for i in ids if level[i] == lv] for lv in set(level.values())}
         tops = [k for k, i in enumerate(ids) if level[i] == top]
         taus = single_taus(mat[tops])
+        pair_taus = disjoint_taus(mat[tops], 2) if R >= 4 else []
         row = {"median_cv": {lv: float(np.nanmedian(v)) if not all(math.isnan(x) for x in v) else math.nan
                              for lv, v in cvs.items() if lv > 0},
-               "tau_top": (statistics.mean(taus), min(taus), max(taus)) if taus else None}
+               "tau_top": (statistics.mean(taus), min(taus), max(taus)) if taus else None,
+               "tau_top_median_of_2": (statistics.mean(pair_taus), min(pair_taus), max(pair_taus))
+               if pair_taus else None}
         if held:
             aucs = []
             for c in range(R):
@@ -167,22 +187,70 @@ def analyse(records, level: dict, wall: float | None) -> dict:
               for v in by_id.values() for r in v if r.success]
     levels = sorted(summary["paper"]["median_cv"], reverse=True)
     print("| score | " + " | ".join(f"median CV, {lv}-copy" for lv in levels) +
-          f" | tau, two seeds, {top}-copy (mean [min, max]) | AUC {top}-copy vs held out, single seed (mean, min) | "
-          "Spearman with copies (single seed mean; of medians) |")
-    print("|---" * (len(levels) + 4) + "|")
+          f" | tau, two seeds, {top}-copy (mean [min, max]) | tau, medians of two disjoint pairs of seeds | "
+          f"AUC {top}-copy vs held out, single seed (mean, min) | Spearman with copies (single seed mean; of "
+          "medians) |")
+    print("|---" * (len(levels) + 5) + "|")
     for name, row in summary.items():
         t = row["tau_top"]
         print(f"| {name} | " + " | ".join(fmt(row['median_cv'][lv], 2) for lv in levels) +
               f" | {fmt(t[0])} [{fmt(t[1])}, {fmt(t[2])}]" + " | " +
+              (lambda u: f"{fmt(u[0])} [{fmt(u[1])}, {fmt(u[2])}]" if u else "-")(row["tau_top_median_of_2"]) + " | " +
               (f"{fmt(row['auc_single'][0])}, {fmt(row['auc_single'][1])}" if "auc_single" in row else "-") +
               " | " + (f"{fmt(row['spearman_single'])}; {fmt(row['spearman_median'])}"
                        if "spearman_single" in row else "-") + " |")
     print(f"\nforward-equivalents: paper {paper_fe:,}, with the refinement {total_fe:,} "
           f"(x{total_fe / paper_fe:.2f} over all inversions; per reproduced inversion median "
           f"x{statistics.median(rep_fe):.2f}, max x{max(rep_fe):.2f})")
+    _attainable(by_id, [i for i in ids if level[i] == top], top)
+    left = [(r.refine or {}).get("leftover", 0.0) for v in by_id.values() for r in v if r.success]
+    if left:
+        print("leftover (chance that no evaluated check passed, put on the last KL): median "
+              f"{statistics.median(left):.3f}, > 0.1 in {sum(x > 0.1 for x in left)}/{len(left)} reproduced inversions")
     if wall is not None:
         print(f"wall: {wall:.0f} s for {sum(len(v) for v in by_id.values())} inversions")
     return {"decomposition": table, "summary": summary, "fe_paper": paper_fe, "fe_total": total_fe}
+
+
+def _estimation_var(r, draws: int = 400) -> float:
+    """The refined score's own sampling noise on this path: its variance when each point's copy count is redrawn
+    from Binomial(samples, copies / samples) (a parametric bootstrap over the pass-probability estimates)."""
+    pts = (r.refine or {}).get("points", [])
+    if not pts:
+        return 0.0
+    rng = np.random.default_rng(r.image_seed % (2**32))
+    vals = []
+    for _ in range(draws):
+        pass_p = [math.comb(int(rng.binomial(n, c / n)), 8) / math.comb(n, 8) for _, _, c, n in pts]
+        vals.append(expected_first_success([(p[1], q) for p, q in zip(pts, pass_p)])[0])
+    return float(np.var(vals))
+
+
+def _attainable(by_id: dict, ids: list[str], top: int, draws: int = 4000) -> None:
+    """How far the images' true differences allow two seeds to agree: each image's mean score over its finite
+    repeats stands for its true value, and two seeds' rankings are simulated as that value plus normal noise of
+    the image's within-image spread (for the refined score also without its estimation noise, as with infinitely
+    many samples). A tau far below 0.8 there means the images' differences are small against what remains."""
+    rng = np.random.default_rng(0)
+    print(f"\n### What the spread allows: {top}-copy images\n")
+    print("| score | between-image SD of means | within-image SD (mean) | ICC | simulated tau, two seeds |")
+    print("|---|---|---|---|---|")
+    rows = {"paper": [[r.score for r in by_id[i] if r.success] for i in ids],
+            "refined": [[r.refined_score for r in by_id[i] if r.success] for i in ids]}
+    est = [statistics.mean(_estimation_var(r) for r in by_id[i] if r.success) for i in ids]
+    for name, within_less in (("paper", None), ("refined", None), ("refined, no estimation noise", est)):
+        vals = rows["refined" if name.startswith("refined") else "paper"]
+        use = [k for k, v in enumerate(vals) if len(v) >= 2]
+        means = np.array([statistics.mean(vals[k]) for k in use])
+        within = np.array([statistics.variance(vals[k]) - (within_less[k] if within_less else 0.0) for k in use])
+        within = np.clip(within, 0.0, None)
+        between = float(np.var(means, ddof=1))
+        n = statistics.mean(len(vals[k]) for k in use)
+        icc = max(0.0, between - within.mean() / n) / (max(0.0, between - within.mean() / n) + within.mean())
+        taus = [kendalltau(means + rng.normal(0, np.sqrt(within)), means + rng.normal(0, np.sqrt(within))).statistic
+                for _ in range(draws)]
+        print(f"| {name} | {math.sqrt(between):.3f} | {float(np.sqrt(within).mean()):.3f} | {icc:.2f} | "
+              f"{float(np.mean(taus)):.3f} |")
 
 
 def _paper_calls(r) -> dict:

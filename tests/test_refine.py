@@ -250,3 +250,28 @@ def test_the_invmm_scorer_scores_by_the_refined_score_when_asked(adapter, paired
         assert s == alone[t.id].result.refined_score
         assert scorer.pop_details(t.id)["refined_score"] == (s if math.isfinite(s) else None)
     assert scorer.settings()["by"] == "refined" and scorer.config.refine
+
+
+def test_refined_scores_survive_the_ledger_and_summaries_rank_by_them():
+    from invmm.errors import InvMMInputError
+    from invmm.records import InversionRecord, summarise
+
+    def rec(i, rep, score, refined):
+        return InversionRecord(id=i, path="", score=score, success=math.isfinite(score), repeat=rep,
+                               refined_score=refined, refine={"sd": 0.0} if math.isfinite(score) else None)
+
+    lines = [rec("a", 0, 0.2, 0.3), rec("a", 1, 0.5, 0.35), rec("a", 2, math.inf, math.inf),
+             rec("b", 0, 0.1, 0.6), rec("b", 1, 0.4, 0.5), rec("b", 2, 0.3, 0.55)]
+    back = [InversionRecord.from_json(r.to_json()) for r in lines]
+    assert [(r.score, r.refined_score, r.refine) for r in back] == [(r.score, r.refined_score, r.refine)
+                                                                    for r in lines]
+    paper = {s.id: s for s in summarise(back)}
+    refined = {s.id: s for s in summarise(back, by="refined")}
+    assert paper["a"].score == 0.5 and paper["b"].score == 0.3  # the medians, inf last
+    assert paper["a"].refined_score == 0.35 and paper["b"].refined_score == 0.55
+    assert refined["a"].score == 0.35 and refined["b"].score == 0.55
+    assert refined["a"].successes == 2 and refined["a"].score_high == math.inf
+    plain = InversionRecord(id="c", path="", score=0.2, success=True)
+    assert "refined_score" not in plain.to_json()  # runs without the refinement: lines as they were
+    with pytest.raises(InvMMInputError, match="without the refinement"):
+        summarise([plain], by="refined")
