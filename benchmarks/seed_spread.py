@@ -36,7 +36,7 @@ from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
-from invmm.functional import expected_first_success
+from invmm.functional import any_pass_probability, expected_first_success
 from invmm.records import forward_equivalents
 from invmm.runs.files import Ledger
 from invmm.runs.images import ImageItem
@@ -53,7 +53,8 @@ def setup(args):
     items = [ImageItem(id=e["id"], path=str(p), caption=e["caption"] if t2i else None) for e, p in zip(chosen, paths)]
     level = {e["id"]: e["copies"] for e in chosen}
     cfg = preset("sd" if t2i else "ddpm", similarity="pixel", max_steps=args.max_steps, seed=args.seed,
-                 sampler_steps=args.sampler_steps, refine=True, refine_samples=args.samples)
+                 sampler_steps=args.sampler_steps, refine=True, refine_samples=args.samples,
+                 **({"refine_max_checks": args.max_checks} if args.max_checks is not None else {}))
     return model, items, level, cfg
 
 
@@ -213,15 +214,22 @@ def analyse(records, level: dict, wall: float | None) -> dict:
 
 
 def _estimation_var(r, draws: int = 400) -> float:
-    """The refined score's own sampling noise on this path: its variance when each point's copy count is redrawn
-    from Binomial(samples, copies / samples) (a parametric bootstrap over the pass-probability estimates)."""
+    """The refined score's own sampling noise on this path: its variance when each evaluated check's samples are
+    redrawn (a bootstrap of the samples: their copy bits per guidance scale, or with one scale the copy count
+    from Binomial(samples, copies / samples))."""
     pts = (r.refine or {}).get("points", [])
     if not pts:
         return 0.0
     rng = np.random.default_rng(r.image_seed % (2**32))
     vals = []
     for _ in range(draws):
-        pass_p = [math.comb(int(rng.binomial(n, c / n)), 8) / math.comb(n, 8) for _, _, c, n in pts]
+        pass_p = []
+        for p in pts:
+            if len(p) > 5:  # several scales: resample the samples' copy bits
+                masks = rng.choice(p[5], size=len(p[5]), replace=True).tolist()
+                pass_p.append(any_pass_probability(masks, max(p[5]).bit_length() or 1, 8))
+            else:
+                pass_p.append(math.comb(int(rng.binomial(p[3], p[2] / p[3])), 8) / math.comb(p[3], 8))
         vals.append(expected_first_success([(p[1], q) for p, q in zip(pts, pass_p)])[0])
     return float(np.var(vals))
 
@@ -262,7 +270,9 @@ def _pass_at(r, step: int) -> float:
     pts = [p for p in (r.refine or {}).get("points", []) if p[0] == step]
     if not pts:
         return math.nan
-    _, _, copies, n = pts[0]
+    if len(pts[0]) > 4:
+        return pts[0][4]
+    _, _, copies, n = pts[0][:4]
     return math.comb(copies, 8) / math.comb(n, 8)
 
 
@@ -281,6 +291,7 @@ def main():
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--sampler-steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=32, help="refine_samples")
+    ap.add_argument("--max-checks", type=int, default=None, help="refine_max_checks (default: the config's)")
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--analyse", action="store_true", help="the tables of the finished run in OUT/run")

@@ -10,7 +10,7 @@ from scipy.stats import hypergeom
 
 from invmm.config import preset
 from invmm.families import load_adapter
-from invmm.functional import all_pass_probability, expected_first_success
+from invmm.functional import all_pass_probability, any_pass_probability, expected_first_success
 from invmm.inversion import Inverter, Target
 from invmm.inversion.refine import BACK_FLOOR
 from invmm.similarity import PixelSimilarity
@@ -28,6 +28,22 @@ def test_all_pass_probability_is_unbiased_for_p_to_the_n():
     assert np.mean(estimates) == pytest.approx(p**n, abs=0.005)  # p^8 = 0.430; the plug-in k/N^8 is biased low
     with pytest.raises(ValueError):
         all_pass_probability(3, 4, 8)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_pass_probability_is_the_share_of_all_checks_the_samples_make_that_pass(seed):
+    """Brute force over every 8-subset of 12 samples: the share that are all copies at one scale at least."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    scales = 3
+    copy = rng.random((12, scales)) < rng.uniform(0.6, 0.95, size=scales)
+    masks = [int(sum(int(c) << k for k, c in enumerate(row))) for row in copy]
+    subsets = list(itertools.combinations(range(12), 8))
+    share = sum(any(copy[list(sub), k].all() for k in range(scales)) for sub in subsets) / len(subsets)
+    assert any_pass_probability(masks, scales, 8) == pytest.approx(share, abs=1e-12)
+    single = [m & 1 for m in masks]
+    assert any_pass_probability(single, 1, 8) == pytest.approx(all_pass_probability(sum(single), 12, 8))
 
 
 def test_expected_first_success_matches_a_simulated_first_passage():
@@ -109,7 +125,8 @@ def test_the_refined_score_is_the_expectation_over_its_points(paired):
         steps = [p[0] for p in pts]
         assert r.steps in steps and steps == sorted(steps)
         assert all(b - a == 5 for a, b in zip(steps, steps[1:])), "consecutive checks"
-        probs = [all_pass_probability(c, n, 8) for _, _, c, n in pts]
+        probs = [all_pass_probability(c, n, 8) for _, _, c, n, _ in pts]
+        assert probs == pytest.approx([p[4] for p in pts], abs=1e-12)
         assert r.refined_score == pytest.approx(expected_first_success([(p[1], q) for p, q in zip(pts, probs)])[0])
         # The walk back stops at the first check, or after a check that could hardly have passed.
         assert steps[0] == 5 or probs[0] < BACK_FLOOR or steps.index(r.steps) == 3
@@ -229,6 +246,14 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
     res = runner.invoke(app, ["compare", str(full), str(part), "--by", "refined"])
     assert res.exit_code == 0, res.output
 
+    one = next(iter(sorted(data.iterdir())))
+    res = runner.invoke(app, ["measure", str(toy_model), str(one), "--out", str(tmp_path / "m"), "--refine",
+                              "--max-steps", "30", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8",
+                              "--similarity", "pixel", "--threshold", "0.3", "--refine-samples", "8"])
+    assert res.exit_code == 0, res.output
+    head = res.output.splitlines()[0].split()
+    assert head[:3] == ["image", "score", "refined"] and "refined: the paper's score averaged" in res.output
+
     plain = tmp_path / "plain"
     assert _audit(toy_model, data, plain).exit_code == 0
     res = runner.invoke(app, ["report", str(plain), "--rank-by", "refined"])
@@ -275,3 +300,29 @@ def test_refined_scores_survive_the_ledger_and_summaries_rank_by_them():
     assert "refined_score" not in plain.to_json()  # runs without the refinement: lines as they were
     with pytest.raises(InvMMInputError, match="without the refinement"):
         summarise([plain], by="refined")
+
+
+def test_with_several_guidance_scales_every_sample_is_judged_at_every_scale(tiny_family):
+    """A text-to-image model checked at two scales: the estimate counts every sample at both (each sample's copy
+    bits in the ledger), and the refined score is the expectation over the chance of passing at either."""
+    from invmm.families import load_adapter as load
+    from invmm.functional import expected_first_success as efs
+
+    adapter = load(str(tiny_family("sd")))
+    size = adapter.image_size
+    g = torch.Generator().manual_seed(0)
+    ts = [Target(id=f"img-{i}", pixels=torch.rand(3, size, size, generator=g) * 2 - 1, caption="a photo")
+          for i in range(2)]
+    cfg = preset("sd", similarity="pixel", batch_size=2, check_every=2, window=2, max_steps=6, sampler_steps=2,
+                 guidance_scales=[1.0, 3.0], threshold=-1.0, refine=True, refine_samples=8, refine_max_checks=1,
+                 invert_prompt=False)
+    outs = Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(ts)
+    check_steps = len(adapter.check_timesteps(2, "paper"))
+    for o in outs:
+        r = o.result
+        assert r.success and r.steps == 2 and r.guidance_scale == 1.0  # every sample passes: the first scale
+        (step, kl, copies, n, passes, masks), = r.refine["points"]
+        assert (step, copies, n, passes, masks) == (2, 8, 8, 1.0, [0b11] * 8)
+        assert r.refined_score == efs([(kl, passes)])[0] == pytest.approx(r.score)
+        # 8 samples at scale 1 (one pass) and at scale 3 (conditional and unconditional pass)
+        assert r.refine["calls"]["check_forward"] == 8 * check_steps * (1 + 2)

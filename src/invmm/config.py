@@ -63,11 +63,12 @@ class InvMMConfig:
     # The refined score (inversion/refine.py), beside the paper's: off by default. After the paper's success, the
     # paper's score averaged over the check's luck on the same path, from refine_samples samples per check around
     # the success; forward until the chance that no check has passed is below refine_tail, at most
-    # refine_max_checks checks each way.
+    # refine_max_checks checks each way (4 left a third of the chance unplaced on some toy digits: see
+    # docs/BENCHMARKS.md).
     refine: bool = False
     refine_samples: int = 32
     refine_tail: float = 0.05
-    refine_max_checks: int = 4
+    refine_max_checks: int = 12
     # Memory and speed on GPUs; mu, log-variance and prompt logits always stay float32.
     precision: str = "fp32"  # "fp32", or autocast the frozen model in "fp16" / "bf16"
     gradient_checkpointing: bool = False

@@ -124,6 +124,22 @@ def all_pass_probability(copies: int, samples: int, n: int) -> float:
     return math.comb(copies, n) / math.comb(samples, n)
 
 
+def any_pass_probability(masks, scales: int, n: int) -> float:
+    """Unbiased estimate of the chance that a check of n samples passes at one of its guidance scales at least
+    (every sample a copy at that scale), from i.i.d. samples each generated at every scale: `masks[j]` has bit k
+    set when sample j is a copy at scale k. Inclusion-exclusion over the sets T of scales, with
+    C(#samples that are copies at every scale in T, n) / C(#samples, n) the chance that n of them drawn without
+    replacement are; with one scale this is all_pass_probability."""
+    samples = len(masks)
+    if samples < n:
+        raise ValueError(f"estimating an {n}-sample check needs at least {n} samples, got {samples}")
+    total = 0.0
+    for t in range(1, 1 << scales):
+        both = sum((m & t) == t for m in masks)
+        total += (-1) ** (bin(t).count("1") + 1) * math.comb(both, n)
+    return total / math.comb(samples, n)
+
+
 def expected_first_success(points) -> tuple[float, float, float]:
     """The paper's score averaged over the check's luck, on one optimisation path (a Rao-Blackwellisation).
 

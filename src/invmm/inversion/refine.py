@@ -1,14 +1,15 @@
 """The refined score (opt-in, config.refine): the paper's score averaged over the success check's luck, on the
 image's own optimisation path: E[KL at the first passing check | path] (functional.expected_first_success).
 
-Why: the paper's score is the KL at the first check (every C steps) whose n = 8 samples are all copies. A check at
-per-sample copy probability p passes with p^8, so on one path the success comes a check or more early or late by
-luck, and the score jumps with it. Here, once the paper's check has passed, p^8 is estimated without bias from
-`refine_samples` fresh samples of the distribution at that check, then at the stored distributions of the checks
-before it (walking back until a check's pass probability is below BACK_FLOOR) and at the checks of the continued
-path (until the chance that no check has passed yet is below `refine_tail`), at most `refine_max_checks` each way.
-The expectation keeps the paper's number on average and drops the variance of its verdict; what is left is the
-variance of the path itself (benchmarks/seed_spread.py measures both).
+Why: the paper's score is the KL at the first check (every C steps) whose n = 8 samples are all copies. A check
+at per-sample copy probability p passes with p^8, so on one path the success comes a check or more early or late
+by luck, and the score jumps with it. Here, once the paper's check has passed, the chance that a check passes
+(p^8; with several guidance scales, the chance that all 8 are copies at one of them) is estimated without bias
+from `refine_samples` fresh samples of the distribution at that check, each generated at every scale; then at
+the stored distributions of the checks before it (walking back until a check's chance is below BACK_FLOOR) and
+at the checks of the continued path (until the chance that no check has passed yet is below `refine_tail`), at
+most `refine_max_checks` each way. The expectation keeps the paper's number on average and drops the variance of
+its verdict; what is left is the variance of the path itself (benchmarks/seed_spread.py measures both).
 
 The paper's record is taken at the success, before anything here runs, and nothing here draws from the image's
 own streams: the paper's score and decisions stay exactly as without the refinement.
@@ -24,7 +25,7 @@ import torch
 
 from invmm.families.conditions import cond_cat
 from invmm.functional import (
-    all_pass_probability,
+    any_pass_probability,
     expected_first_success,
     kl_to_standard_normal,
     reparameterize,
@@ -52,9 +53,9 @@ class Snapshot:
 class Point:
     step: int
     kl: float
-    copies: int
+    masks: list[int]  # per sample: bit k set when it is a copy at guidance scale k
     samples: int
-    passes: float  # the estimated probability that the paper's check passes here
+    passes: float  # the estimated probability that the paper's check passes here, at one of its scales
 
 
 class Refiner:
@@ -111,36 +112,48 @@ class Refiner:
 
     @torch.no_grad()
     def _estimate(self, items: list[tuple[ImageState, Snapshot]]) -> None:
-        """`refine_samples` samples of each snapshot's distribution through the check's sampler, at the scale the
-        paper's check passed at, counted as copies or not; batched over images as the check batches them."""
+        """`refine_samples` samples of each snapshot's distribution through the check's sampler, each at every
+        guidance scale the paper's check tries (with the same noise and prompt draw across scales, as the check
+        takes them), judged copy or not; batched over images as the check batches them."""
         inv, cfg, n = self.inv, self.inv.config, self.samples
-        per_call = max(1, (cfg.n_check_samples * inv.batch_images) // n)
+        conditional = items[0][0].cond is not None if items else False
+        scales = list(cfg.guidance_scales) if conditional else [1.0]
+        per_call = max(1, (cfg.n_check_samples * inv.batch_images) // (n * len(scales)))
         for lo in range(0, len(items), per_call):
             chunk = items[lo : lo + per_call]
-            conditional = chunk[0][0].cond is not None
-            noise, conds, gens, scales = [], [], [], []
+            noise, conds, gens, guidance = [], [], [], []
             for s, snap in chunk:
                 seed = seed_from(s.image_seed, "refine", snap.step)
                 z = torch.randn((n, *s.x0.shape), generator=torch.Generator().manual_seed(seed))
-                noise.append(reparameterize(snap.mu[None], snap.logvar[None], z.to(s.x0.device)))
+                eps = reparameterize(snap.mu[None], snap.logvar[None], z.to(s.x0.device))
+                cond = None
                 if conditional:
                     g = torch.Generator(device=inv.adapter.device).manual_seed(seed_from(seed, "prompt"))
                     with inv.meter.metered(s.calls):
-                        conds.append(s.cond.check_at(n, snap.logits, g))
-                gens += [torch.Generator().manual_seed(seed_from(seed, "sampler"))] * n if cfg.eta > 0 else []
-                scales += [s.guidance_scale or 1.0] * n
+                        cond = s.cond.check_at(n, snap.logits, g)
+                for k, scale in enumerate(scales):
+                    noise.append(eps)
+                    conds += [cond] if conditional else []
+                    # eta > 0: one sampler stream per (image, scale), as the check's rows share the image's one.
+                    gens += [torch.Generator().manual_seed(seed_from(seed, "sampler", k))] * n if cfg.eta > 0 else []
+                    guidance += [scale] * n
             with inv.autocast():
                 images = inv.adapter.generate(torch.cat(noise), steps=cfg.sampler_steps, eta=cfg.eta,
                                               cond=cond_cat(conds) if conditional else None,
-                                              guidance=scales if conditional else 1.0,
+                                              guidance=guidance if conditional else 1.0,
                                               generator=gens or None, schedule=cfg.check_schedule)
             images = images.float().cpu()
+            rows = n * len(scales)
             for i, (s, snap) in enumerate(chunk):
-                values = inv.similarity(images[i * n : (i + 1) * n], s.target.pixels)
-                copies = int(sum(round(float(v), 6) >= cfg.beta for v in values))
-                inv.check._count(s, n, inv.check_steps, conditional, s.guidance_scale or 1.0)
-                s.refine_points.append(Point(snap.step, snap.kl, copies, n,
-                                             all_pass_probability(copies, n, cfg.n_check_samples)))
+                masks = [0] * n
+                for k, scale in enumerate(scales):
+                    start = i * rows + k * n
+                    values = inv.similarity(images[start : start + n], s.target.pixels)
+                    for j, v in enumerate(values):
+                        masks[j] |= (round(float(v), 6) >= cfg.beta) << k
+                    inv.check._count(s, n, inv.check_steps, conditional, scale)
+                s.refine_points.append(Point(snap.step, snap.kl, masks, n,
+                                             any_pass_probability(masks, len(scales), cfg.n_check_samples)))
 
     def outcome(self, s: ImageState, error: str | None = None) -> Outcome:
         """The paper's outcome with the refined score and what it was computed from; its calls and seconds
@@ -152,7 +165,10 @@ class Refiner:
         out.result.refine = {
             "samples": self.samples, "sd": round(sd, 6), "leftover": round(leftover, 6),
             "extra_steps": s.step - out.result.steps, "calls": extra,
-            "points": [[p.step, p.kl, p.copies, p.samples]
+            # per check: step, KL, samples that are copies (at some scale), samples, the estimated chance that
+            # the paper's check passes there, and with several guidance scales each sample's copy bits
+            "points": [[p.step, p.kl, sum(m > 0 for m in p.masks), p.samples, p.passes,
+                        *([p.masks] if len(self.inv.config.guidance_scales) > 1 and s.cond is not None else [])]
                        for p in sorted(s.refine_points, key=lambda p: p.step)],
             **({"error": error} if error else {}),
         }
