@@ -43,7 +43,7 @@ def _targets(adapter):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_inversion_and_every_scorer_create_nothing_on_the_default_device(adapter, precision):
     cfg = default_config(adapter, similarity="pixel", threshold=-1.0, batch_size=2, max_steps=2, check_every=2,
-                         sampler_steps=2, precision=precision,
+                         sampler_steps=2, precision=precision, refine=True, refine_samples=8,
                          **({"guidance_scales": [1.0, 2.0]} if adapter.conditional else {}))
     x = images(adapter)
     conds = [given(adapter, 0), given(adapter, 1)]
@@ -54,6 +54,7 @@ def test_inversion_and_every_scorer_create_nothing_on_the_default_device(adapter
         results = [o.result for o in Inverter(adapter, cfg, PixelSimilarity(), batch_images=2).run(targets)]
         scores = {s.name: s.score(x, ["a", "b"], conds if adapter.conditional else None, seed=0) for s in scorers}
     assert all(r.status == "ok" and r.success and math.isfinite(r.score) for r in results), results
+    assert all(r.refined_score == r.score for r in results)  # every check passes: the first one scores
     assert all(math.isfinite(v) for values in scores.values() for v in values), scores
 
 

@@ -68,9 +68,13 @@ class Refiner:
 
     @torch.no_grad()
     def snapshot(self, s: ImageState) -> None:
+        """The distribution now, kept on the CPU (a soft prompt's logits are vocabulary-sized); only the last
+        refine_max_checks + 1 are kept, as many as a walk back can reach."""
         kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
-        s.snapshots.append(Snapshot(s.step, kl, s.mu.detach().clone(), s.logvar.detach().clone(),
-                                    s.cond.snapshot() if s.cond is not None else None))
+        logits = s.cond.snapshot() if s.cond is not None else None
+        s.snapshots.append(Snapshot(s.step, kl, s.mu.detach().cpu().clone(), s.logvar.detach().cpu().clone(),
+                                    logits.cpu() if logits is not None else None))
+        del s.snapshots[: -(self.max_checks + 1)]
 
     def begin(self, states: list[ImageState]) -> list[ImageState]:
         """The images whose paper check has just passed (their paper outcome taken, their last snapshot the
@@ -124,13 +128,15 @@ class Refiner:
             noise, conds, gens, guidance = [], [], [], []
             for s, snap in chunk:
                 seed = seed_from(s.image_seed, "refine", snap.step)
-                z = torch.randn((n, *s.x0.shape), generator=torch.Generator().manual_seed(seed))
-                eps = reparameterize(snap.mu[None], snap.logvar[None], z.to(s.x0.device))
+                gen = torch.Generator().manual_seed(seed)
+                z = torch.randn((n, *s.x0.shape), generator=gen, device=gen.device)
+                eps = reparameterize(snap.mu[None], snap.logvar[None], z).to(s.x0.device)
                 cond = None
                 if conditional:
                     g = torch.Generator(device=inv.adapter.device).manual_seed(seed_from(seed, "prompt"))
+                    logits = snap.logits.to(inv.adapter.device) if snap.logits is not None else None
                     with inv.meter.metered(s.calls):
-                        cond = s.cond.check_at(n, snap.logits, g)
+                        cond = s.cond.check_at(n, logits, g)
                 for k, scale in enumerate(scales):
                     noise.append(eps)
                     conds += [cond] if conditional else []
