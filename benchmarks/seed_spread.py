@@ -141,7 +141,7 @@ def analyse(records, level: dict, wall: float | None) -> dict:
                          "growth": [g for g in growth if g is not None]})
         if not rows:
             continue
-        m = {k: statistics.mean(x[k] for x in rows) for k in ("total", "verdict", "path", "grid", "estimation")}
+        m = {k: float(np.nanmean([x[k] for x in rows])) for k in ("total", "verdict", "path", "grid", "estimation")}
         growth = [g for x in rows for g in x["growth"]]
         table[lv] = m
         print(f"| {lv} | {len(rows)} | {m['total']:.4f} | {m['verdict']:.4f} | {m['path']:.4f} | "
