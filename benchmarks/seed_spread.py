@@ -31,30 +31,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import repeats
 from repeats import INF_RANK, finite_or_big
 from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from invmm import measure, preset
-from invmm.functional import any_pass_probability, expected_first_success
+from invmm import measure
+from invmm.functional import all_pass_probability, any_pass_probability, expected_first_success
 from invmm.records import forward_equivalents
 from invmm.runs.files import Ledger
-from invmm.runs.images import ImageItem
-from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
-from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 
 
 def setup(args):
-    t2i = args.model == "t2i"
-    model = shipped_digits_t2i_model() if t2i else shipped_digits_model()
-    manifest = load_manifest(model)
-    chosen = select_images(manifest, parse_level_counts(args.counts))
-    paths = export_images(manifest, args.out / "inputs", ids=[e["id"] for e in chosen])
-    items = [ImageItem(id=e["id"], path=str(p), caption=e["caption"] if t2i else None) for e, p in zip(chosen, paths)]
-    level = {e["id"]: e["copies"] for e in chosen}
-    cfg = preset("sd" if t2i else "ddpm", similarity="pixel", max_steps=args.max_steps, seed=args.seed,
-                 sampler_steps=args.sampler_steps, refine=True, refine_samples=args.samples,
-                 **({"refine_max_checks": args.max_checks} if args.max_checks is not None else {}))
+    """The repeats benchmark's images and preset, with this run's check sampler and the refinement on."""
+    model, items, level, cfg = repeats.setup(args)
+    cfg = cfg.replace(sampler_steps=args.sampler_steps, refine=True, refine_samples=args.samples,
+                      **({"refine_max_checks": args.max_checks} if args.max_checks is not None else {}))
     return model, items, level, cfg
 
 
@@ -229,7 +221,7 @@ def _estimation_var(r, draws: int = 400) -> float:
                 masks = rng.choice(p[5], size=len(p[5]), replace=True).tolist()
                 pass_p.append(any_pass_probability(masks, max(p[5]).bit_length() or 1, 8))
             else:
-                pass_p.append(math.comb(int(rng.binomial(p[3], p[2] / p[3])), 8) / math.comb(p[3], 8))
+                pass_p.append(all_pass_probability(int(rng.binomial(p[3], p[2] / p[3])), p[3], 8))
         vals.append(expected_first_success([(p[1], q) for p, q in zip(pts, pass_p)])[0])
     return float(np.var(vals))
 
@@ -273,7 +265,7 @@ def _pass_at(r, step: int) -> float:
     if len(pts[0]) > 4:
         return pts[0][4]
     _, _, copies, n = pts[0][:4]
-    return math.comb(copies, 8) / math.comb(n, 8)
+    return all_pass_probability(copies, n, 8)
 
 
 def _growth(r) -> float | None:

@@ -115,7 +115,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.permute(0, 2, 3, 1).numpy()
 
 
-
 def all_pass_probability(copies: int, samples: int, n: int) -> float:
     """Unbiased estimate of p^n, the chance that all n samples of a check are copies, from `copies` of `samples`
     i.i.d. samples: the chance that n of them drawn without replacement are all copies, C(copies, n) / C(samples, n)."""

@@ -83,13 +83,13 @@ class InvMMOptions:
     check_skip_rec: Annotated[float, typer.Option(help="opt-in: skip each check while the mean reconstruction "
                                                        "loss of the last 100 steps is above this value")] = None
     # The refined score beside the paper's (README, "A score that holds still")
-    refine: Annotated[bool, typer.Option(help="also compute the refined score: the KL where a sample's copy "
-                                              "probability reaches 0.917, from --refine-samples draws per check "
-                                              "around the success (the paper's score is unchanged)")] = None
+    refine: Annotated[bool, typer.Option(help="also compute the refined score: the paper's score averaged over "
+                                              "the check's luck, from --refine-samples samples per check around "
+                                              "the success (the paper's score is unchanged)")] = None
     refine_samples: Annotated[int, typer.Option(help="with --refine: samples per copy-probability "
                                                      "estimate")] = None
-    refine_max_checks: Annotated[int, typer.Option(help="with --refine: checks past the paper's success at "
-                                                        "most")] = None
+    refine_max_checks: Annotated[int, typer.Option(help="with --refine: checks evaluated before and after the "
+                                                        "paper's success, at most each way")] = None
 
     def config(self, adapter) -> InvMMConfig:
         """The model's preset with these settings over it."""

@@ -117,10 +117,10 @@ class SuccessCheck:
             batch = images[offset : offset + hi - lo].cpu()
             offset += hi - lo
             values = [round(float(v), 6) for v in inv.similarity(batch, c.state.target.pixels)]
-            self._count(c.state, hi - lo, inv.check_steps, conditional, scales[k])
+            self.count(c.state, hi - lo, inv.check_steps, conditional, scales[k])
             c.record(k, values, batch, hi, cfg.beta)
 
-    def _count(self, s: ImageState, m: int, steps: int, conditional: bool, scale: float) -> None:
+    def count(self, s: ImageState, m: int, steps: int, conditional: bool, scale: float) -> None:
         s.calls["check_forward"] += m * sample_forwards(steps, conditional, scale, self.inv.guidance_kind)
         s.calls["vae_decode"] += m if self.inv.decodes else 0
         s.calls["similarity"] += m
@@ -160,7 +160,7 @@ class SuccessCheck:
             values = [round(float(v), 6) for v in inv.similarity(images[rows], c.state.target.pixels)]
             for i, v in zip(rows, values):
                 k = parts[i][1]
-                self._count(c.state, 1, inv.preview_steps, conditional, scales[k])
+                self.count(c.state, 1, inv.preview_steps, conditional, scales[k])
                 if v < cfg.beta - cfg.check_preview_margin:
                     c.candidates.remove(k)
                     dropped.setdefault(id(c), {})[k] = ([v], images[i : i + 1])

@@ -105,12 +105,12 @@ class Inverter:
 
     def _close(self, finished, refining) -> list[tuple[ImageState, Outcome]]:
         """The outcomes of the images that finish now. With the refinement, an image whose paper check passed
-        keeps its paper outcome and goes on refining until its crossing is located (refine.py)."""
+        keeps its paper outcome and goes on refining until its expectation is settled (refine.py)."""
         if self.refiner is None:
             return [(s, self.finish(s, success=ok, error=error)) for s, ok, error in finished]
         closing, begin = [], []
         for s, ok, error in finished:
-            if s.paper is not None:  # a numerical error while refining: the crossing from the points so far
+            if s.paper is not None:  # a numerical error while refining: the expectation from the checks so far
                 closing.append((s, self.refiner.outcome(s, error)))
             elif ok:
                 s.paper = self.finish(s, success=True)
@@ -143,10 +143,9 @@ class Inverter:
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the optimisation's
         # noise: the same fit is judged by both samplers.
-        state = ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
-                           cfg.lambda_init, cond=cond, calls=calls,
-                           sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
-        return state
+        return ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
+                          cfg.lambda_init, cond=cond, calls=calls,
+                          sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
 
     def finish(self, s: ImageState, *, success: bool, error: str | None = None) -> Outcome:
         with torch.no_grad():

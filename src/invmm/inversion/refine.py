@@ -157,7 +157,7 @@ class Refiner:
                     values = inv.similarity(images[start : start + n], s.target.pixels)
                     for j, v in enumerate(values):
                         masks[j] |= (round(float(v), 6) >= cfg.beta) << k
-                    inv.check._count(s, n, inv.check_steps, conditional, scale)
+                    inv.check.count(s, n, inv.check_steps, conditional, scale)
                 s.refine_points.append(Point(snap.step, snap.kl, masks, n,
                                              any_pass_probability(masks, len(scales), cfg.n_check_samples)))
 

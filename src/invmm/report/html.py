@@ -177,9 +177,9 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
 
 
 REFINED_NOTE = ("<p class='note'><b>Every score in this report is the refined score</b> (--rank-by refined): "
-                "the KL along the same inversion at which a sample's chance of being a copy reaches 0.917, the level "
-                "where the paper's 8-of-8 check passes half the time, estimated from many samples and interpolated "
-                "between checks. It moves less with the seed than the paper's score; images.csv holds both.</p>")
+                "the paper's score averaged over the success check's luck on the same inversion, from the chance "
+                "that a check passes, estimated with many samples at the checks around the success. It moves "
+                "less with the seed than the paper's score; images.csv holds both.</p>")
 
 
 def _roc_section(ok: list[ImageSummary], labels: list[str], positive, out: Path, figures: dict) -> str:
