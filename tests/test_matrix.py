@@ -138,3 +138,24 @@ def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_pat
         assert bad.exit_code == 2 and f"can screen with: {screen}" in bad.output
     assert f"screen {screen}: 1 of 4 images kept" in res.output
     assert json.loads((tmp_path / "audit" / "run.json").read_text())["screen"]["scorer"] == screen
+
+
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, labelled, fam):
+    """`audit --refine` through the command on each family, with the data's captions or classes and, for a
+    conditional family, inverted: every check passes here (threshold -1), so the refined score is the paper's."""
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    modes = [[], ["--invert-prompt"]] if adapter.conditional else [[]]
+    for k, mode in enumerate(modes):
+        out = tmp_path / f"audit{k}"
+        res = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(out), *TINY_INVMM,
+                                  "--threshold", "-1", "--refine", "--refine-samples", "8", *mode])
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert len(lines) == 4
+        for d in lines:
+            assert d["success"] and d["refined_score"] == d["score"], d
+            assert d["refine"]["points"][0][:4] == [2, d["score"], 8, 8]
+            if mode:
+                assert d.get("prompt_mode") == "inverted" or d.get("class_mode") == "inverted"
