@@ -175,17 +175,23 @@ def default_config(adapter, **overrides) -> InvMMConfig:
     return preset(name, similarity=similarity, **overrides)
 
 
-def check_captions(adapter, config: InvMMConfig, items) -> None:
+def check_captions(adapter, config: InvMMConfig, items, *, per_item: bool = False) -> None:
     """A family measured with the known caption by default (adapter.default_invert_prompt False: PixArt, whose
-    only text encoder is T5) needs every image's caption, unless the prompt mode is chosen explicitly."""
+    only text encoder is T5) needs every image's caption, unless the prompt mode is chosen explicitly. With
+    `per_item` (a dataset's items), images without one fail alone, as input errors, where others have one."""
     if not adapter.conditional or config.invert_prompt is not None or adapter.default_invert_prompt:
         return
-    missing = [it.id for it in items if it.caption is None]
-    if missing:
+    missing = [it for it in items if it.caption is None and not getattr(it, "error", None)]
+    how = ("Pass --prompt or a caption column; or --invert-prompt to learn a soft T5 prompt instead (costly, see "
+           "the README); or --no-invert-prompt to use the empty caption")
+    if missing and per_item and len(missing) < len(items):
+        for it in missing:
+            it.error = (f"{it.origin}: no caption; {adapter.family} models are measured with the training caption "
+                        f"by default. {how}")
+    elif missing:
         raise InvMMInputError(
-            f"{len(missing)} image(s) have no caption (first: {missing[0]!r}); {adapter.family} models are measured "
-            "with the training caption by default. Pass --prompt or a caption column; or --invert-prompt to learn "
-            "a soft T5 prompt instead (costly, see the README); or --no-invert-prompt to use the empty caption")
+            f"{len(missing)} image(s) have no caption (first: {missing[0].id!r}); {adapter.family} models are "
+            f"measured with the training caption by default. {how}")
 
 
 def check_config_for_model(adapter, config: InvMMConfig) -> None:

@@ -95,6 +95,7 @@ class InversionRecord:
     # With config.refine: the refined score (inversion/refine.py; +inf when not reproduced) and how it was found.
     refined_score: float | None = None
     refine: dict | None = None
+    meta: dict | None = None  # the dataset's other fields for this image (a shard's .json: url, sizes, ...)
 
     def __post_init__(self):
         self.checks = [CheckRecord.of(c) for c in self.checks]
@@ -108,6 +109,8 @@ class InversionRecord:
         if self.class_mode is None:  # not a class-conditional model
             for name in ("class_mode", "class_label", "class_name"):
                 d.pop(name)
+        if self.meta is None:
+            d.pop("meta")
         if self.refined_score is None:  # no refinement: lines stay as they were
             d.pop("refined_score")
             d.pop("refine")

@@ -11,20 +11,23 @@ import typer
 from tqdm import tqdm
 
 from invmm.cli.common import EXIT_INPUT, fail, load
-from invmm.cli.options import BatchImages, InvMMOptions, ModelOptions, grouped
+from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, grouped
 from invmm.errors import InvMMInputError
 from invmm.runs.audit import audit
-from invmm.runs.datasets import load_dataset
+from invmm.runs.split import parse_shard, select_part
 from invmm.scorers import SCREEN_SCORERS
 
 
-@grouped(model_options=ModelOptions, invmm=InvMMOptions)
+@grouped(model_options=ModelOptions, invmm=InvMMOptions, data_options=DataOptions)
 def command(
     model: Annotated[str, typer.Argument(help="diffusers model folder")],
-    data: Annotated[Path, typer.Argument(help="folder of images (recursive) or a CSV/JSONL/Parquet manifest with "
-                                              "path[,caption,class,id,label]")],
+    data: Annotated[str, typer.Argument(help="folder of images (recursive); a CSV/JSONL/Parquet manifest with "
+                                             "path[,caption,class,id,label]; webdataset shards (a .tar, a brace "
+                                             "pattern, a folder; img2dataset output); a Hugging Face dataset "
+                                             "(save_to_disk folder, Parquet with an image column, imagefolder)")],
     model_options: ModelOptions,
     invmm: InvMMOptions,
+    data_options: DataOptions,
     out: Annotated[Path, typer.Option(help="run folder; an existing audit there is resumed")],
     force_new: Annotated[bool, typer.Option(help="if OUT holds an audit, start over in a new folder OUT-N")] = False,
     backend: Annotated[str, typer.Option(help="local (default) or ray")] = "local",
@@ -41,11 +44,21 @@ def command(
                                              "(--keep or --keep-top)")] = None,
     keep: Annotated[float, typer.Option(help="with --screen: the fraction of images to invert, e.g. 0.1")] = None,
     keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
+    shard: Annotated[str, typer.Option(help="I/N: audit only part I of N of the dataset (by image id), e.g. one "
+                                            "per machine; `invmm merge` joins the N runs")] = None,
     batch_images: BatchImages = 8,
 ):
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
     try:
-        items = load_dataset(data)
+        items = data_options.load(data)
+        part = parse_shard(shard) if shard else None
+        if part:
+            if keep is not None:
+                raise InvMMInputError("--shard with --screen takes --keep-top K, not --keep: each part inverts its "
+                                      "own top K, and `invmm merge` keeps the top K of the whole, which lies "
+                                      "within them")
+            items = select_part(items, *part)
+        _say_dataset(items)
     except InvMMInputError as exc:
         fail(str(exc))
     adapter, config = load(model, model_options, invmm)
@@ -57,7 +70,8 @@ def command(
                   repeats=repeats, screen=screen, keep=keep, keep_top=keep_top,
                   allow_pickle=model_options.allow_pickle, force_new=force_new, ray_address=address,
                   gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=progress.start,
-                  on_result=progress.result, run_extra={"argv": sys.argv})
+                  on_result=progress.result, run_extra={"argv": sys.argv}, data_info=items.describe(),
+                  shard=part)
     except InvMMInputError as exc:
         fail(str(exc))
     finally:
@@ -74,6 +88,19 @@ def command(
         typer.echo(f"errors are recorded in {s.run_dir}/results.jsonl (see `invmm report`)")
     if progress.input_errors:
         raise typer.Exit(EXIT_INPUT)  # unusable files: everything else was scored, but say so in the exit code
+
+
+def _say_dataset(items) -> None:
+    """What the reader skipped or could not list, before the long part starts (run.json keeps it too)."""
+    info = items.describe()
+    for status, n in (info.get("skipped") or {}).items():
+        typer.echo(f"dataset: {n} row(s) skipped as {status} (e.g. {info['skipped_examples'][status]})", err=True)
+    for problem in info.get("problems") or []:
+        typer.echo(f"dataset: {problem}", err=True)
+    unusable = [it.error for it in items if it.error]
+    if unusable:
+        typer.echo(f"dataset: {len(unusable)} image(s) unusable as listed (first: {unusable[0]}); each is recorded "
+                   "as an input error", err=True)
 
 
 class _Progress:

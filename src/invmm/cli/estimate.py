@@ -9,21 +9,21 @@ import typer
 
 from invmm.analysis.estimate import estimate, format_estimate
 from invmm.cli.common import fail, load
-from invmm.cli.options import BatchImages, InvMMOptions, ModelOptions, Repeats, grouped
+from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, Repeats, grouped
 from invmm.config import check_config_for_model
 from invmm.errors import InvMMInputError
-from invmm.runs.datasets import load_dataset
 from invmm.runs.files import atomic_write_json
 from invmm.runs.images import load_image
 from invmm.similarity import build_similarity
 
 
-@grouped(model_options=ModelOptions, invmm=InvMMOptions)
+@grouped(model_options=ModelOptions, invmm=InvMMOptions, data_options=DataOptions)
 def command(
     model: Annotated[str, typer.Argument(help="diffusers model folder")],
-    data: Annotated[Path, typer.Argument(help="folder of images or a manifest, as for audit")],
+    data: Annotated[str, typer.Argument(help="the dataset, as for audit")],
     model_options: ModelOptions,
     invmm: InvMMOptions,
+    data_options: DataOptions,
     json_out: Annotated[Path, typer.Option("--json", help="also write the estimate as JSON to this file")] = None,
     repeats: Repeats = 1,
     batch_images: BatchImages = 8,
@@ -31,7 +31,7 @@ def command(
     """Before an audit: model calls per image and, from a short probe on the device, the hours if nothing is
     reproduced (every image runs its whole budget)."""
     try:
-        items = load_dataset(data)
+        items = data_options.load(data)
     except InvMMInputError as exc:
         fail(str(exc))
     adapter, config = load(model, model_options, invmm)

@@ -11,23 +11,25 @@ from tqdm import tqdm
 
 from invmm.analysis.evaluate import choose_labels, evaluate_run
 from invmm.cli.common import fail, load
-from invmm.cli.options import BatchImages, InvMMOptions, ModelOptions, grouped
+from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, grouped
 from invmm.errors import InvMMInputError
 from invmm.runs.scores import load_scoring_dataset, score_with_specs
 from invmm.scorers import DEFAULT_SCORERS, ScorerError, default_scorers
 
 
-@grouped(model_options=ModelOptions, invmm=InvMMOptions)
+@grouped(model_options=ModelOptions, invmm=InvMMOptions, data_options=DataOptions)
 def command(
     run: Annotated[Path, typer.Argument(help="run folder for the scores (created, or reused: present scores are "
                                              "kept)")],
     model_options: ModelOptions,
     invmm: InvMMOptions,
+    data_options: DataOptions,
     model: Annotated[str, typer.Option(help="diffusers model folder; with --data, scores missing from RUN are "
                                             "computed")] = None,
-    data: Annotated[Path, typer.Option(help="labelled images: a folder per label, or a CSV/JSONL/Parquet with "
-                                            "path,label[,caption,class,id]; for caption-level scorers only "
-                                            "(anisotropy, sharpness) the path may be left out: caption,label[,id]")
+    data: Annotated[str, typer.Option(help="labelled images: a folder per label, or a CSV/JSONL/Parquet with "
+                                           "path,label[,caption,class,id]; for caption-level scorers only "
+                                           "(anisotropy, sharpness) the path may be left out: caption,label[,id]; "
+                                           "or shards / a Hugging Face dataset with a label column (as for audit)")
                     ] = None,
     scorers: Annotated[str, typer.Option(help="comma-separated scorers; options as name:key=value, separated by ';' "
                                               "(e.g. 'loss;pia:t=100;invmm:max_steps=1000'); default: those of "
@@ -49,7 +51,7 @@ def command(
     try:
         if model is not None:
             # captions alone where every scorer scores captions
-            items = load_scoring_dataset(data, scorers or ",".join(DEFAULT_SCORERS))
+            items = load_scoring_dataset(data, scorers or ",".join(DEFAULT_SCORERS), **data_options.reader())
             choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
             adapter, config = load(model, model_options, invmm)
             if scorers is None:

@@ -17,6 +17,8 @@ import typer
 from invmm.config import PRESETS, InvMMConfig, default_config
 from invmm.families import load_adapter
 from invmm.families.lora import lora_specs
+from invmm.runs.datasets import KINDS, load_dataset
+from invmm.runs.hf import Columns
 
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
@@ -97,6 +99,32 @@ class InvMMOptions:
         values["sscd_model"] = str(self.sscd_model) if self.sscd_model else None
         values["check_preview_steps"] = values.pop("check_preview")
         return default_config(adapter, **values)
+
+
+@dataclass
+class DataOptions:
+    """How the dataset is read (audit, evaluate, estimate): which reader, and where shards or a Hugging Face
+    dataset keep the image, caption, id and label (README, "Datasets")."""
+
+    format: Annotated[str, typer.Option(help=f"{' | '.join(KINDS)}: the dataset's kind (auto: from what DATA "
+                                             "is)")] = "auto"
+    image_column: Annotated[str, typer.Option(help="Hugging Face / Parquet: the image column (default "
+                                                   "image)")] = None
+    caption_column: Annotated[str, typer.Option(help="the caption column (default caption, else text)")] = None
+    id_column: Annotated[str, typer.Option(help="the id column (default id; without one: the row)")] = None
+    label_column: Annotated[str, typer.Option(help="the member/non-member label column (default label)")] = None
+    caption_key: Annotated[str, typer.Option(help="webdataset: the caption is this field of each sample's .json "
+                                                  "(default: the .txt member)")] = None
+    split: Annotated[str, typer.Option(help="Hugging Face: the split (default train)")] = None
+
+    def reader(self) -> dict:
+        """load_dataset's keyword arguments for these options."""
+        columns = Columns(image=self.image_column, caption=self.caption_column, id=self.id_column,
+                          label=self.label_column)
+        return {"kind": self.format, "columns": columns, "caption_key": self.caption_key, "split": self.split}
+
+    def load(self, data, **kwargs):
+        return load_dataset(data, **self.reader(), **kwargs)
 
 
 def grouped(**groups: type):

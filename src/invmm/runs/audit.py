@@ -19,13 +19,17 @@ from invmm.runs.screen import run_screen
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
           device: str = "cpu", allow_pickle: bool = False, screen: str | None = None, keep: float | None = None,
-          keep_top: int | None = None, on_screen=None, **options) -> RunSummary:
+          keep_top: int | None = None, on_screen=None, shard: tuple[int, int] | None = None,
+          **options) -> RunSummary:
     """InvMM for every item not yet in OUT's ledger. `options` are the engine's (backend, batch_images,
     repeats, force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks).
     `screen` (a scorer spec, e.g. "loss" or "pia:t=100", or "auto") with `keep` (a fraction) or `keep_top` (a count)
-    inverts only the images that scorer ranks as most suspicious."""
+    inverts only the images that scorer ranks as most suspicious. `shard` (I, N): `items` are part I of N of a
+    dataset (runs/split.py); run.json says so, and a resume with another part is refused."""
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
     described = None
+    if shard is not None:
+        options["run_extra"] = {**(options.get("run_extra") or {}), "shard": {"index": shard[0], "of": shard[1]}}
     if screen:
         out = Path(out)
         if options.pop("force_new", False) and (out / RUN_FILE).exists():

@@ -1,4 +1,6 @@
-"""A dataset as the user gives it: a folder of images, a folder per label, or a CSV/JSONL/Parquet manifest.
+"""A dataset as the user gives it: a folder of images, a folder per label, a CSV/JSONL/Parquet manifest, webdataset
+shards or an img2dataset folder (shards.py), or a Hugging Face dataset (hf.py: save_to_disk, Parquet with an
+image column, an imagefolder).
 
 Ids are stable: the manifest's `id` column, else the path relative to the folder or manifest, so the same
 dataset gives the same ids (and so the same per-image seeds) wherever it lies.
@@ -14,30 +16,99 @@ import json
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
+from invmm.runs import hf, shards
+from invmm.runs.hf import Columns
 from invmm.runs.images import IMAGE_SUFFIXES, ImageItem, collect_images
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
+KINDS = ("auto", "folder", "manifest", "shards", "hf", "parquet", "imagefolder")
 
 
-def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok: bool = False) -> list[ImageItem]:
-    """Items (not yet decoded) of a folder or manifest. With `labelled`, a folder's subfolders are the labels.
-    With `captions_only_ok`, manifest rows may give a caption instead of an image path (see the module doc)."""
+class Items(list):
+    """A dataset's items (a list of ImageItem), and what run.json records of the dataset beyond them: its kind,
+    the hash of its contents where the reader computed one, rows skipped and problems found while listing."""
+
+    def __init__(self, items=(), kind: str = "folder", info: dict | None = None):
+        super().__init__(items)
+        self.kind, self.info = kind, dict(info or {})
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, **self.info}
+
+
+def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok: bool = False, kind: str = "auto",
+                 columns: Columns | None = None, caption_key: str | None = None, split: str | None = None) -> Items:
+    """Items (not yet decoded) of a dataset. With `labelled`, a folder's subfolders are the labels. With
+    `captions_only_ok`, manifest rows may give a caption instead of an image path (see the module doc).
+    `kind` forces a reader (auto: from what `source` is); `columns`, `caption_key` and `split` name where a
+    shard set or Hugging Face dataset keeps what."""
+    if kind not in KINDS:
+        raise InvMMInputError(f"unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}")
+    text = str(source)
     p = Path(source)
-    if not p.exists():
-        raise InvMMInputError(f"{p}: no such file or folder; give a folder of images or a CSV/JSONL/Parquet manifest")
-    if p.is_dir():
-        return _labelled_folder(p) if labelled else collect_images([str(p)])
-    if p.suffix.lower() not in MANIFEST_SUFFIXES:
-        raise InvMMInputError(f"{p}: not a dataset manifest; expected a folder or a .csv, .jsonl or .parquet file "
-                              "with a 'path' column")
-    rows = _read_manifest(p, captions_only_ok)
-    items = _rows_to_items(p, rows, captions_only_ok)
+    kind = _detect(text, p) if kind == "auto" else kind
+    if kind == "shards":
+        index = shards.index_shards(text, caption_key=caption_key)
+        items = Items(index.items, kind="shards", info=index.describe())
+    elif kind in ("hf", "parquet", "imagefolder"):
+        if not p.exists():
+            raise InvMMInputError(f"{p}: no such file or folder")
+        columns = columns or Columns()
+        if kind == "hf":
+            index = hf.index_saved(p, columns, split)
+        elif kind == "parquet":
+            index = hf.index_parquet(p, columns)
+        else:
+            index = hf.index_imagefolder(p, columns, split)
+        items = Items(index.items, kind=index.kind, info=index.describe())
+        _mark_duplicate_ids(items)
+    elif not p.exists():
+        raise InvMMInputError(f"{p}: no such file or folder; give a folder of images, a CSV/JSONL/Parquet manifest, "
+                              "webdataset shards or a Hugging Face dataset (see the README, \"Datasets\")")
+    elif kind == "folder" or p.is_dir():
+        items = Items(_labelled_folder(p) if labelled else collect_images([str(p)]), kind="folder")
+    else:
+        if p.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise InvMMInputError(f"{p}: not a dataset manifest; expected a folder or a .csv, .jsonl or .parquet "
+                                  "file with a 'path' column")
+        rows = _read_manifest(p, captions_only_ok)
+        items = Items(_rows_to_items(p, rows, captions_only_ok), kind="manifest")
     if labelled:
-        unlabelled = [it.id for it in items if not it.label]
+        unlabelled = [it.id for it in items if not it.label and not it.error]
         if unlabelled:
             raise InvMMInputError(f"{p}: {len(unlabelled)} row(s) have no label (first: {unlabelled[0]}); "
-                                  "every row needs a 'label' for evaluation")
+                                  "every row needs a 'label' for evaluation" +
+                                  ("" if items.kind in ("folder", "manifest") else " (--label-column)"))
     return items
+
+
+def _detect(text: str, p: Path) -> str:
+    if shards.is_shard_source(text):
+        return "shards"
+    if hf.is_saved_dataset(p):
+        return "hf"
+    if p.is_dir():
+        if hf.is_imagefolder(p):
+            return "imagefolder"
+        if any(p.glob("*.parquet")) and not any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                                                for f in p.iterdir()):
+            return "parquet"
+        return "folder"
+    if p.suffix.lower() == ".parquet" and p.is_file() and hf.is_image_parquet(p):
+        return "parquet"
+    return "manifest"
+
+
+def _mark_duplicate_ids(items: list[ImageItem]) -> None:
+    """An id column with a repeated value would mix two images' results: the first row keeps the id, a repeat
+    becomes an input error of its own (recorded, counted; the audit goes on)."""
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.id in seen:
+            first, it.id = seen[it.id], f"{it.id}#duplicate-{it.origin}"
+            it.error = f"{it.origin}: its id repeats that of {first}; ids must be unique (--id-column names the column)"
+        else:
+            seen[it.id] = it.origin
 
 
 def _labelled_folder(root: Path) -> list[ImageItem]:

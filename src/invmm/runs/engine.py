@@ -30,6 +30,7 @@ from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import dataset_hash, run_info
 from invmm.runs.lock import RunLock
 from invmm.runs.ray_backend import run_on_ray
+from invmm.runs.reader import prefetch
 from invmm.similarity import build_similarity
 
 BACKENDS = ("local", "ray")
@@ -67,6 +68,7 @@ class RunOptions:
     workers: int | None = None
     max_retries: int = 2  # a Ray worker's batch retried before its images are recorded as errors
     data_source: str = ""  # what run.json names as the dataset
+    data_info: dict | None = None  # more of run.json's dataset: its kind, content hash, skipped rows, the shard
     keep_results: bool = False  # keep this session's ledger records in the summary (measure returns them)
     run_extra: dict | None = None  # more run.json fields (argv, a screen)
 
@@ -94,7 +96,8 @@ def run_images(adapter, items: list[ImageItem], config: InvMMConfig, out: str | 
         if run_dir is not None:
             info = run_info(kind, adapter, seed=config.seed, config=config.to_json(),
                             check_grid=check_grid(adapter, config), similarity=similarity.describe(),
-                            dataset={"source": opts.data_source, "n": len(items), "hash": dataset_hash(items)},
+                            dataset={"source": opts.data_source, "n": len(items), "hash": dataset_hash(items),
+                                     **(opts.data_info or {})},
                             backend=opts.backend, batch_images=opts.batch_images, repeats=opts.repeats,
                             **(opts.run_extra or {}))
         session = _Session(adapter, items, config, run_dir, info, resume, opts, calls)
@@ -127,7 +130,7 @@ def _check_run(adapter, items: list[ImageItem], config: InvMMConfig, opts: RunOp
     if opts.repeats < 1:
         raise InvMMInputError(f"--repeats must be >= 1, got {opts.repeats}")
     check_config_for_model(adapter, config)
-    check_captions(adapter, config, items)
+    check_captions(adapter, config, items, per_item=True)
     check_class_labels(adapter, items)
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
@@ -155,10 +158,12 @@ class _Session:
         self.model_path = adapter.describe().get("source")
 
     def targets(self) -> Iterator[Target]:
-        # An image is decoded when a slot frees up; an unusable one is recorded (once per repeat, so a resume does
-        # not retry it) and skipped. Its repeats follow it as more rows of the batch.
-        for it in self.todo:
-            load_image(it, mode=self.adapter.image_mode, size=self.adapter.image_size)
+        # An image is decoded when a slot frees up (read a batch or two ahead, on reading threads); an unusable one
+        # is recorded (once per repeat, so a resume does not retry it) and skipped. Its repeats follow it as more
+        # rows of the batch.
+        mode, size = self.adapter.image_mode, self.adapter.image_size
+        ahead = 2 * self.opts.batch_images
+        for it in prefetch(self.todo, lambda it: load_image(it, mode=mode, size=size), ahead=ahead):
             for rep in self.missing[it.id]:
                 if it.error:
                     self.record(InversionRecord(id=it.id, path=it.path, status="error", error=it.error,
@@ -170,7 +175,7 @@ class _Session:
     def record(self, res: InversionRecord, outcome: Outcome | None = None) -> None:
         it, summary = self.by_id.get(res.id), self.summary
         if it is not None:
-            res.path, res.caption, res.label = it.path, it.caption, it.label
+            res.path, res.caption, res.label, res.meta = it.origin, it.caption, it.label, it.meta
             res.resized = it.resized
             res.original_size = list(it.original_size) if it.original_size else None
         res.model = self.model_path

@@ -51,7 +51,13 @@ def _run_differences(old: dict, info: dict) -> list[str]:
     diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))
     if diff:
         changed.append("model settings " + "; ".join(diff))
+    if old.get("shard") != info.get("shard"):
+        changed.append(f"dataset part (--shard) {_part(old.get('shard'))} -> {_part(info.get('shard'))}")
     return changed
+
+
+def _part(shard: dict | None) -> str:
+    return f"{shard['index']}/{shard['of']}" if shard else "the whole dataset"
 
 
 def _resumed(old: dict, info: dict) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invmm.runs.containers import ContainerError, describe_ref, open_image_bytes
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -20,10 +22,17 @@ class ImageItem:
     caption: str | None = None
     label: str | None = None
     class_label: str | None = None  # class-conditional models: the image's class (index or name)
+    ref: str | None = None  # where in `path` the image lies: a tar member, a parquet or Arrow row (containers.py)
+    meta: dict | None = None  # a shard's or dataset row's other fields (url, sizes, ...), kept with the result
     pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]
     original_size: tuple[int, int] | None = None
     resized: bool = False
     error: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the image lies, as error messages name it: the file, or the shard and member (the row)."""
+        return describe_ref(self.path, self.ref)
 
 
 class _Unsupported(Exception):
@@ -66,8 +75,9 @@ def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
 
     if item.error:
         return item
+    where = item.origin
     try:
-        with Image.open(item.path) as im:
+        with Image.open(open_image_bytes(item.path, item.ref)) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             if getattr(im, "n_frames", 1) > 1:
@@ -88,16 +98,19 @@ def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
                 im = Image.alpha_composite(bg, im)
             im = im.convert(mode)
     except _Unsupported as exc:
-        item.error = f"{item.path}: the model cannot take this image: {exc}"
+        item.error = f"{where}: the model cannot take this image: {exc}"
         return item
     except FileNotFoundError:
-        item.error = f"{item.path}: no such file"
+        item.error = f"{where}: no such file"
+        return item
+    except ContainerError as exc:
+        item.error = f"{where}: {exc}"
         return item
     except UnidentifiedImageError:
-        item.error = f"{item.path}: not an image file (or a format Pillow cannot read)"
+        item.error = f"{where}: not an image file (or a format Pillow cannot read)"
         return item
     except (OSError, SyntaxError, ValueError) as exc:
-        item.error = f"{item.path}: corrupt or unreadable image ({exc})"
+        item.error = f"{where}: corrupt or unreadable image ({exc})"
         return item
     item.original_size = (w, h)
     if (w, h) != (size, size):

@@ -47,7 +47,7 @@ def score_on_ray(items: list[ImageItem], spec: str, *, model: str, seed: int, al
         ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own
         # One JSON string per image: None stays None (a column of all-None captions has no Arrow type).
         rows = [{"item": json.dumps({"id": it.id, "path": it.path, "label": it.label, "caption": it.caption,
-                                     "class_label": it.class_label})}
+                                     "class_label": it.class_label, "ref": it.ref})}
                 for it in items]
         ds = ray.data.from_items(rows).map_batches(
             ScreenWorker, batch_size=CHEAP_BATCH, batch_format="numpy", concurrency=max(1, n),

@@ -30,6 +30,7 @@ from invmm.runs.folder import model_settings, settings_diff
 from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import run_info
 from invmm.runs.lock import RunLock
+from invmm.runs.reader import batched, prefetch
 from invmm.scorers import SCORERS, ScorerError, build_scorer, parse_spec, split_specs
 
 SCORES_FILE = "scores.jsonl"
@@ -45,12 +46,15 @@ class ScoreRecord:
     caption: str | None = None
     status: str = "ok"
     error: str | None = None
+    error_kind: str | None = None  # "input": the image could not be read (the scorer never saw it)
     seconds: float | None = None  # wall seconds per image of the batch it was scored in
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
         d["score"], d["score_is_inf"] = score_to_json(self.score)
+        if self.error_kind is None:  # lines stay as they were
+            d.pop("error_kind")
         return d
 
     @classmethod
@@ -72,7 +76,7 @@ def read_run(run_dir: Path) -> dict:
 def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
     """Create the scores folder, or reopen one made with the same model, seed, labels and scorer settings, adding
     the new scorers and images to its run.json (the run-folder store: runs/files.open_folder)."""
-    dataset = [{"id": it.id, "path": it.path, "label": it.label, "caption": it.caption} for it in items]
+    dataset = [{"id": it.id, "path": it.origin, "label": it.label, "caption": it.caption} for it in items]
     info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers={s.name: s.to_json() for s in scorers})
     info, _ = open_folder(run_dir, info, ledger=SCORES_FILE, resume=True, what="scores",
                           hint="Reuse the same settings to add to it, or give another --out",
@@ -141,18 +145,23 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
                     if on_batch and (n % size == 0 or n == len(pending)):
                         on_batch(scorer.name, n, len(pending))
                 continue
-            for start in range(0, len(pending), size):
-                for record in score_items(scorer, adapter, pending[start : start + size], seed):
+            # Images are read and decoded on reading threads while the model scores the batch before.
+            stream = prefetch(pending, lambda it: _loaded(it, adapter)) if scorer.needs_image else pending
+            done_n = 0
+            for batch in batched(stream, size):
+                for record in score_loaded(scorer, adapter, batch, seed):
                     ledger.append(record)
+                done_n += len(batch)
                 if on_batch:
-                    on_batch(scorer.name, min(start + size, len(pending)), len(pending))
+                    on_batch(scorer.name, done_n, len(pending))
         return read_scores(run_dir)
 
 
-def load_scoring_dataset(data: str | Path, scorers: str) -> list[ImageItem]:
+def load_scoring_dataset(data: str | Path, scorers: str, **reader) -> list[ImageItem]:
     """The labelled dataset `data` for the scorers `scorers` (specs, as score_with_specs takes them). When
     every requested scorer scores captions, the manifest may list captions without images; otherwise every
-    row needs its image, and a row without one is refused here, before any model is loaded."""
+    row needs its image, and a row without one is refused here, before any model is loaded. `reader`: how
+    load_dataset reads `data` (its kind, columns, split)."""
     names = []
     for spec in split_specs(scorers):
         name = parse_spec(spec)[0]
@@ -161,7 +170,7 @@ def load_scoring_dataset(data: str | Path, scorers: str) -> list[ImageItem]:
         names.append(name)
     image_scorers = [n for n in names if SCORERS[n].needs_image]
     caption_scorers = ", ".join(n for n, cls in SCORERS.items() if not cls.needs_image)
-    items = load_dataset(data, labelled=True, captions_only_ok=True)
+    items = load_dataset(data, labelled=True, captions_only_ok=True, **reader)
     imageless = [it for it in items if not it.path]
     if image_scorers and imageless:
         raise InvMMInputError(
@@ -181,10 +190,20 @@ def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[Scor
     fit in memory. A caption-level scorer decodes nothing: a row without a caption gets an error record."""
     if not scorer.needs_image:
         return _score_captions(scorer, items, seed)
-    loaded = [load_image(dataclasses.replace(it), mode=adapter.image_mode, size=adapter.image_size) for it in items]
+    return score_loaded(scorer, adapter, [_loaded(it, adapter) for it in items], seed)
+
+
+def _loaded(item: ImageItem, adapter) -> ImageItem:
+    return load_image(dataclasses.replace(item), mode=adapter.image_mode, size=adapter.image_size)
+
+
+def score_loaded(scorer, adapter, loaded: list[ImageItem], seed: int) -> list[ScoreRecord]:
+    """score_items on items already decoded (copies, by _loaded); a caption-level scorer takes them as they are."""
+    if not scorer.needs_image:
+        return _score_captions(scorer, loaded, seed)
     check_class_labels(adapter, loaded)
-    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
-                           error=it.error) for it in loaded if it.error]
+    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.origin, it.caption, status="error",
+                           error=it.error, error_kind="input") for it in loaded if it.error]
     chunk = [it for it in loaded if not it.error]
     return records + (_score_chunk(scorer, chunk, seed) if chunk else [])
 
@@ -199,14 +218,14 @@ def _score_chunk(scorer, chunk: list[ImageItem], seed: int) -> list[ScoreRecord]
         details = scorer.pop_details(it.id)
         error = details.pop("error", None)  # the scorer could not score this image (InvMM: it diverged)
         status = "error" if error else "ok"
-        records.append(ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, status=status,
+        records.append(ScoreRecord(it.id, scorer.name, score, it.label, it.origin, it.caption, status=status,
                                    error=error, seconds=round(per_image, 4), details=details))
     return records
 
 
 def _score_captions(scorer, items: list[ImageItem], seed: int) -> list[ScoreRecord]:
     # The image file's own state (missing, unreadable) does not matter here: only the caption is read.
-    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.path, it.caption, status="error",
+    records = [ScoreRecord(it.id, scorer.name, math.nan, it.label, it.origin, it.caption, status="error",
                            error=f"row {it.id!r} has no caption; the {scorer.name} scorer scores captions")
                for it in items if not it.caption]
     chunk = [it for it in items if it.caption]
@@ -215,7 +234,7 @@ def _score_captions(scorer, items: list[ImageItem], seed: int) -> list[ScoreReco
     t0 = time.perf_counter()
     scores = scorer.score_captions([it.caption for it in chunk], [it.id for it in chunk], seed=seed)
     per_item = round((time.perf_counter() - t0) / len(chunk), 4)
-    return records + [ScoreRecord(it.id, scorer.name, score, it.label, it.path, it.caption, seconds=per_item,
+    return records + [ScoreRecord(it.id, scorer.name, score, it.label, it.origin, it.caption, seconds=per_item,
                                   details=scorer.pop_details(it.id)) for it, score in zip(chunk, scores)]
 
 

@@ -46,6 +46,14 @@ def suspicion_order(records: list[ScoreRecord], higher_is_better: bool) -> list[
     return sorted(records, key=key)
 
 
+def select_kept(records: list[ScoreRecord], higher_is_better: bool, count: int) -> set[str]:
+    """The ids InvMM runs on: the `count` most suspicious, and every image that could not be read (no scorer can
+    read it; InvMM records it as the input error it is, in the ledger, without taking a scored image's place)."""
+    unreadable = {r.id for r in records if r.error_kind == "input"}
+    ordered = suspicion_order([r for r in records if r.id not in unreadable], higher_is_better)
+    return unreadable | {r.id for r in ordered[:count]}
+
+
 def n_kept(n: int, keep: float | None, keep_top: int | None) -> int:
     if (keep is None) == (keep_top is None):
         raise InvMMInputError("--screen needs exactly one of --keep FRACTION or --keep-top K")
@@ -93,7 +101,6 @@ def run_screen(adapter, items: list[ImageItem], spec: str, run_dir: str | Path, 
     records = score_dataset(adapter, items, [scorer], Path(run_dir) / SCREEN_DIR, seed=seed, on_batch=on_batch,
                             distribute=distribute)
     mine = {r.id: r for r in records if r.scorer == scorer.name}
-    ordered = suspicion_order([mine[it.id] for it in items], scorer.higher_is_better)
-    kept_ids = {r.id for r in ordered[:count]}
+    kept_ids = select_kept([mine[it.id] for it in items], scorer.higher_is_better, count)
     return ScreenResult([it for it in items if it.id in kept_ids], [it for it in items if it.id not in kept_ids],
                         mine, scorer.to_json(), spec)

@@ -1,0 +1,31 @@
+"""`invmm merge`: the runs of one dataset audited in parts (`audit --shard I/N`) joined into one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from invmm.cli.common import fail
+from invmm.errors import InvMMInputError
+from invmm.runs.merge import merge_runs
+
+
+def command(
+    runs: Annotated[list[Path], typer.Argument(help="the run folders of the parts (audit --shard I/N)")],
+    out: Annotated[Path, typer.Option(help="the merged run folder (new)")],
+):
+    """Join the parts of one audit into a run that report, export, compare and dataset-test read; refuses parts
+    made with different settings or data, and overlapping parts."""
+    try:
+        s = merge_runs(runs, out)
+    except InvMMInputError as exc:
+        fail(str(exc))
+    missing = sorted(set(range(1, s.of + 1)) - set(s.parts))
+    typer.echo(f"{s.out}: parts {', '.join(map(str, s.parts))} of {s.of} merged: {s.images} images, {s.records} "
+               "results" + (f"; {s.beyond_keep} results beyond the whole's --keep-top kept in beyond_keep.jsonl"
+                            if s.beyond_keep else ""))
+    if missing:
+        typer.echo(f"not yet merged: part(s) {', '.join(map(str, missing))}; merge again with them into a new --out",
+                   err=True)
