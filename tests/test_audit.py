@@ -227,6 +227,8 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
 
 def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
+    import webdataset as wds
+
     from invmm.families import load_adapter
     from invmm.runs.datasets import load_dataset
     from invmm.runs.screen import run_screen
@@ -235,10 +237,17 @@ def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     items = load_dataset(dataset / "data.csv")
     (tmp_path / "broken.png").write_bytes(b"not a png")  # an unreadable file gets an error record
     items.append(type(items[0])(id="broken", path=str(tmp_path / "broken.png"), label="other"))
+    # the actors read shard members by offset, as the local screen does
+    with wds.TarWriter(str(tmp_path / "s.tar")) as tar:
+        for i, p in enumerate(sorted((dataset / "images").glob("*.png"))[:6]):
+            tar.write({"__key__": f"k{i}", "png": p.read_bytes(), "txt": "a digit"})
+    shard_items = load_dataset(tmp_path / "s.tar")
+    items += shard_items
     local = run_screen(adapter, items, "loss", tmp_path / "local", keep=0.25)
     remote = run_screen(adapter, items, "loss", tmp_path / "ray", keep=0.25, ray={"workers": 2})
     assert [it.id for it in remote.kept] == [it.id for it in local.kept]
-    assert len(remote.records) == len(items) == 33
+    assert len(remote.records) == len(items) == 39
+    assert all(remote.records[it.id].status == "ok" for it in shard_items)
     for i, r in local.records.items():
         assert (remote.records[i].status, remote.records[i].label) == (r.status, r.label)
         if r.status == "ok":

@@ -4,6 +4,7 @@ each cell scores."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,42 @@ def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, 
             assert d["refine"]["points"][0][:4] == [2, d["score"], 8, 8]
             if mode:
                 assert d.get("prompt_mode") == "inverted" or d.get("class_mode") == "inverted"
+
+
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_family(tmp_path, labelled, fam):
+    """The same images, captions and classes given as a manifest, as a webdataset shard (.png/.txt/.cls) and as
+    a Parquet of image bytes, with the same ids: the same screen ranking and the same scores (per-image seeds
+    follow the id; the readers hand over the same pixels and conditioning)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    model, manifest = labelled[fam]
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    csv_rows, table = ["path,label,caption,class,id"], []
+    with wds.TarWriter(str(tmp_path / "s.tar")) as tar:
+        for i, (path, label, caption, cls) in enumerate(rows):
+            sample = {"__key__": f"img{i}", "png": Path(path).read_bytes()}
+            sample.update({"txt": caption} if caption else {})
+            sample.update({"cls": cls} if cls else {})
+            tar.write(sample)
+            csv_rows.append(f"{path},{label},{caption},{cls},s/img{i}")
+            table.append({"image": {"bytes": Path(path).read_bytes(), "path": None}, "id": f"s/img{i}",
+                          "caption": caption or None, "class": cls or None, "label": label})
+    (tmp_path / "m.csv").write_text("\n".join(csv_rows) + "\n")
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "d.parquet")
+    results = {}
+    for name, data in (("manifest", tmp_path / "m.csv"), ("shards", tmp_path / "s.tar"),
+                       ("parquet", tmp_path / "d.parquet")):
+        out = tmp_path / name
+        res = runner.invoke(app, ["audit", str(model), str(data), "--out", str(out), "--screen", "auto",
+                                  "--keep-top", "2", "--threshold", "-1", *TINY_INVMM])
+        assert res.exit_code == 0, (name, res.output)
+        results[name] = {d["id"]: d["score"] for d in map(json.loads, (out / "results.jsonl").read_text().split(
+            "\n")[:-1])}
+    assert len(results["manifest"]) == 2
+    for name in ("shards", "parquet"):
+        assert results[name].keys() == results["manifest"].keys(), name
+        for i, score in results["manifest"].items():
+            assert results[name][i] == pytest.approx(score, rel=1e-5), (name, i)

@@ -14,6 +14,7 @@ from invmm.cli.common import fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, grouped
 from invmm.errors import InvMMInputError
 from invmm.runs.scores import load_scoring_dataset, score_with_specs
+from invmm.runs.split import parse_shard, select_part
 from invmm.scorers import DEFAULT_SCORERS, ScorerError, default_scorers
 
 
@@ -40,18 +41,25 @@ def command(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     repeats: Annotated[int, typer.Option(min=1, help="the invmm scorer's independent inversions per image; its "
                                                      "score is their median")] = 1,
+    shard: Annotated[str, typer.Option(help="I/N: score only part I of N of the data (by image id), e.g. one per "
+                                            "machine; `invmm merge` joins the N runs")] = None,
     batch_images: BatchImages = 8,
 ):
     """Compare scorers on labelled images: AUC and TPR at 1%/0.1% FPR with bootstrap 95% intervals, ROC and
     histogram PNGs, summary CSV. Scores already in RUN are reused; without --model/--data only evaluates.
     The InvMM options set the invmm scorer's config (its spec options override them); --seed seeds every
     scorer's draws."""
+    if shard and model is None:
+        fail("--shard chooses which images to score; give --model and --data too")
     if (model is None) != (data is None):
         fail("give both --model and --data to compute scores, or neither to evaluate the scores in RUN")
     try:
         if model is not None:
             # captions alone where every scorer scores captions
             items = load_scoring_dataset(data, scorers or ",".join(DEFAULT_SCORERS), **data_options.reader())
+            part = parse_shard(shard) if shard else None
+            if part:
+                items = select_part(items, *part)
             choose_labels([it.label for it in items], positive or None, negative or None)  # before any scoring
             adapter, config = load(model, model_options, invmm)
             if scorers is None:
@@ -59,7 +67,7 @@ def command(
                 for name, why in left_out.items():
                     typer.echo(f"default scorer {name} left out: it needs {why}, which this {adapter.family} "
                                "model has not", err=True)
-            _score(adapter, items, scorers, run, invmm.seed, batch_images, repeats, config)
+            _score(adapter, items, scorers, run, invmm.seed, batch_images, repeats, config, part)
         rows, out = evaluate_run(run, positive=positive or None, negative=negative or None, n_boot=bootstrap,
                                  seed=invmm.seed)
     except (InvMMInputError, ScorerError) as exc:
@@ -68,7 +76,7 @@ def command(
     typer.echo(f"\nwrote {out}/summary.csv, roc.png, histograms.png")
 
 
-def _score(adapter, items, scorers, run, seed, batch_images, repeats, config) -> None:
+def _score(adapter, items, scorers, run, seed, batch_images, repeats, config, part) -> None:
     """Every missing score into RUN, with a progress bar per scorer (on a terminal)."""
     bars: dict[str, tqdm] = {}
 
@@ -80,7 +88,7 @@ def _score(adapter, items, scorers, run, seed, batch_images, repeats, config) ->
 
     try:
         score_with_specs(adapter, items, scorers, run, seed=seed, batch_images=batch_images, repeats=repeats,
-                         invmm_config=config, on_batch=progress)
+                         invmm_config=config, on_batch=progress, shard=part)
     finally:
         for bar in bars.values():
             bar.close()

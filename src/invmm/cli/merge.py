@@ -13,11 +13,11 @@ from invmm.runs.merge import merge_runs
 
 
 def command(
-    runs: Annotated[list[Path], typer.Argument(help="the run folders of the parts (audit --shard I/N)")],
+    runs: Annotated[list[Path], typer.Argument(help="the run folders of the parts (audit or evaluate --shard I/N)")],
     out: Annotated[Path, typer.Option(help="the merged run folder (new)")],
 ):
-    """Join the parts of one audit into a run that report, export, compare and dataset-test read; refuses parts
-    made with different settings or data, and overlapping parts."""
+    """Join the parts of one audit (or of one evaluate scoring) into one run that report, export and compare (or
+    evaluate and dataset-test) read; refuses parts made with different settings or data, and overlapping parts."""
     try:
         s = merge_runs(runs, out)
     except InvMMInputError as exc:

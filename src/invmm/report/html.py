@@ -142,6 +142,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("budget", f"{cfg.get('max_steps')} steps; a check every {cfg.get('check_every')} steps with "
                    f"{cfg.get('n_check_samples')} samples, {cfg.get('sampler')} {cfg.get('sampler_steps')} steps"),
         ("dataset", f"{data.get('source', '')} ({data.get('n', len(results))} images)"),
+        *_dataset_rows(data, info),
         ("backend / device", f"{info.get('backend', 'local')} / {device}"),
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
@@ -204,6 +205,25 @@ def _roc_section(ok: list[ImageSummary], labels: list[str], positive, out: Path,
     return (f"<h2>Evaluation by label: {_e(title)}</h2><p>positives: {int(y.sum())}, negatives: "
             f"{int(len(y) - y.sum())} (bootstrap 95% intervals)</p><table class='meta'>{cells}</table>"
             f"<img alt='ROC curve' src='{_png(figures['roc'])}' style='max-width:900px'>")
+
+
+def _dataset_rows(data: dict, info: dict) -> list[tuple[str, str]]:
+    """What the reader skipped or could not list (shards, img2dataset), and which parts a merged run joined."""
+    rows = []
+    if data.get("kind") and data["kind"] not in ("folder", "manifest"):
+        rows.append(("dataset kind / content sha256", f"{data['kind']} / {(data.get('content_sha256') or '')[:16]}"))
+    skipped = data.get("skipped") or {}
+    if skipped:
+        examples = data.get("skipped_examples") or {}
+        rows.append(("rows skipped by the dataset", "; ".join(f"{n} {status} (e.g. {examples.get(status, '')})"
+                                                              for status, n in skipped.items())))
+    for problem in data.get("problems") or []:
+        rows.append(("dataset problem", problem))
+    merged = info.get("parts_merged")
+    if merged:
+        rows.append(("merged parts", f"{', '.join(map(str, merged['parts']))} of {merged['of']}"
+                                     + ("" if merged["complete"] else " (incomplete)")))
+    return rows
 
 
 def _screen_section(run_dir: Path, info: dict, results: list[ImageSummary], shown: int = 50) -> str:

@@ -66,6 +66,8 @@ def cell_bytes(value, column: str):
             return io.BytesIO(value["bytes"])
         if value.get("path"):
             return value["path"]
+        if {"bytes", "path"} >= set(value):
+            raise ContainerError(f"the {column!r} column holds an image with neither bytes nor a path here")
     if isinstance(value, bytes | bytearray):
         return io.BytesIO(value)
     held = "nothing" if value is None else type(value).__name__

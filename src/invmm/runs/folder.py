@@ -52,11 +52,11 @@ def _run_differences(old: dict, info: dict) -> list[str]:
     if diff:
         changed.append("model settings " + "; ".join(diff))
     if old.get("shard") != info.get("shard"):
-        changed.append(f"dataset part (--shard) {_part(old.get('shard'))} -> {_part(info.get('shard'))}")
+        changed.append(f"dataset part (--shard) {part_text(old.get('shard'))} -> {part_text(info.get('shard'))}")
     return changed
 
 
-def _part(shard: dict | None) -> str:
+def part_text(shard: dict | None) -> str:
     return f"{shard['index']}/{shard['of']}" if shard else "the whole dataset"
 
 

@@ -53,6 +53,15 @@ class Columns:
         return chosen
 
 
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise InvMMInputError("reading a Hugging Face dataset needs the datasets package: pip install "
+                              "'invmm[datasets]'") from None
+    return datasets
+
+
 def is_saved_dataset(p: Path) -> bool:
     return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
 
@@ -63,8 +72,11 @@ def is_imagefolder(p: Path) -> bool:
 
 def is_image_parquet(p: Path) -> bool:
     """A Parquet of images (a column of image bytes), not a manifest of file paths."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False  # read as a manifest, whose reader says what to install
 
     files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
     if not files:
@@ -103,7 +115,7 @@ def _item(image_id: str, path: str, ref: str | None, row: dict, cols: dict) -> I
 
 def index_saved(source: Path, columns: Columns, split: str | None) -> HFIndex:
     """A `Dataset.save_to_disk` (or DatasetDict) folder, read memory-mapped."""
-    import datasets
+    datasets = _datasets()
 
     try:
         ds = datasets.load_from_disk(str(source))
@@ -157,12 +169,14 @@ def index_parquet(source: Path, columns: Columns) -> HFIndex:
             raise InvMMInputError(f"{f}: not a readable parquet file ({exc})") from None
         cols = columns.resolve(pf.schema_arrow.names, str(f))
         light = [c for role, c in cols.items() if c and role != "image"]
+        labels = _parquet_class_names(pf.schema_arrow)
         stem = f.relative_to(source).with_suffix("").as_posix() if source.is_dir() else f.stem
         row = 0
         for group in range(pf.num_row_groups):
             n = pf.metadata.row_group(group).num_rows
             table = pf.read_row_group(group, columns=light).to_pylist() if light else [{}] * n
             for i, values in enumerate(table):
+                values = {c: _named(labels, c, v) for c, v in values.items()}
                 index.items.append(_item(f"{stem}/{row}", str(f), f"pq:{group}:{i}:{cols['image']}:{row}", values,
                                          cols))
                 row += 1
@@ -172,9 +186,22 @@ def index_parquet(source: Path, columns: Columns) -> HFIndex:
     return index
 
 
+def _parquet_class_names(schema) -> dict:
+    """ClassLabel names that `datasets` stored in a Parquet's schema metadata (none without `datasets`)."""
+    try:
+        import datasets
+    except ImportError:
+        return {}
+    try:
+        features = datasets.Features.from_arrow_schema(schema)
+    except Exception:
+        return {}
+    return {c: f.names for c, f in features.items() if isinstance(f, datasets.ClassLabel)}
+
+
 def index_imagefolder(source: Path, columns: Columns, split: str | None) -> HFIndex:
     """An imagefolder (image files with a metadata.jsonl/.csv of captions and labels), streamed by `datasets`."""
-    import datasets
+    datasets = _datasets()
 
     try:
         ds = datasets.load_dataset("imagefolder", data_dir=str(source), split=split or "train", streaming=True)

@@ -1,5 +1,6 @@
-"""`invmm merge`: the N runs of one dataset audited in parts (`audit --shard I/N`) joined into one run folder that
-report, export, compare and dataset-test read like any audit.
+"""`invmm merge`: the N runs of one dataset audited or scored in parts (`audit --shard I/N`, `evaluate --shard
+I/N`) joined into one run folder that report, export and compare (audits) or evaluate and dataset-test (scores)
+read like any other.
 
 The parts must have been made the same way (model weights and settings, InvMM config and check grid, similarity,
 repeats, screen, and the same whole dataset) and be distinct parts with no image in two of them; anything else
@@ -39,6 +40,10 @@ class MergeSummary:
 
 def _settings(info: dict) -> dict:
     """What must be equal across the parts."""
+    if info.get("kind") == "scores":
+        return {"model weights": info.get("model_fingerprint"),
+                "model settings": model_settings(info.get("model", {})),
+                "seed": info.get("seed"), "scorers": info.get("scorers")}
     screen = info.get("screen") or {}
     dataset = info.get("dataset") or {}
     return {"model weights": info.get("model_fingerprint"),
@@ -67,11 +72,15 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
     runs, out = [Path(r) for r in runs], Path(out)
     if not runs:
         raise InvMMInputError("give the run folders of the parts to merge")
-    infos = [read_run_info(r, "audit run") for r in runs]
+    infos = [read_run_info(r, "audit or evaluate run") for r in runs]
+    kind = infos[0].get("kind")
     for r, info in zip(runs, infos):
-        if info.get("kind") != "audit" or not info.get("shard"):
-            raise InvMMInputError(f"{r}: not a part of a dataset (an `invmm audit --shard I/N` run); merge joins "
-                                  "the parts of one audit")
+        if info.get("kind") not in ("audit", "scores") or not info.get("shard"):
+            raise InvMMInputError(f"{r}: not a part of a dataset (an `invmm audit --shard I/N` or `invmm evaluate "
+                                  "--shard I/N` run); merge joins the parts of one audit or one scoring")
+        if info.get("kind") != kind:
+            raise InvMMInputError(f"{r} is {'an audit' if info['kind'] == 'audit' else 'a scores run'}, "
+                                  f"{runs[0]} is not: merge joins parts of one kind")
     first = _settings(infos[0])
     for r, info in zip(runs[1:], infos[1:]):
         diff = _differences(first, _settings(info))
@@ -90,8 +99,10 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
             raise InvMMInputError(f"{seen[index]} and {r} are both part {index}/{info['shard']['of']}; each part "
                                   "once")
         seen[index] = r
-    if (out / RUN_FILE).exists() or (out / LEDGER_FILE).exists():
+    if (out / RUN_FILE).exists() or (out / LEDGER_FILE).exists() or (out / SCORES_FILE).exists():
         raise InvMMInputError(f"{out} already holds a run; choose another --out so its results are kept")
+    if kind == "scores":
+        return _merge_scores(runs, infos, out, sorted(seen))
 
     ledgers = [Ledger(r).read() for r in runs]
     owner: dict[str, Path] = {}
@@ -124,22 +135,44 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
     return MergeSummary(out, sorted(seen), next(iter(of)), len(inside), len(beyond), len({r.id for r in inside}))
 
 
-def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | None) -> dict:
+def _merge_scores(runs: list[Path], infos: list[dict], out: Path, parts: list[int]) -> MergeSummary:
+    ledgers = [Ledger(r, SCORES_FILE, ScoreRecord).read() for r in runs]
+    owner: dict[str, Path] = {}
+    for r, records in zip(runs, ledgers):
+        for rec in records:
+            if owner.setdefault(rec.id, r) != r:
+                raise InvMMInputError(f"the image {rec.id!r} is in both {owner[rec.id]} and {r}: the parts overlap")
+    with RunLock(out):
+        info = _common_info(runs, infos)
+        info["dataset"] = [d for i in infos for d in i.get("dataset", [])]
+        records = [rec.to_json() for part in ledgers for rec in part]
+        _write_lines(out / SCORES_FILE, records)
+        atomic_write_json(out / RUN_FILE, info)
+    return MergeSummary(out, parts, infos[0]["shard"]["of"], len(records), 0, len(owner))
+
+
+def _common_info(runs: list[Path], infos: list[dict]) -> dict:
     info = json.loads(json.dumps(infos[0]))
     info.pop("shard")
     info.pop("resumed", None)
-    info["sessions"] = [s for i in infos for s in i.get("sessions", [])]
+    parts = {i["shard"]["index"] for i in infos}
+    info["parts_merged"] = {"parts": sorted(parts), "of": infos[0]["shard"]["of"],
+                            "complete": len(parts) == infos[0]["shard"]["of"]}
     info["merged_from"] = [{"run": str(r), "shard": i["shard"], "created": i.get("created"),
-                            "images": i["dataset"].get("n")} for r, i in zip(runs, infos)]
+                            "images": i["dataset"].get("n") if isinstance(i["dataset"], dict) else len(i["dataset"])}
+                           for r, i in zip(runs, infos)]
+    return info
+
+
+def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | None) -> dict:
+    info = _common_info(runs, infos)
+    info["sessions"] = [s for i in infos for s in i.get("sessions", [])]
     info["dataset"]["n"] = len({rec.id for rec in inside})
     info["dataset"].pop("hash", None)  # of one part's images; the whole's ids are in dataset.whole
     info["dataset"]["source"] = [i["dataset"].get("source") for i in infos]  # skipped rows, problems: the whole's
     if info.get("screen"):
         info["screen"]["of"] = sum(i["screen"]["of"] for i in infos)
         info["screen"]["kept"] = len(kept) if kept is not None else sum(i["screen"]["kept"] for i in infos)
-    parts = {i["shard"]["index"] for i in infos}
-    info["parts_merged"] = {"parts": sorted(parts), "of": infos[0]["shard"]["of"],
-                            "complete": len(parts) == infos[0]["shard"]["of"]}
     return info
 
 

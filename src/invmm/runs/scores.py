@@ -26,7 +26,7 @@ from invmm.inversion.conditioning import check_class_labels, given_condition
 from invmm.records import score_from_json, score_to_json
 from invmm.runs.datasets import load_dataset
 from invmm.runs.files import Ledger, open_folder, read_run_info
-from invmm.runs.folder import model_settings, settings_diff
+from invmm.runs.folder import model_settings, part_text, settings_diff
 from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import run_info
 from invmm.runs.lock import RunLock
@@ -73,11 +73,12 @@ def read_run(run_dir: Path) -> dict:
     return read_run_info(run_dir, "scores run (give --model and --data to create one)")
 
 
-def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int) -> dict:
+def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int, shard: dict | None = None) -> dict:
     """Create the scores folder, or reopen one made with the same model, seed, labels and scorer settings, adding
     the new scorers and images to its run.json (the run-folder store: runs/files.open_folder)."""
     dataset = [{"id": it.id, "path": it.origin, "label": it.label, "caption": it.caption} for it in items]
-    info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers={s.name: s.to_json() for s in scorers})
+    info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers={s.name: s.to_json() for s in scorers},
+                    **({"shard": shard} if shard else {}))
     info, _ = open_folder(run_dir, info, ledger=SCORES_FILE, resume=True, what="scores",
                           hint="Reuse the same settings to add to it, or give another --out",
                           differences=_score_differences, update=_added)
@@ -94,6 +95,8 @@ def _score_differences(old: dict, info: dict) -> list[str]:
         changed.append("model settings " + "; ".join(diff))
     if old.get("seed") != info["seed"]:
         changed.append(f"seed was {old.get('seed')}, now {info['seed']}")
+    if old.get("shard") != info.get("shard"):
+        changed.append(f"dataset part (--shard) {part_text(old.get('shard'))} -> {part_text(info.get('shard'))}")
     for name, s in info["scorers"].items():
         prev = old.get("scorers", {}).get(name)
         if prev is not None and isinstance(prev.get("config"), dict):  # InvMM: fields added since, at their old values
@@ -122,16 +125,18 @@ def _canonical(d: dict) -> str:
 
 def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path, *, seed: int = 0,
                   on_batch: Callable[[str, int, int], None] | None = None,
-                  distribute: Callable | None = None) -> list[ScoreRecord]:
+                  distribute: Callable | None = None, shard: tuple[int, int] | None = None) -> list[ScoreRecord]:
     """Score every (image, scorer) pair not yet in run_dir; returns all records of the run folder.
 
     `distribute(scorer, pending)`, where given, scores the pending images elsewhere (the Ray screen) and
-    yields their records as they come; each is appended as it arrives, so an interruption loses nothing."""
+    yields their records as they come; each is appended as it arrives, so an interruption loses nothing.
+    `shard` (I, N): the items are part I of N of a dataset (runs/split.py), recorded, and a reopen with another
+    part is refused."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InvMMInputError(f"{run_dir} is a file; choose another --out")
     with RunLock(run_dir):  # one writer per run folder, as for measure and audit
-        open_scores(run_dir, adapter, items, scorers, seed)
+        open_scores(run_dir, adapter, items, scorers, seed, {"index": shard[0], "of": shard[1]} if shard else None)
         ledger = Ledger(run_dir, SCORES_FILE, ScoreRecord)
         done = {(r.id, r.scorer) for r in ledger.read()}
         todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
@@ -240,9 +245,10 @@ def _score_captions(scorer, items: list[ImageItem], seed: int) -> list[ScoreReco
 
 def score_with_specs(adapter, items: list[ImageItem], scorers: str, run_dir: str | Path, *, seed: int = 0,
                      batch_images: int = 8, repeats: int = 1, invmm_config=None,
-                     on_batch: Callable[[str, int, int], None] | None = None) -> list[ScoreRecord]:
+                     on_batch: Callable[[str, int, int], None] | None = None,
+                     shard: tuple[int, int] | None = None) -> list[ScoreRecord]:
     """score_dataset with scorers given as specs ("invmm,loss;pia:t=100"); every scorer is built (and a
     scorer the model cannot run refused) before any image is scored."""
     bound = [build_scorer(spec, adapter, invmm_config=invmm_config, batch_images=batch_images, repeats=repeats)
              for spec in split_specs(scorers)]
-    return score_dataset(adapter, items, bound, run_dir, seed=seed, on_batch=on_batch)
+    return score_dataset(adapter, items, bound, run_dir, seed=seed, on_batch=on_batch, shard=shard)

@@ -27,6 +27,7 @@ from invmm.runs.images import ImageItem
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_LIMIT = 1 << 20  # a caption or metadata member larger than this is not a caption
+_KNOWN = {"key", "caption", "status", "error_message"}  # img2dataset fields the item holds already (or needs not)
 
 
 def is_shard_source(source: str) -> bool:
@@ -38,10 +39,19 @@ def is_shard_source(source: str) -> bool:
     return p.is_dir() and any(p.glob("*.tar"))
 
 
+def _webdataset():
+    try:
+        import webdataset
+    except ImportError:
+        raise InvMMInputError("reading webdataset shards needs the webdataset package: pip install "
+                              "'invmm[datasets]'") from None
+    return webdataset
+
+
 def list_shards(source: str) -> tuple[list[Path], Path]:
     """The shard files of a .tar, a brace pattern (shards/{00000..00099}.tar) or a folder of shards (recursive),
     and the folder their ids are relative to."""
-    from webdataset.shardlists import expand_urls
+    expand_urls = _webdataset().shardlists.expand_urls
 
     p = Path(source)
     if p.is_dir():
@@ -149,7 +159,8 @@ class ShardIndex:
             caption = None if value in (None, "") else str(value)
         item = ImageItem(id=f"{name}/{key}", path=str(shard), caption=caption or None,
                          class_label=_text(sample.get("cls")) or None,
-                         meta={k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)} or None)
+                         meta={k: v for k, v in meta.items()
+                               if k not in _KNOWN and isinstance(v, str | int | float | bool)} or None)
         if image is None:
             if listed is not None and listed.get(key, {}).get("status") not in (None, "success"):
                 return  # img2dataset wrote the metadata of a failed download; counted as skipped
@@ -172,9 +183,7 @@ class ShardIndex:
 
 
 def _split(name: str) -> tuple[str | None, str]:
-    from webdataset.tariterators import base_plus_ext
-
-    key, ext = base_plus_ext(name)
+    key, ext = _webdataset().tariterators.base_plus_ext(name)
     return key, (ext or "").lower()
 
 
