@@ -328,7 +328,7 @@ def test_audit_of_a_parquet_with_bad_rows_records_them_and_goes_on(tmp_path, toy
 
 
 def test_kill_9_mid_sharded_audit_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, toy_shards):
-    args = [str(toy_model), str(toy_shards), *FAST, "--max-steps", "40", "--check-every", "10", "--threshold",
+    args = [str(toy_model), str(toy_shards), *FAST, "--max-steps", "16", "--check-every", "8", "--threshold",
             "0.999", "--shard", "1/2"]
     ref = tmp_path / "ref"
     res = runner.invoke(app, ["audit", *args, "--out", str(ref)])

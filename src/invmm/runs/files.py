@@ -56,6 +56,10 @@ class Ledger:
     def append(self, record) -> None:
         append_line(self.path, record.to_json())
 
+    def extend(self, records) -> None:
+        """Several records, durable together (one fsync: a batch of a cheap scorer is thousands of lines a minute)."""
+        append_lines(self.path, [r.to_json() for r in records])
+
     def read(self) -> list:
         """All complete records; a torn last line (a crash mid-write) is ignored."""
         return [self.record.from_json(d) for d in read_lines(self.path)]
@@ -118,9 +122,16 @@ def repair_tail(path: Path) -> int:
 
 def append_line(path: Path, obj: dict) -> None:
     """One JSON record, durable before this returns."""
-    line = json.dumps(obj, sort_keys=True, allow_nan=False) + "\n"
+    append_lines(path, [obj])
+
+
+def append_lines(path: Path, objs: list[dict]) -> None:
+    """JSON records, one a line, durable before this returns; a crash mid-write tears at most the last line."""
+    if not objs:
+        return
+    text = "".join(json.dumps(obj, sort_keys=True, allow_nan=False) + "\n" for obj in objs)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 

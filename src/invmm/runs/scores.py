@@ -154,8 +154,7 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
             stream = prefetch(pending, lambda it: _loaded(it, adapter)) if scorer.needs_image else pending
             done_n = 0
             for batch in batched(stream, size):
-                for record in score_loaded(scorer, adapter, batch, seed):
-                    ledger.append(record)
+                ledger.extend(score_loaded(scorer, adapter, batch, seed))
                 done_n += len(batch)
                 if on_batch:
                     on_batch(scorer.name, done_n, len(pending))
