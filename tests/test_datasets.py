@@ -260,7 +260,8 @@ def toy_shards(tmp_path_factory, toy_model):
         with wds.TarWriter(str(shards / f"{s:05d}.tar")) as tar:
             for i, (p, e) in enumerate(zip(paths[s::3], chosen[s::3])):
                 key = f"{s:05d}{i:04d}"
-                tar.write({"__key__": key, "png": p.read_bytes(), "txt": f"digit {e['id']}"})
+                tar.write({"__key__": key, "png": p.read_bytes(), "txt": f"digit {e['id']}",
+                           "json": json.dumps({"url": f"https://x.invalid/{key}.png", "key": key})})
                 rows.append({"key": key, "status": "success", "error_message": None})
         pq.write_table(pa.Table.from_pylist(rows), shards / f"{s:05d}.parquet")
     return shards
@@ -292,6 +293,10 @@ def test_parts_merged_equal_the_unsharded_audit_and_bad_merges_are_refused(tmp_p
     for cmd in (["report"], ["export"], ["compare", str(tmp_path / "all")]):
         res = runner.invoke(app, [cmd[0], str(tmp_path / "m"), *cmd[1:]])
         assert res.exit_code == 0, res.output
+    import csv
+
+    exported = list(csv.DictReader(open(tmp_path / "m" / "results.csv")))
+    assert all(json.loads(r["meta"]) == {"url": f"https://x.invalid/{r['id'].split('/')[1]}.png"} for r in exported)
     html = (tmp_path / "m" / "report" / "index.html").read_text()
     assert "3 failed_to_resize" in html and "merged parts" in html and "1, 2 of 2" in html
 

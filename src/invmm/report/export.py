@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from invmm.runs.files import LEDGER_FILE, Ledger, atomic_write_bytes
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
            "score_high", "interval_coverage", "refined_score", "steps", "min_similarity", "kl", "final_lambda",
            "guidance_scale", "prompt_mode", "prompt", "class_mode", "class_label", "class_name", "seconds",
-           "forward_equivalents", "check_forward", "seed", "resized", "error_kind", "error"]
+           "forward_equivalents", "check_forward", "seed", "resized", "error_kind", "error", "meta"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
@@ -26,6 +27,8 @@ def _value(r: InversionRecord, column: str):
         return forward_equivalents(r.calls) if r.calls else None
     if column == "check_forward":
         return r.calls.get("check_forward") if r.calls else None
+    if column == "meta":  # a shard's .json fields (url, sizes, ...), as JSON text: one column whatever they are
+        return json.dumps(r.meta, sort_keys=True) if r.meta else None
     return getattr(r, column)
 
 

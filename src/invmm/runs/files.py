@@ -62,7 +62,7 @@ class Ledger:
 
     def read(self) -> list:
         """All complete records; a torn last line (a crash mid-write) is ignored."""
-        return [self.record.from_json(d) for d in read_lines(self.path)]
+        return [self.record.from_json(d) for d in iter_lines(self.path)]
 
 
 def read_run_info(run_dir: Path, kind: str = "run") -> dict:
@@ -139,20 +139,26 @@ def append_lines(path: Path, objs: list[dict]) -> None:
 def read_lines(path: Path) -> list[dict]:
     """The complete JSON records of a ledger file; an unterminated, unparsable last line (a crash mid-write) is
     ignored, a bad line anywhere else is an error."""
+    return list(iter_lines(path))
+
+
+def iter_lines(path: Path):
+    """read_lines one record at a time: a ledger of 100,000 lines is never held as text, lines and records at
+    once (readers that keep records build them from this)."""
     path = Path(path)
     if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # only the unterminated tail can be torn
+        return
+    with open(path, encoding="utf-8") as f:
+        n = 0
+        for line in f:
+            n += 1
+            if not line.strip():
                 continue
-            raise InvMMInputError(f"{path}: line {i + 1} is not valid JSON; the ledger was edited or corrupted "
-                                  "(restore it or start a new run folder)") from None
-    return records
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if not line.endswith("\n") and not f.read(1):  # only the unterminated tail can be torn
+                    return
+                raise InvMMInputError(f"{path}: line {n} is not valid JSON; the ledger was edited or corrupted "
+                                      "(restore it or start a new run folder)") from None
+            yield record

@@ -25,7 +25,7 @@ from invmm.errors import InvMMInputError
 from invmm.inversion.conditioning import check_class_labels, given_condition
 from invmm.records import score_from_json, score_to_json
 from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger, open_folder, read_run_info
+from invmm.runs.files import Ledger, iter_lines, open_folder, read_run_info
 from invmm.runs.folder import model_settings, part_text, settings_diff
 from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import run_info
@@ -138,7 +138,7 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
     with RunLock(run_dir):  # one writer per run folder, as for measure and audit
         open_scores(run_dir, adapter, items, scorers, seed, {"index": shard[0], "of": shard[1]} if shard else None)
         ledger = Ledger(run_dir, SCORES_FILE, ScoreRecord)
-        done = {(r.id, r.scorer) for r in ledger.read()}
+        done = {(d["id"], d["scorer"]) for d in iter_lines(ledger.path)}
         todo = {s.name: [it for it in items if (it.id, s.name) not in done] for s in scorers}
 
         for scorer in scorers:
