@@ -3,8 +3,8 @@
     python benchmarks/datasets_at_scale.py --out bench-out/scale [--n 20000]
 
 Builds the data (all 1,797 scikit-learn digits, then copies with +-6 grey-level noise, as JPEGs in 20 shards of
-1,000 with a parquet each listing 2% failed downloads, and the same images as a save_to_disk dataset), then
-prints:
+1,000 with a parquet each also listing 20 failed downloads, and the same images as a save_to_disk dataset),
+then prints:
 - the reader's images/s (shards and HF dataset; the prefetching reader, 2 threads) against the images/s the
   `loss` screen consumes (its scoring seconds per image, reading excluded);
 - peak RSS and wall time of `invmm audit --screen loss --keep-top 100` on the first 1,000 images and on all;
@@ -55,9 +55,10 @@ def build(out: Path, n: int, seed: int = 0) -> None:
                 if k >= n:
                     break
                 key = f"{s:05d}{i:04d}"
-                if i % 50 == 49:  # 2% of the urls failed, as img2dataset records them
-                    rows.append({"key": key, "status": "failed_to_download", "error_message": "HTTP 404",
-                                 "caption": None, "url": f"https://example.invalid/{key}.jpg"})
+                if i % 50 == 49:  # 2% more urls failed, as img2dataset records them (in the parquet, not the tar)
+                    failed = f"{s:05d}{SHARD_SIZE + i:04d}"
+                    rows.append({"key": failed, "status": "failed_to_download", "error_message": "HTTP 404",
+                                 "caption": None, "url": f"https://example.invalid/{failed}.jpg"})
                 src = digits[k % len(digits)].astype(np.int16)
                 if k >= len(digits):
                     src = src + rng.integers(-6, 7, src.shape)
@@ -103,8 +104,9 @@ def audit(model, data, out: Path, *extra) -> dict:
     rss_kb, wall = proc.stderr.strip().splitlines()[-1].split()
     screen = [json.loads(line) for line in open(out / "screen" / "scores.jsonl")]
     seconds = [r["seconds"] for r in screen if r.get("seconds")]
+    skipped = json.loads((out / "run.json").read_text())["dataset"].get("skipped")
     return {"peak_rss_mb": int(rss_kb) / 1024, "wall_s": float(wall), "screened": len(screen),
-            "screen_scoring_img_s": len(seconds) / sum(seconds)}
+            "screen_scoring_img_s": len(seconds) / sum(seconds), "skipped": skipped}
 
 
 def ledger(run: Path) -> dict:

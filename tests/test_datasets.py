@@ -333,34 +333,40 @@ def test_audit_of_a_parquet_with_bad_rows_records_them_and_goes_on(tmp_path, toy
 
 
 def test_kill_9_mid_sharded_audit_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, toy_shards):
+    """One part of a dataset read from shards, two repeats per image (the resume must also complete images whose
+    first repeat was written), killed with SIGKILL mid-run and a torn line left behind, then resumed."""
     args = [str(toy_model), str(toy_shards), *FAST, "--max-steps", "16", "--check-every", "8", "--threshold",
-            "0.999", "--shard", "1/2"]
+            "0.999", "--shard", "1/2", "--repeats", "2"]
     ref = tmp_path / "ref"
     res = runner.invoke(app, ["audit", *args, "--out", str(ref)])
     assert res.exit_code == 0, res.output
-    expected = ledger_scores(ref)
+    expected = {(r.id, r.repeat): (r.status, r.score, r.steps) for r in Ledger(ref).read()}
     n = len(expected)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "invmm.cli", "audit", *args, "--out", str(run), "-k", "1"]
+    cmd = [sys.executable, "-m", "invmm.cli", "audit", *args, "--out", str(run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = run / "results.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not ledger.exists() or ledger.read_text().count("\n") < 3):
+    while time.time() < deadline and (not ledger.exists() or ledger.read_text().count("\n") < 4):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = ledger.read_text().count("\n")
-    assert 3 <= written < n, "the audit must be killed mid-run"
+    assert 4 <= written < n, "the audit must be killed mid-run"
+    with open(ledger, "a") as f:  # what a crash mid-write leaves: a torn, unterminated line
+        f.write('{"id": "00000/0000')
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    keys = [r.id for r in Ledger(run).read()]
-    assert len(keys) == len(set(keys)) == n
-    got = ledger_scores(run)
-    assert {i: v[:1] + v[2:] for i, v in got.items()} == {i: v[:1] + v[2:] for i, v in expected.items()}
-    for i in got:
-        assert got[i][1] == pytest.approx(expected[i][1], rel=1e-5)
+    assert f"{written} already done" in res.stdout and "torn" in res.stdout
+    keys = [(r.id, r.repeat) for r in Ledger(run).read()]
+    assert len(keys) == len(set(keys)) == n  # no repeat lost, none duplicated
+    got = {(r.id, r.repeat): (r.status, r.score, r.steps) for r in Ledger(run).read()}
+    assert {k: (v[0], v[2]) for k, v in got.items()} == {k: (v[0], v[2]) for k, v in expected.items()}
+    for k in got:
+        assert got[k][1] == pytest.approx(expected[k][1], rel=1e-5)
+    assert len(json.loads((run / "run.json").read_text())["sessions"]) == 1  # the killed one never finished
 
 
 def test_evaluate_and_estimate_read_a_hugging_face_dataset_with_named_columns(tmp_path, toy_model):
@@ -403,3 +409,16 @@ def test_evaluate_in_parts_merged_equals_the_whole_and_dataset_test_reads_it(tmp
     assert res.exit_code == 2 and "not a part" in res.output
     res = runner.invoke(app, [base[0], str(tmp_path / "e1"), *base[1:], "--shard", "2/2"])
     assert res.exit_code == 2 and "--shard" in res.output
+
+
+def test_the_screen_keeps_unreadable_images_for_the_ledger_without_their_taking_a_scored_place():
+    import math
+
+    from invmm.runs.scores import ScoreRecord
+    from invmm.runs.screen import select_kept
+
+    records = [ScoreRecord(f"x{i}", "loss", float(i)) for i in range(6)]
+    records += [ScoreRecord("bad", "loss", math.nan, status="error", error="corrupt", error_kind="input"),
+                ScoreRecord("nan", "loss", math.nan, status="error", error="diverged")]
+    # lower loss = more suspicious; a scorer's own failure is looked at first, an unreadable image on top
+    assert select_kept(records, higher_is_better=False, count=3) == {"bad", "nan", "x0", "x1"}

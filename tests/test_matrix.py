@@ -165,13 +165,18 @@ def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, 
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_family(tmp_path, labelled, fam):
     """The same images, captions and classes given as a manifest, as a webdataset shard (.png/.txt/.cls) and as
-    a Parquet of image bytes, with the same ids: the same screen ranking and the same scores (per-image seeds
-    follow the id; the readers hand over the same pixels and conditioning)."""
+    a Parquet of image bytes, with the same ids: the readers hand over the manifest's pixels and conditioning,
+    and `audit --screen auto` from the shard and from the Parquet keeps the same images with the same scores
+    (per-image seeds follow the id)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import webdataset as wds
 
+    from invmm.runs.datasets import load_dataset
+    from invmm.runs.images import load_image
+
     model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
     rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
     csv_rows, table = ["path,label,caption,class,id"], []
     with wds.TarWriter(str(tmp_path / "s.tar")) as tar:
@@ -185,17 +190,26 @@ def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_f
                           "caption": caption or None, "class": cls or None, "label": label})
     (tmp_path / "m.csv").write_text("\n".join(csv_rows) + "\n")
     pq.write_table(pa.Table.from_pylist(table), tmp_path / "d.parquet")
+    sources = {"manifest": tmp_path / "m.csv", "shards": tmp_path / "s.tar", "parquet": tmp_path / "d.parquet"}
+
+    def given(source):
+        return [(it.id, it.caption, it.class_label,
+                 load_image(it, mode=adapter.image_mode, size=adapter.image_size).pixels) for it in
+                load_dataset(source)]
+
+    reference = given(sources["manifest"])
+    for name in ("shards", "parquet"):
+        got = given(sources[name])
+        assert [g[:3] for g in got] == [r[:3] for r in reference], name
+        assert all(torch.equal(g[3], r[3]) for g, r in zip(got, reference)), name
     results = {}
-    for name, data in (("manifest", tmp_path / "m.csv"), ("shards", tmp_path / "s.tar"),
-                       ("parquet", tmp_path / "d.parquet")):
+    for name in ("shards", "parquet"):
         out = tmp_path / name
-        res = runner.invoke(app, ["audit", str(model), str(data), "--out", str(out), "--screen", "auto",
+        res = runner.invoke(app, ["audit", str(model), str(sources[name]), "--out", str(out), "--screen", "auto",
                                   "--keep-top", "2", "--threshold", "-1", *TINY_INVMM])
         assert res.exit_code == 0, (name, res.output)
         results[name] = {d["id"]: d["score"] for d in map(json.loads, (out / "results.jsonl").read_text().split(
             "\n")[:-1])}
-    assert len(results["manifest"]) == 2
-    for name in ("shards", "parquet"):
-        assert results[name].keys() == results["manifest"].keys(), name
-        for i, score in results["manifest"].items():
-            assert results[name][i] == pytest.approx(score, rel=1e-5), (name, i)
+    assert len(results["shards"]) == 2 and results["parquet"].keys() == results["shards"].keys()
+    for i, score in results["shards"].items():
+        assert math.isfinite(score) and results["parquet"][i] == pytest.approx(score, rel=1e-5), i
