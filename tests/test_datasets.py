@@ -75,8 +75,8 @@ def test_shards_list_ids_captions_metadata_and_pixels(tmp_path):
     assert it.caption == "caption 11" and it.meta == {"url": "https://x.invalid/000010001", "alt": "alt 11"}
     np.testing.assert_allclose(load_image(it, mode="L", size=8).pixels.numpy(), expected_pixels(11), atol=1e-6)
     assert it.origin.endswith("00001.tar:000010001.png")
-    by_key = load_dataset(tmp_path / "s", caption_key="alt")
-    assert by_key[5].caption == "alt 11"
+    by_key = load_dataset(tmp_path / "s", caption_key="alt", columns=Columns(label="url"))
+    assert by_key[5].caption == "alt 11" and by_key[5].label == "https://x.invalid/000010001"
 
 
 def test_a_tar_a_brace_pattern_and_a_folder_give_the_same_items(tmp_path):

@@ -112,7 +112,8 @@ class DataOptions:
                                                    "image)")] = None
     caption_column: Annotated[str, typer.Option(help="the caption column (default caption, else text)")] = None
     id_column: Annotated[str, typer.Option(help="the id column (default id; without one: the row)")] = None
-    label_column: Annotated[str, typer.Option(help="the member/non-member label column (default label)")] = None
+    label_column: Annotated[str, typer.Option(help="the member/non-member label column (default label; "
+                                                   "shards: a field of the .json)")] = None
     caption_key: Annotated[str, typer.Option(help="webdataset: the caption is this field of each sample's .json "
                                                   "(default: the .txt member)")] = None
     split: Annotated[str, typer.Option(help="Hugging Face: the split (default train)")] = None

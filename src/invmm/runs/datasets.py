@@ -48,7 +48,7 @@ def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok
     p = Path(source)
     kind = _detect(text, p) if kind == "auto" else kind
     if kind == "shards":
-        index = shards.index_shards(text, caption_key=caption_key)
+        index = shards.index_shards(text, caption_key=caption_key, label_key=columns.label if columns else None)
         items = Items(index.items, kind="shards", info=index.describe())
     elif kind in ("hf", "parquet", "imagefolder"):
         if not p.exists():

@@ -27,7 +27,8 @@ from invmm.runs.images import ImageItem
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_LIMIT = 1 << 20  # a caption or metadata member larger than this is not a caption
-_KNOWN = {"key", "caption", "status", "error_message"}  # img2dataset fields the item holds already (or needs not)
+# fields of a sample's .json that the item holds already (img2dataset's key, status, ...), not kept twice as meta
+_KNOWN = {"key", "caption", "status", "error_message", "label"}
 
 
 def is_shard_source(source: str) -> bool:
@@ -86,8 +87,8 @@ class _Hashing:
 class ShardIndex:
     """Items of a set of shards, with what the index found wrong and the shards' content hashes."""
 
-    def __init__(self, caption_key: str | None = None):
-        self.caption_key = caption_key
+    def __init__(self, caption_key: str | None = None, label_key: str | None = None):
+        self.caption_key, self.label_key = caption_key, label_key or "label"
         self.items: list[ImageItem] = []
         self.problems: list[str] = []  # what could not be listed (a shard's samples after its cut)
         self.skipped: Counter = Counter()  # img2dataset rows not downloaded, by status
@@ -129,9 +130,9 @@ class ShardIndex:
                 cut = str(exc) or type(exc).__name__
         self.hashes[name] = hashing.sha.hexdigest()
         self.shards += 1
-        size = shard.stat().st_size
+        size, path = shard.stat().st_size, str(shard)  # one path string shared by the shard's items
         for key in order:
-            self._add_sample(shard, name, key, samples[key], size, listed)
+            self._add_sample(shard, path, name, key, samples[key], size, listed)
         for key, member in duplicates.items():
             self.items.append(ImageItem(id=f"{name}/{key}#duplicate", path=str(shard), error=(
                 f"{shard}:{member}: the key {key!r} appears twice in the shard; the first sample is audited, "
@@ -150,14 +151,17 @@ class ShardIndex:
                     self.problems.append(f"{shard}: the parquet lists {key!r} as downloaded, but the shard holds no "
                                          "such sample")
 
-    def _add_sample(self, shard: Path, name: str, key: str, sample: dict, size: int, listed: dict | None) -> None:
+    def _add_sample(self, shard: Path, path: str, name: str, key: str, sample: dict, size: int,
+                    listed: dict | None) -> None:
         image = next((sample["members"][e] for e in IMAGE_EXTENSIONS if e in sample["members"]), None)
         meta = _json(sample.get("json"))
         caption = _text(sample.get("txt"))
         if self.caption_key:
             value = meta.get(self.caption_key)
             caption = None if value in (None, "") else str(value)
-        item = ImageItem(id=f"{name}/{key}", path=str(shard), caption=caption or None,
+        label = meta.get(self.label_key)
+        item = ImageItem(id=f"{name}/{key}", path=path, caption=caption or None,
+                         label=None if label in (None, "") else str(label),
                          class_label=_text(sample.get("cls")) or None,
                          meta={k: v for k, v in meta.items()
                                if k not in _KNOWN and isinstance(v, str | int | float | bool)} or None)
@@ -203,13 +207,14 @@ def _json(data: bytes | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def index_shards(source: str, *, caption_key: str | None = None) -> ShardIndex:
+def index_shards(source: str, *, caption_key: str | None = None, label_key: str | None = None) -> ShardIndex:
     """Index a .tar, a brace pattern or a folder of shards; an img2dataset folder's parquets are read beside
-    their shards (NAME.parquet next to NAME.tar)."""
+    their shards (NAME.parquet next to NAME.tar). The caption is the .txt member or the .json's `caption_key`;
+    a member/non-member label, the .json's `label_key` (default "label")."""
     shards, root = list_shards(source)
     if not shards:
         raise InvMMInputError(f"{source}: no .tar shards found")
-    index = ShardIndex(caption_key)
+    index = ShardIndex(caption_key, label_key)
     for shard in shards:
         try:
             name = shard.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
