@@ -422,3 +422,12 @@ def test_the_screen_keeps_unreadable_images_for_the_ledger_without_their_taking_
                 ScoreRecord("nan", "loss", math.nan, status="error", error="diverged")]
     # lower loss = more suspicious; a scorer's own failure is looked at first, an unreadable image on top
     assert select_kept(records, higher_is_better=False, count=3) == {"bad", "nan", "x0", "x1"}
+
+
+def test_a_parquet_manifest_of_paths_or_of_captions_alone_is_still_a_manifest(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(1))
+    pq.write_table(pa.Table.from_pylist([{"path": "a.png", "label": "member"}]), tmp_path / "paths.parquet")
+    pq.write_table(pa.Table.from_pylist([{"caption": "a cat", "label": "member"}]), tmp_path / "captions.parquet")
+    assert load_dataset(tmp_path / "paths.parquet").kind == "manifest"
+    items = load_dataset(tmp_path / "captions.parquet", labelled=True, captions_only_ok=True)
+    assert items.kind == "manifest" and items[0].caption == "a cat" and items[0].path == ""

@@ -85,8 +85,10 @@ def is_image_parquet(p: Path) -> bool:
         schema = pq.read_schema(files[0])
     except Exception:
         return False
-    return any(pa.types.is_struct(f.type) and "bytes" in [x.name for x in f.type] or pa.types.is_binary(f.type)
-               or pa.types.is_large_binary(f.type) for f in schema) or "path" not in schema.names
+    # A manifest (path,caption,label) may also list captions without paths: only a column of bytes makes a
+    # Parquet one of images (`--format parquet` reads one whose image column is wrongly typed, to record its rows).
+    return any((pa.types.is_struct(f.type) and "bytes" in [x.name for x in f.type]) or pa.types.is_binary(f.type)
+               or pa.types.is_large_binary(f.type) for f in schema)
 
 
 class HFIndex:
