@@ -108,6 +108,29 @@ def test_concordance_matches_its_definition():
     assert got[1] < 0.9
 
 
+def test_weighted_concordance_matches_numpy_weighted_moments():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(5, 3, 8, 8)), rng.normal(size=(5, 3, 8, 8))
+    w = rng.uniform(size=(1, 8, 8)) * (rng.uniform(size=(1, 8, 8)) > 0.3)  # a soft mask with holes, every channel
+    b[0] = a[0] + 5.0 * (1 - (w > 0))  # a copy inside the mask, anything outside it
+    ref = []
+    for x, y in zip(a, b):
+        ww = np.broadcast_to(w, x.shape).ravel()
+        x, y = x.ravel(), y.ravel()
+        mx, my = np.average(x, weights=ww), np.average(y, weights=ww)
+        cov = np.cov(x, y, aweights=ww, bias=True)
+        ref.append(2 * cov[0, 1] / (cov[0, 0] + cov[1, 1] + (mx - my) ** 2))
+    got = concordance_correlation(torch.tensor(a), torch.tensor(b), weight=torch.tensor(w)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert got[0] == pytest.approx(1.0) and concordance_correlation(torch.tensor(a), torch.tensor(b))[0] < 0.9
+    ones = concordance_correlation(torch.tensor(a), torch.tensor(b), weight=torch.ones(1, 8, 8)).numpy()
+    np.testing.assert_allclose(ones, concordance_correlation(torch.tensor(a), torch.tensor(b)).numpy(), atol=1e-6)
+    per_row = torch.ones(5, 1, 8, 8, dtype=torch.float64)
+    per_row[2] = 0  # an empty mask has no similarity to speak of
+    got = concordance_correlation(torch.tensor(a), torch.tensor(b), weight=per_row)
+    assert torch.isnan(got[2]) and not torch.isnan(got[[0, 1, 3, 4]]).any()
+
+
 def test_seed_from_is_stable_and_distinguishes_ids():
     assert seed_from(0, "a.png") == seed_from(0, "a.png")
     assert len({seed_from(0, "a.png"), seed_from(1, "a.png"), seed_from(0, "b.png")}) == 3

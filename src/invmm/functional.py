@@ -82,20 +82,37 @@ def update_lambda(
     return lam + delta, current, True
 
 
-def concordance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def concordance_correlation(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Lin's concordance correlation coefficient between flattened images, row by row.
 
     2 cov(a, b) / (var a + var b + (mean a - mean b)^2): 1 only for identical images, and unlike Pearson
     correlation it penalises changes of brightness and contrast, so a faint or shifted copy is no copy.
+    With `weight` (a mask, binary or soft, broadcastable to the images: one per row or one for all) every moment
+    is the weighted one, so only the masked region counts (partial memorization); a row whose mask is empty has
+    no defined value and is NaN.
     """
+    empty = None
+    if weight is not None:
+        w = weight.double().expand_as(a).flatten(1)
+        total = w.sum(1, keepdim=True)
+        empty = total[:, 0] <= 0
+        w = w / total.clamp_min(1e-300)
     a = a.flatten(1).double()
     b = b.flatten(1).double()
-    ma, mb = a.mean(1), b.mean(1)
-    va, vb = a.var(1, unbiased=False), b.var(1, unbiased=False)
-    cov = ((a - ma[:, None]) * (b - mb[:, None])).mean(1)
+    if weight is None:
+        ma, mb = a.mean(1), b.mean(1)
+        va, vb = a.var(1, unbiased=False), b.var(1, unbiased=False)
+        cov = ((a - ma[:, None]) * (b - mb[:, None])).mean(1)
+    else:
+        ma, mb = (w * a).sum(1), (w * b).sum(1)
+        da, db = a - ma[:, None], b - mb[:, None]
+        va, vb, cov = (w * da * da).sum(1), (w * db * db).sum(1), (w * da * db).sum(1)
     denom = va + vb + (ma - mb).pow(2)
     # Two identical constant images have zero denominator; they are copies of each other.
-    return torch.where(denom > 0, 2 * cov / denom.clamp_min(1e-300), torch.ones_like(denom)).float()
+    ccc = torch.where(denom > 0, 2 * cov / denom.clamp_min(1e-300), torch.ones_like(denom))
+    if empty is not None:
+        ccc = torch.where(empty, torch.full_like(ccc, float("nan")), ccc)
+    return ccc.float()
 
 
 def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
