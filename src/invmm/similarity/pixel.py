@@ -8,14 +8,16 @@ from invmm.functional import concordance_correlation
 
 
 class PixelSimilarity:
-    """Concordance correlation (Lin 1989) between each sample and the target, in [-1, 1] pixel space."""
+    """Concordance correlation (Lin 1989) between each sample and the target, in [-1, 1] pixel space; with a
+    mask ([1, S, S] in [0, 1], runs/masks.py), over the masked region only (its weighted moments)."""
 
     name = "pixel"
 
-    def __call__(self, samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(self, samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         samples = samples.detach().float().cpu()
         target = target.detach().float().cpu().expand_as(samples)
-        return concordance_correlation(samples, target)
+        weight = None if mask is None else mask.detach().float().cpu()
+        return concordance_correlation(samples, target, weight=weight)
 
     def describe(self) -> dict:
         return {"name": self.name, "measure": "concordance correlation coefficient"}
