@@ -160,6 +160,10 @@ def test_hugging_face_saved_parquet_and_imagefolder(tmp_path):
         np.testing.assert_allclose(load_image(items[3], mode="L", size=8).pixels.numpy(), expected_pixels(3),
                                    atol=1e-6)
     assert [it.id for it in load_dataset(tmp_path / "saved")] == [str(i) for i in range(6)]  # rows without --id
+    ds.select_columns(["image"]).save_to_disk(str(tmp_path / "images_only"))  # no column but the images
+    only = load_dataset(tmp_path / "images_only")
+    assert [it.id for it in only] == [str(i) for i in range(6)] and only[4].caption is None
+    np.testing.assert_allclose(load_image(only[4], mode="L", size=8).pixels.numpy(), expected_pixels(4), atol=1e-6)
     assert len(load_dataset(tmp_path / "dict", split="test", columns=cols)) == 2
     assert len(load_dataset(tmp_path / "dict", columns=cols)) == 6  # train by default
     with pytest.raises(InvMMInputError, match=r"no column 'picture' \(--image-column\).*image, text, uid"):

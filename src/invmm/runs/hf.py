@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
+from invmm.families.lora import sha256_file
 from invmm.runs.images import ImageItem
 
 BATCH_ROWS = 1024
@@ -134,14 +135,15 @@ def index_saved(source: Path, columns: Columns, split: str | None) -> HFIndex:
     labels = _class_names(ds, cols)
     index = HFIndex("hf-saved")
     light = [c for role, c in cols.items() if c and role != "image"]
-    n = 0
-    for batch in ds.select_columns(light).iter(batch_size=BATCH_ROWS):
-        for i in range(len(next(iter(batch.values()))) if batch else ds.num_rows):
-            row = {c: _named(labels, c, batch[c][i]) for c in light}
-            index.items.append(_item(str(n), str(folder), f"hf:{n}:{cols['image']}", row, cols))
-            n += 1
+    # Only the light columns are read, a batch at a time; a dataset of images alone has rows with nothing else.
+    rows = (dict(zip(batch, values)) for batch in ds.select_columns(light).iter(batch_size=BATCH_ROWS)
+            for values in zip(*batch.values())) if light else ({} for _ in range(ds.num_rows))
+    path = str(folder)  # one string shared by every item
+    for n, row in enumerate(rows):
+        row = {c: _named(labels, c, v) for c, v in row.items()}
+        index.items.append(_item(str(n), path, f"hf:{n}:{cols['image']}", row, cols))
     for f in sorted({c["filename"] for c in ds.cache_files}):
-        index.hashes[Path(f).name] = _sha256(Path(f))
+        index.hashes[Path(f).name] = sha256_file(Path(f))
     return index
 
 
@@ -173,16 +175,17 @@ def index_parquet(source: Path, columns: Columns) -> HFIndex:
         light = [c for role, c in cols.items() if c and role != "image"]
         labels = _parquet_class_names(pf.schema_arrow)
         stem = f.relative_to(source).with_suffix("").as_posix() if source.is_dir() else f.stem
+        path = str(f)
         row = 0
         for group in range(pf.num_row_groups):
             n = pf.metadata.row_group(group).num_rows
             table = pf.read_row_group(group, columns=light).to_pylist() if light else [{}] * n
             for i, values in enumerate(table):
                 values = {c: _named(labels, c, v) for c, v in values.items()}
-                index.items.append(_item(f"{stem}/{row}", str(f), f"pq:{group}:{i}:{cols['image']}:{row}", values,
+                index.items.append(_item(f"{stem}/{row}", path, f"pq:{group}:{i}:{cols['image']}:{row}", values,
                                          cols))
                 row += 1
-        index.hashes[stem] = _sha256(f)
+        index.hashes[stem] = sha256_file(f)
     if not index.items:
         raise InvMMInputError(f"{source}: the parquet files hold no rows")
     return index
@@ -222,15 +225,7 @@ def index_imagefolder(source: Path, columns: Columns, split: str | None) -> HFIn
             rel = path.name
         labels = {cols["label"]: row.get(cols["label"])} if cols["label"] else {}
         index.items.append(_item(rel, str(path), None, {**row, **labels}, cols))
-        index.hashes[rel] = _sha256(path)
+        index.hashes[rel] = sha256_file(path)
     for meta in sorted(source.glob("metadata.*")):
-        index.hashes[meta.name] = _sha256(meta)
+        index.hashes[meta.name] = sha256_file(meta)
     return index
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

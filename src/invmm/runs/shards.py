@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
+from invmm.families.lora import sha256_file
 from invmm.runs.images import ImageItem
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -37,7 +39,7 @@ def is_shard_source(source: str) -> bool:
         return True
     if p.is_file():
         return p.suffix.lower() == ".tar"
-    return p.is_dir() and any(p.glob("*.tar"))
+    return p.is_dir() and any(p.rglob("*.tar"))  # as list_shards finds them
 
 
 def _webdataset():
@@ -67,8 +69,6 @@ def list_shards(source: str) -> tuple[list[Path], Path]:
 
 
 def _common_parent(paths: list[Path]) -> str:
-    import os
-
     return os.path.commonpath([str(p.resolve().parent) for p in paths]) if paths else "."
 
 
@@ -102,6 +102,7 @@ class ShardIndex:
         order: list[str] = []
         duplicates: dict[str, str] = {}  # key -> its first repeated member
         cut = None
+        split = _webdataset().tariterators.base_plus_ext  # a sample's key and extension, webdataset's rule
         with open(shard, "rb") as f:
             hashing = _Hashing(f)
             try:
@@ -109,9 +110,10 @@ class ShardIndex:
                     for info in tar:
                         if not info.isreg():
                             continue
-                        key, ext = _split(info.name)
+                        key, ext = split(info.name)
                         if key is None:
                             continue
+                        ext = (ext or "").lower()
                         sample = samples.get(key)
                         if sample is None:
                             sample = samples[key] = {"members": {}}
@@ -186,11 +188,6 @@ class ShardIndex:
                 "skipped_examples": self.skipped_examples, "problems": self.problems}
 
 
-def _split(name: str) -> tuple[str | None, str]:
-    key, ext = _webdataset().tariterators.base_plus_ext(name)
-    return key, (ext or "").lower()
-
-
 def _text(data: bytes | None) -> str | None:
     if data is None:
         return None
@@ -223,7 +220,7 @@ def index_shards(source: str, *, caption_key: str | None = None, label_key: str 
         table = shard.with_suffix(".parquet")
         index.add_shard(shard, name, _img2dataset_rows(table) if table.is_file() else None)
         if table.is_file():
-            index.hashes[name + ".parquet"] = _file_sha256(table)
+            index.hashes[name + ".parquet"] = sha256_file(table)
     return index
 
 
@@ -244,11 +241,3 @@ def _img2dataset_rows(path: Path) -> dict:
     columns = [c for c in ("key", "status", "error_message") if c in schema.names]
     rows = pq.read_table(path, columns=columns).to_pylist()
     return {str(r["key"]): r for r in rows}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
