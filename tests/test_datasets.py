@@ -87,6 +87,10 @@ def test_a_tar_a_brace_pattern_and_a_folder_give_the_same_items(tmp_path):
     assert [i.id for i in load_dataset(root / "00001.tar")] == [i.id for i in folder[4:]]
     with pytest.raises(InvMMInputError, match="do not exist"):
         load_dataset(f"{root}/{{00000..00003}}.tar")
+    # a Parquet beside a shard that is not img2dataset's (no key/status columns) is not read as its listing
+    pq.write_table(pa.Table.from_pylist([{"caption": "x"}]), root / "00001.parquet")
+    info = load_dataset(root).describe()
+    assert info["skipped"] == {"failed_to_download": 1} and not info["problems"]
 
 
 def test_the_content_hash_covers_the_images_bytes(tmp_path):

@@ -109,8 +109,32 @@ def labelled(tmp_path_factory):
                         f"{g if TEXT in adapter.capabilities else ''},{g if CLASS in adapter.capabilities else ''}")
         manifest = root / fam / "data.csv"
         manifest.write_text("\n".join(rows) + "\n")
+        write_shard_and_parquet(manifest)
         out[fam] = (model, manifest)
     return out
+
+
+def write_shard_and_parquet(manifest):
+    """The manifest's images, labels, captions and classes as a webdataset shard (data.tar: .png/.txt/.cls and a
+    .json label) and as a Parquet of image bytes (data.parquet), with ids data/img{i} (the shard's own), and the
+    manifest with those ids (data_ids.csv)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    csv_rows, table = ["path,label,caption,class,id"], []
+    with wds.TarWriter(str(manifest.with_suffix(".tar"))) as tar:
+        for i, (path, label, caption, cls) in enumerate(rows):
+            sample = {"__key__": f"img{i}", "png": Path(path).read_bytes(), "json": json.dumps({"label": label})}
+            sample.update({"txt": caption} if caption else {})
+            sample.update({"cls": cls} if cls else {})
+            tar.write(sample)
+            csv_rows.append(f"{path},{label},{caption},{cls},data/img{i}")
+            table.append({"image": {"bytes": Path(path).read_bytes(), "path": None}, "id": f"data/img{i}",
+                          "caption": caption or None, "class": cls or None, "label": label})
+    manifest.with_name("data_ids.csv").write_text("\n".join(csv_rows) + "\n")
+    pq.write_table(pa.Table.from_pylist(table), manifest.with_suffix(".parquet"))
 
 
 TINY_INVMM = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--sampler-steps", "2",
@@ -121,8 +145,10 @@ TINY_INVMM = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--
 def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_path, labelled, fam):
     model, manifest = labelled[fam]
     adapter = load_adapter(str(model))
-    res = runner.invoke(app, ["evaluate", str(tmp_path / "eval"), "--model", str(model), "--data", str(manifest),
-                              "--positive", "member", "--bootstrap", "10", *TINY_INVMM])
+    # every default scorer on images, labels and conditioning read from a Parquet of image bytes
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "eval"), "--model", str(model), "--data",
+                              str(manifest.with_suffix(".parquet")), "--positive", "member", "--bootstrap", "10",
+                              *TINY_INVMM])
     assert res.exit_code == 0, res.output
     scored = {json.loads(line)["scorer"] for line in (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()}
     expected, left_out = runnable(DEFAULT_SCORERS, adapter)
@@ -149,8 +175,9 @@ def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, 
     adapter = load_adapter(str(model))
     modes = [[], ["--invert-prompt"]] if adapter.conditional else [[]]
     for k, mode in enumerate(modes):
-        out = tmp_path / f"audit{k}"
-        res = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(out), *TINY_INVMM,
+        out = tmp_path / f"audit{k}"  # the data's captions or classes read from a webdataset shard
+        res = runner.invoke(app, ["audit", str(model), str(manifest.with_suffix(".tar")), "--out", str(out),
+                                  *TINY_INVMM,
                                   "--threshold", "-1", "--refine", "--refine-samples", "8", *mode])
         assert res.exit_code == 0, res.output
         lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -164,44 +191,28 @@ def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, 
 
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_family(tmp_path, labelled, fam):
-    """The same images, captions and classes given as a manifest, as a webdataset shard (.png/.txt/.cls) and as
+    """The same images, labels, captions and classes given as a manifest, as a webdataset shard (.png/.txt/.cls) and as
     a Parquet of image bytes, with the same ids: the readers hand over the manifest's pixels and conditioning,
     and `audit --screen auto` from the shard and from the Parquet keeps the same images with the same scores
     (per-image seeds follow the id)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import webdataset as wds
-
     from invmm.runs.datasets import load_dataset
     from invmm.runs.images import load_image
 
     model, manifest = labelled[fam]
     adapter = load_adapter(str(model))
-    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
-    csv_rows, table = ["path,label,caption,class,id"], []
-    with wds.TarWriter(str(tmp_path / "s.tar")) as tar:
-        for i, (path, label, caption, cls) in enumerate(rows):
-            sample = {"__key__": f"img{i}", "png": Path(path).read_bytes()}
-            sample.update({"txt": caption} if caption else {})
-            sample.update({"cls": cls} if cls else {})
-            tar.write(sample)
-            csv_rows.append(f"{path},{label},{caption},{cls},s/img{i}")
-            table.append({"image": {"bytes": Path(path).read_bytes(), "path": None}, "id": f"s/img{i}",
-                          "caption": caption or None, "class": cls or None, "label": label})
-    (tmp_path / "m.csv").write_text("\n".join(csv_rows) + "\n")
-    pq.write_table(pa.Table.from_pylist(table), tmp_path / "d.parquet")
-    sources = {"manifest": tmp_path / "m.csv", "shards": tmp_path / "s.tar", "parquet": tmp_path / "d.parquet"}
+    sources = {"manifest": manifest.with_name("data_ids.csv"), "shards": manifest.with_suffix(".tar"),
+               "parquet": manifest.with_suffix(".parquet")}
 
     def given(source):
-        return [(it.id, it.caption, it.class_label,
+        return [(it.id, it.caption, it.class_label, it.label,
                  load_image(it, mode=adapter.image_mode, size=adapter.image_size).pixels) for it in
                 load_dataset(source)]
 
     reference = given(sources["manifest"])
     for name in ("shards", "parquet"):
         got = given(sources[name])
-        assert [g[:3] for g in got] == [r[:3] for r in reference], name
-        assert all(torch.equal(g[3], r[3]) for g, r in zip(got, reference)), name
+        assert [g[:4] for g in got] == [r[:4] for r in reference], name
+        assert all(torch.equal(g[4], r[4]) for g, r in zip(got, reference)), name
     results = {}
     for name in ("shards", "parquet"):
         out = tmp_path / name

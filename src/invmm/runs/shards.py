@@ -218,14 +218,15 @@ def index_shards(source: str, *, caption_key: str | None = None, label_key: str 
         except ValueError:
             name = shard.stem
         table = shard.with_suffix(".parquet")
-        index.add_shard(shard, name, _img2dataset_rows(table) if table.is_file() else None)
-        if table.is_file():
+        listed = _img2dataset_rows(table) if table.is_file() else None
+        index.add_shard(shard, name, listed)
+        if listed is not None:
             index.hashes[name + ".parquet"] = sha256_file(table)
     return index
 
 
-def _img2dataset_rows(path: Path) -> dict:
-    """key -> {status, error_message} of an img2dataset shard's parquet."""
+def _img2dataset_rows(path: Path) -> dict | None:
+    """key -> {status, error_message} of an img2dataset shard's parquet; None if the parquet is not one."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -236,8 +237,7 @@ def _img2dataset_rows(path: Path) -> dict:
     except Exception as exc:
         raise InvMMInputError(f"{path}: not a readable parquet file ({exc})") from None
     if "key" not in schema.names or "status" not in schema.names:
-        raise InvMMInputError(f"{path}: an img2dataset parquet has 'key' and 'status' columns; this one has "
-                              f"{', '.join(schema.names)}")
+        return None  # a Parquet of something else that happens to share the shard's name: not img2dataset's
     columns = [c for c in ("key", "status", "error_message") if c in schema.names]
     rows = pq.read_table(path, columns=columns).to_pylist()
     return {str(r["key"]): r for r in rows}
