@@ -59,8 +59,12 @@ def test_export_and_report_carry_the_counts(tmp_path, toy_model, toy_images):
     assert runner.invoke(app, ["export", str(tmp_path / "run")]).exit_code == 0
     header, row = (tmp_path / "run" / "results.csv").read_text().splitlines()
     values = dict(zip(header.split(","), row.split(",")))
-    # 20 steps x 8 noise samples, forward + backward (x2), then the checks' forwards.
-    assert int(values["forward_equivalents"]) == 20 * 8 * 3 + int(values["check_forward"]) > 20 * 8 * 3
+    # 20 steps x 8 noise samples, forward + backward (x2), then the checks' forwards and the memorization map's
+    # (n prior samples and the last check's missing ones, each a full sampler run).
+    fe, check, map_ = (int(values[k]) for k in ("forward_equivalents", "check_forward", "map_forward"))
+    assert fe == 20 * 8 * 3 + check + map_ and check > 0
+    cfg = preset("ddpm", **FAST)
+    assert map_ % cfg.sampler_steps == 0 and cfg.n_check_samples <= map_ // cfg.sampler_steps < 2 * cfg.n_check_samples
     assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
     assert "forward-equivalents" in (tmp_path / "run" / "report" / "index.html").read_text()
 

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from families import FAMILIES, SMALL_SCORERS, given, images, real_schedule
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from invmm.cli import app
 from invmm.families import build_tiny, load_adapter
 from invmm.families.base import CLASS, NOISE_SCHEDULE, TEXT
+from invmm.runs.artifacts import artifact_stem
 from invmm.scorers import DEFAULT_SCORERS, SCORERS, ScorerError, auto_screen, build_scorer, runnable
 
 runner = CliRunner()
@@ -224,3 +226,31 @@ def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_f
     assert len(results["shards"]) == 2 and results["parquet"].keys() == results["shards"].keys()
     for i, score in results["shards"].items():
         assert math.isfinite(score) and results["parquet"][i] == pytest.approx(score, rel=1e-5), i
+
+
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_masks_and_the_memorization_map_on_every_family(tmp_path, labelled, fam):
+    """Partial memorization through the command on each family: a manifest's mask column, SSCD on the region, the
+    mask-weighted loss on the family's x0 grid (the conditioning inverted where the family is conditional: the
+    known one takes the same path through the mask), and every image's memorization map. The all-ones mask and
+    --mask auto are family-agnostic beyond this (test_partial.py)."""
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    rows = manifest.read_text().splitlines()
+    w, h = Image.open(rows[1].split(",")[0]).size
+    left = np.zeros((h, w), np.uint8)
+    left[:, : w // 2] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    masked = tmp_path / "masked.csv"
+    masked.write_text("\n".join([rows[0] + ",mask"] + [r + f",{tmp_path / 'left.png'}" for r in rows[1:]]) + "\n")
+    out = tmp_path / "masked"
+    res = runner.invoke(app, ["audit", str(model), str(masked), "--out", str(out), *TINY_INVMM, "--similarity", "sscd",
+                              *(["--invert-prompt"] if adapter.conditional else [])])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(d["status"] == "ok" for d in lines)
+    for d in lines:
+        assert d["mask"]["source"] == "manifest" and d["mask"]["fraction"] == pytest.approx(0.5, abs=0.05)
+        assert 0 <= d["reproduced_fraction"] <= 1 and d["calls"]["map_forward"] > 0
+        assert Path(f"{artifact_stem(out, d['id'])}.map.png").is_file()
+    assert json.loads((out / "run.json").read_text())["mask"]["n"] == 4

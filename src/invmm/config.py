@@ -16,6 +16,7 @@ SIMILARITIES = ("sscd", "pixel")
 PIXEL_THRESHOLD = 0.985
 SSCD_THRESHOLD = 0.5
 CHECK_SCHEDULES = ("paper", "model")
+MASK_LOSSES = ("weighted", "whole")
 
 
 @dataclass
@@ -69,6 +70,10 @@ class InvMMConfig:
     refine_samples: int = 32
     refine_tail: float = 0.05
     refine_max_checks: int = 12
+    # With a mask (partial memorization) the check compares the masked region; the reconstruction loss is then
+    # "weighted" by the mask (downsampled to the latent grid) or kept over the "whole" image as the paper's is
+    # (measured on the template toy: docs/BENCHMARKS.md, "Partial memorization").
+    mask_loss: str = "weighted"
     # Memory and speed on GPUs; mu, log-variance and prompt logits always stay float32.
     precision: str = "fp32"  # "fp32", or autocast the frozen model in "fp16" / "bf16"
     gradient_checkpointing: bool = False
@@ -111,6 +116,8 @@ class InvMMConfig:
             problems.append(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like ancestral), got {self.eta}")
         if self.eta > 0 and self.sampler == "euler":
             problems.append("eta > 0 needs the ddim sampler; the flow-matching Euler sampler is deterministic")
+        if self.mask_loss not in MASK_LOSSES:
+            problems.append(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             problems.append(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if problems:
@@ -138,7 +145,8 @@ class InvMMConfig:
 
 # Fields added after run folders were already written, whose defaults reproduce those runs exactly: a run.json
 # without them resumes as if it had them at these values.
-BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None}
+BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None,
+                     "mask_loss": "weighted"}
 
 
 def stored_config(d: dict) -> dict:

@@ -115,6 +115,36 @@ def concordance_correlation(a: torch.Tensor, b: torch.Tensor, weight: torch.Tens
     return ccc.float()
 
 
+# A pixel is "reproduced" where the memorization map reaches this: at least half the fitted samples reproduce it
+# beyond what the prior's samples do. It thresholds the map for `--mask auto` and the reproduced fraction.
+MAP_THRESHOLD = 0.5
+
+
+def map_window(side: int) -> int:
+    """The neighbourhood a reproduction map compares over: one pixel for tiny images, about 1/32 of the side
+    (odd) for larger ones, so that a texture reproduced a pixel off still counts."""
+    w = max(1, side // 32)
+    return w if w % 2 else w + 1
+
+
+def reproduction_map(samples: torch.Tensor, target: torch.Tensor, *, tolerance: float = 0.1,
+                     window: int = 1) -> torch.Tensor:
+    """The share of `samples` ([N, C, S, S] in [-1, 1]) that reproduce `target` ([C, S, S]) at each pixel: a
+    sample reproduces a pixel when its mean absolute difference from the target over the channels and the
+    window x window neighbourhood, in [0, 1] intensity units, is at most `tolerance`. Returns [S, S] in [0, 1]."""
+    err = (samples.double() - target.double()[None]).abs().mean(1, keepdim=True) / 2
+    if window > 1:
+        err = torch.nn.functional.avg_pool2d(err, window, stride=1, padding=window // 2, count_include_pad=False)
+    return (err[:, 0] <= tolerance).double().mean(0).float()
+
+
+def memorization_map(fitted: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """How much more often samples from the fitted distribution reproduce each pixel than samples from the prior
+    N(0, I) do (both reproduction maps), clipped at 0: a region any sample reproduces (a blank background) is
+    no evidence of memorization, a region only the fitted noise reproduces is."""
+    return (fitted - prior).clamp(0.0, 1.0)
+
+
 def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
     """Standard Gumbel draws, -log(Exp(1)), from an explicit generator (same recipe as torch's gumbel_softmax),
     on the generator's device: a vocabulary-sized draw per sample is too large to make on the CPU and copy."""

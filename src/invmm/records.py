@@ -23,13 +23,15 @@ from invmm.repeats import median_interval, median_score
 SCORE_KINDS = ("paper", "refined")
 
 # --- model calls (see inversion/cost.py for what each counts) ---
-CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "vae_encode", "vae_decode", "text_encoder",
-               "similarity")
+CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "map_forward", "vae_encode", "vae_decode",
+               "text_encoder", "similarity")
 
 
 def forward_equivalents(calls: dict) -> int:
-    """A backward costs about two forwards: opt_forward + 2 opt_backward + check_forward."""
-    return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0))
+    """A backward costs about two forwards: opt_forward + 2 opt_backward + check_forward + map_forward (the
+    memorization map's samples)."""
+    return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0)
+               + calls.get("map_forward", 0))
 
 
 def sum_calls(many) -> Counter:
@@ -96,6 +98,10 @@ class InversionRecord:
     refined_score: float | None = None
     refine: dict | None = None
     meta: dict | None = None  # the dataset's other fields for this image (a shard's .json: url, sizes, ...)
+    # Partial memorization: the mask the check compared over ({source, path, sha256, fraction}; None: the whole
+    # image) and the share of pixels the memorization map marks as reproduced (check.py).
+    mask: dict | None = None
+    reproduced_fraction: float | None = None
 
     def __post_init__(self):
         self.checks = [CheckRecord.of(c) for c in self.checks]
@@ -109,8 +115,9 @@ class InversionRecord:
         if self.class_mode is None:  # not a class-conditional model
             for name in ("class_mode", "class_label", "class_name"):
                 d.pop(name)
-        if self.meta is None:
-            d.pop("meta")
+        for name in ("meta", "mask", "reproduced_fraction"):  # lines without them stay as they were
+            if d[name] is None:
+                d.pop(name)
         if self.refined_score is None:  # no refinement: lines stay as they were
             d.pop("refined_score")
             d.pop("refine")

@@ -11,7 +11,7 @@ import typer
 from tqdm import tqdm
 
 from invmm.cli.common import EXIT_INPUT, fail, load
-from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, grouped
+from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, Mask, ModelOptions, grouped
 from invmm.errors import InvMMInputError
 from invmm.runs.audit import audit
 from invmm.runs.split import parse_shard, select_part
@@ -46,6 +46,7 @@ def command(
     keep_top: Annotated[int, typer.Option(help="with --screen: the number of images to invert")] = None,
     shard: Annotated[str, typer.Option(help="I/N: audit only part I of N of the dataset (by image id), e.g. one "
                                             "per machine; `invmm merge` joins the N runs")] = None,
+    mask: Mask = None,
     batch_images: BatchImages = 8,
 ):
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
@@ -71,7 +72,7 @@ def command(
                   allow_pickle=model_options.allow_pickle, force_new=force_new, ray_address=address,
                   gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=progress.start,
                   on_result=progress.result, run_extra={"argv": sys.argv}, data_info=items.describe(),
-                  shard=part)
+                  shard=part, mask=mask)
     except InvMMInputError as exc:
         fail(str(exc))
     finally:

@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from invmm.cli.common import EXIT_INPUT, EXIT_NUMERICAL, default_out, fail, load
-from invmm.cli.options import BatchImages, InvMMOptions, ModelOptions, Repeats, grouped
+from invmm.cli.options import BatchImages, InvMMOptions, Mask, ModelOptions, Repeats, grouped
 from invmm.errors import InvMMInputError
 from invmm.runs.measure import measure
 
@@ -31,17 +31,18 @@ def command(
     hub: Annotated[bool, typer.Option(help="treat MODEL as a Hugging Face Hub id and download it")] = False,
     backend: Annotated[str, typer.Option(help="local (default) or ray (a local Ray cluster)")] = "local",
     repeats: Repeats = 1,
+    mask: Mask = None,
     batch_images: BatchImages = 8,
 ):
     """Measure how strongly MODEL memorized each image (lower score = more memorized; inf = not reproduced)."""
     adapter, config = load(model, model_options, invmm, hub=hub)
     measure_and_print(adapter, inputs, config, out=out or default_out("measure"), batch_images=batch_images,
                       run_extra={"argv": sys.argv}, prompt=prompt, class_label=class_label, backend=backend,
-                      repeats=repeats)
+                      repeats=repeats, mask=mask)
 
 
 def measure_and_print(adapter, inputs, config, *, out, batch_images, run_extra=None, prompt=None, class_label=None,
-                      backend="local", repeats=1):
+                      backend="local", repeats=1, mask=None):
     """Measure with a progress bar, print the table, exit 2 on unusable input and 1 on a diverged image."""
     bar = None
 
@@ -62,7 +63,7 @@ def measure_and_print(adapter, inputs, config, *, out, batch_images, run_extra=N
     try:
         results = measure(adapter, inputs, config, out=out, batch_images=batch_images, repeats=repeats,
                           backend=backend, on_result=on_result, on_step=on_step, on_start=on_start,
-                          run_extra=run_extra, prompt=prompt, class_label=class_label)
+                          run_extra=run_extra, prompt=prompt, class_label=class_label, mask=mask)
     except InvMMInputError as exc:
         fail(str(exc))
     finally:

@@ -24,6 +24,11 @@ BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="i
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
                                                   "median, with successes k/R and an interval (3 or more "
                                                   "recommended to rank images; see the README)")]
+Mask = Annotated[str, typer.Option(help="partial memorization: a mask image (0 outside the region, 255 inside; "
+                                        "the image's size) for every image, so the check compares that region "
+                                        "only; or auto: the region a first, whole-image pass reproduces (README, "
+                                        "\"Partial memorization\"); a manifest may give a mask column "
+                                        "instead")]
 Seed = Annotated[int, typer.Option(help="run seed; each image's random streams derive from it and its id")]
 
 
@@ -84,6 +89,9 @@ class InvMMOptions:
                                                              "similarity >= threshold - margin")] = None
     check_skip_rec: Annotated[float, typer.Option(help="opt-in: skip each check while the mean reconstruction "
                                                        "loss of the last 100 steps is above this value")] = None
+    mask_loss: Annotated[str, typer.Option(help="with a mask: the reconstruction loss weighted by the mask "
+                                                "(weighted, default) or over the whole image as the paper's "
+                                                "(whole)")] = None
     # The refined score beside the paper's (README, "A score that holds still")
     refine: Annotated[bool, typer.Option(help="also compute the refined score: the paper's score averaged over "
                                               "the check's luck, from --refine-samples samples per check around "

@@ -6,6 +6,11 @@ scale) whose round has a non-copy stops there and the image moves to its next sc
 on its own noise and prompt draw, so the decision is the full check's, while a failing check, the common case,
 costs a fraction of the forwards. The first round runs at every scale, and each later round at the image's lowest
 scale still possible; all images' rows go into one batched sampler call, each row at its own scale.
+
+With a mask (partial memorization) the similarity compares the masked region only. When an image's check is its
+last (a success, or the end of the budget), its memorization map is made: the decided check's samples, topped up
+to n from the check's own draws, against n samples of the prior N(0, I) with the same conditionings
+(functional.memorization_map): which pixels the fitted noise reproduces beyond what any noise does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 from invmm.families.conditions import cond_cat, cond_rows
-from invmm.functional import kl_to_standard_normal, reparameterize
+from invmm.functional import (
+    kl_to_standard_normal,
+    map_window,
+    memorization_map,
+    reparameterize,
+    reproduction_map,
+    seed_from,
+)
 from invmm.inversion.cost import sample_forwards
 from invmm.inversion.state import ImageState
 from invmm.records import CheckRecord
@@ -33,6 +45,7 @@ class ImageCheck:
     sims: dict[int, list[float]] = field(default_factory=dict)  # scale -> the similarities of its samples
     samples: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     passed: int | None = None  # the scale at which every sample was a copy
+    decided: int | None = None  # the scale whose samples the record keeps
 
     def record(self, k: int, values: list[float], batch: torch.Tensor, hi: int, beta: float) -> None:
         """A round's samples at scale k: the scale stays possible only if all of them are copies."""
@@ -97,6 +110,9 @@ class SuccessCheck:
             self._decide(c, scales, conditional, previews)
             if c.passed is not None or c.state.step >= cfg.max_steps:
                 finished.append((c.state, c.passed is not None, None))
+        last = [c for c in checks if c.passed is not None or c.state.step >= cfg.max_steps]
+        if last:
+            self._maps(last, scales, conditional)
         return finished
 
     def _round(self, parts, scales, conditional) -> None:
@@ -116,14 +132,56 @@ class SuccessCheck:
         for c, k, lo, hi in parts:
             batch = images[offset : offset + hi - lo].cpu()
             offset += hi - lo
-            values = [round(float(v), 6) for v in inv.similarity(batch, c.state.target.pixels)]
+            values = [round(float(v), 6) for v in self.similarity(batch, c.state)]
             self.count(c.state, hi - lo, inv.check_steps, conditional, scales[k])
             c.record(k, values, batch, hi, cfg.beta)
 
-    def count(self, s: ImageState, m: int, steps: int, conditional: bool, scale: float) -> None:
-        s.calls["check_forward"] += m * sample_forwards(steps, conditional, scale, self.inv.guidance_kind)
+    def similarity(self, batch: torch.Tensor, s: ImageState) -> torch.Tensor:
+        """The samples' similarities to the image's target, over its mask where it has one."""
+        if s.target.mask is None:
+            return self.inv.similarity(batch, s.target.pixels)
+        return self.inv.similarity(batch, s.target.pixels, mask=s.target.mask)
+
+    def count(self, s: ImageState, m: int, steps: int, conditional: bool, scale: float,
+              kind: str = "check_forward") -> None:
+        s.calls[kind] += m * sample_forwards(steps, conditional, scale, self.inv.guidance_kind)
         s.calls["vae_decode"] += m if self.inv.decodes else 0
-        s.calls["similarity"] += m
+        s.calls["similarity"] += m if kind == "check_forward" else 0
+
+    def _maps(self, checks: list[ImageCheck], scales, conditional) -> None:
+        """Each image's memorization map at its last check, in one sampler call: the rows its decided scale still
+        lacks (from the check's own noises and conditionings) and n prior rows (noise from the image's own "map"
+        stream, the same conditionings), all at the decided scale."""
+        inv, cfg = self.inv, self.inv.config
+        n = cfg.n_check_samples
+        noises, conds, rows = [], [], []
+        for c in checks:
+            s, k = c.state, c.decided
+            have = sum(len(b) for b in c.samples[k])
+            gen = torch.Generator().manual_seed(seed_from(s.image_seed, "map"))
+            prior = torch.randn((n, *s.x0.shape), generator=gen).to(s.x0.device)
+            noises += [c.noise[have:], prior] if have < n else [prior]
+            if conditional:
+                conds += ([cond_rows(c.cond, slice(have, n))] if have < n else []) + [cond_rows(c.cond, slice(0, n))]
+            rows += [(c, k, gen)] * (2 * n - have)
+            self.count(s, 2 * n - have, inv.check_steps, conditional, scales[k], kind="map_forward")
+        with inv.autocast():
+            images = inv.adapter.generate(
+                torch.cat(noises), steps=cfg.sampler_steps, eta=cfg.eta, cond=cond_cat(conds) if conditional else None,
+                guidance=[scales[k] for _, k, _ in rows] if conditional else 1.0,
+                generator=[g for *_, g in rows] if cfg.eta > 0 else None, schedule=cfg.check_schedule)
+        images = images.float().cpu()
+        offset = 0
+        for c in checks:
+            s, k = c.state, c.decided
+            have = sum(len(b) for b in c.samples[k])
+            fitted = torch.cat([torch.cat(c.samples[k]), images[offset : offset + n - have]])
+            prior = images[offset + n - have : offset + 2 * n - have]
+            offset += 2 * n - have
+            target = s.target.pixels.float().cpu()
+            window = map_window(target.shape[-1])
+            s.map = memorization_map(reproduction_map(fitted, target, window=window),
+                                     reproduction_map(prior, target, window=window))
 
     def _decide(self, c: ImageCheck, scales, conditional, previews) -> None:
         """The check's record on the image: the passing scale's samples, or the closest failing one's."""
@@ -132,7 +190,7 @@ class SuccessCheck:
             s.check_skips["preview"] += 1
             for k, (values, batch) in previews.get(id(c), {}).items():
                 c.sims[k], c.samples[k] = values, [batch]
-        k = c.passed if c.passed is not None else c.closest()
+        k = c.decided = c.passed if c.passed is not None else c.closest()
         s.similarities, s.samples = c.sims[k], torch.cat(c.samples[k])
         kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
         s.checks.append(CheckRecord(s.step, kl, s.lam, min(s.similarities), s.prev_check_mean))
@@ -157,7 +215,7 @@ class SuccessCheck:
         dropped: dict = {}
         for c in checks:
             rows = [i for i, (other, _) in enumerate(parts) if other is c]
-            values = [round(float(v), 6) for v in inv.similarity(images[rows], c.state.target.pixels)]
+            values = [round(float(v), 6) for v in self.similarity(images[rows], c.state)]
             for i, v in zip(rows, values):
                 k = parts[i][1]
                 self.count(c.state, 1, inv.preview_steps, conditional, scales[k])

@@ -17,7 +17,7 @@ import torch
 
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
-from invmm.functional import kl_to_standard_normal, seed_from
+from invmm.functional import MAP_THRESHOLD, kl_to_standard_normal, seed_from
 from invmm.inversion.check import SuccessCheck
 from invmm.inversion.conditioning import conditioner, given_condition
 from invmm.inversion.cost import Meter
@@ -141,10 +141,16 @@ class Inverter:
         mu = torch.zeros_like(x0, requires_grad=True)
         logvar = torch.zeros_like(x0, requires_grad=True)
         opt = torch.optim.Adam([mu, logvar, *(cond.params if cond else [])], lr=cfg.lr)
+        weight = None
+        if target.mask is not None and cfg.mask_loss == "weighted":
+            # The share of each latent cell's pixels inside the mask (area average): a latent model's x0 is a grid
+            # of cells, each standing for a patch of pixels.
+            weight = torch.nn.functional.adaptive_avg_pool2d(target.mask[None].float(), x0.shape[-2:])[0]
+            weight = weight.to(x0.device)
         # The stochastic sampler gets its own stream so that eta changes only the check, never the optimisation's
         # noise: the same fit is judged by both samplers.
         return ImageState(target, x0, mu, logvar, opt, torch.Generator().manual_seed(image_seed), image_seed,
-                          cfg.lambda_init, cond=cond, calls=calls,
+                          cfg.lambda_init, cond=cond, calls=calls, loss_weight=weight,
                           sampler_gen=torch.Generator().manual_seed(seed_from(image_seed, "sampler")))
 
     def finish(self, s: ImageState, *, success: bool, error: str | None = None) -> Outcome:
@@ -159,7 +165,9 @@ class Inverter:
             seconds=round(time.perf_counter() - s.started, 3), caption=s.target.caption, repeat=s.target.repeat,
             guidance_scale=s.guidance_scale, calls=dict(s.calls), check_skips=dict(s.check_skips),
             refined_score=None if self.refiner is None or success or error else math.inf,
+            mask=s.target.mask_info,
+            reproduced_fraction=None if s.map is None else round(float((s.map >= MAP_THRESHOLD).float().mean()), 6),
             **(s.cond.describe() if s.cond else {}),
         )
         # Copies: on the CPU .cpu() is the tensor itself, which a refinement goes on optimising.
-        return Outcome(record, s.mu.detach().cpu().clone(), s.logvar.detach().cpu().clone(), s.samples)
+        return Outcome(record, s.mu.detach().cpu().clone(), s.logvar.detach().cpu().clone(), s.samples, s.map)

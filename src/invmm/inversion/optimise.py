@@ -83,13 +83,24 @@ class OptimisationStep:
         for s in active:  # every row of the optimisation's forward is backpropagated
             s.calls["opt_forward"] += b
             s.calls["opt_backward"] += b
-        rec = (x0_hat.float() - x0_rep).pow(2).flatten(1).mean(1).view(len(active), b).mean(1)
+        err = (x0_hat.float() - x0_rep).pow(2)
+        rec = err.flatten(1).mean(1).view(len(active), b).mean(1)
+        if any(s.loss_weight is not None for s in active):
+            rec = torch.stack([r if s.loss_weight is None else self._weighted(err[i * b : (i + 1) * b], s.loss_weight)
+                               for i, (s, r) in enumerate(zip(active, rec))])
         norm = kl_to_standard_normal(mu, logvar)
         lam = torch.tensor([s.lam for s in active], device=device)
         for s in active:
             s.opt.zero_grad(set_to_none=True)
         (rec + lam * norm).sum().backward()
         return rec.detach().cpu().tolist(), norm.detach().cpu().tolist()
+
+    @staticmethod
+    def _weighted(err: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """An image's L_rec over its mask: the squared error's mean weighted by the mask on x0's grid (the same
+        weight for every channel), over its B rows."""
+        w = weight.expand_as(err[0])
+        return (err * w).flatten(1).sum(1).mean() / w.sum()
 
     def _nan_message(self, s: ImageState, rec: float, norm: float) -> str:
         return (

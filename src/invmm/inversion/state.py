@@ -22,6 +22,10 @@ class Target:
     class_label: str | None = None  # class-conditional models: the image's class (index or name)
     original_size: tuple[int, int] | None = None  # (width, height) of the file, for size-conditioned models (SDXL)
     repeat: int = 0  # which independent inversion of this image (its random streams follow from it)
+    # Partial memorization: the region the check compares, [1, S, S] in [0, 1] in the model's frame (None: the
+    # whole image, also for an all-ones mask), and what the record says of it (path, sha256, masked fraction).
+    mask: torch.Tensor | None = None
+    mask_info: dict | None = None
 
 
 @dataclass
@@ -43,6 +47,8 @@ class ImageState:
     checks: list[CheckRecord] = field(default_factory=list)
     similarities: list[float] = field(default_factory=list)  # the last check's samples
     samples: torch.Tensor | None = None  # the last check's generated images
+    map: torch.Tensor | None = None  # [S, S] memorization map at the last check (check.py)
+    loss_weight: torch.Tensor | None = None  # [1, h, w] the mask on x0's grid, for a mask-weighted L_rec
     started: float = field(default_factory=time.perf_counter)
     calls: Counter = field(default_factory=Counter)  # model calls spent on this image (cost.py)
     check_skips: Counter = field(default_factory=Counter)  # checks decided by an opt-in shortcut: preview, rec
@@ -61,3 +67,4 @@ class Outcome:
     mu: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
     samples: torch.Tensor | None = None  # the last check's generated images, [-1, 1]
+    map: torch.Tensor | None = None  # [S, S] memorization map at the last check

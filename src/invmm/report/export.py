@@ -16,7 +16,8 @@ from invmm.runs.files import LEDGER_FILE, Ledger, atomic_write_bytes
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
            "score_high", "interval_coverage", "refined_score", "steps", "min_similarity", "kl", "final_lambda",
            "guidance_scale", "prompt_mode", "prompt", "class_mode", "class_label", "class_name", "seconds",
-           "forward_equivalents", "check_forward", "seed", "resized", "error_kind", "error", "meta"]
+           "forward_equivalents", "check_forward", "map_forward", "seed", "resized", "error_kind", "error", "meta",
+           "reproduced_fraction", "mask", "masked_fraction"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
@@ -25,8 +26,12 @@ REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "sco
 def _value(r: InversionRecord, column: str):
     if column == "forward_equivalents":
         return forward_equivalents(r.calls) if r.calls else None
-    if column == "check_forward":
-        return r.calls.get("check_forward") if r.calls else None
+    if column in ("check_forward", "map_forward"):
+        return r.calls.get(column) if r.calls else None
+    if column == "mask":  # the mask file (or, for --mask auto, why the image kept its whole-image result)
+        return None if r.mask is None else (r.mask.get("path") or r.mask.get("note"))
+    if column == "masked_fraction":
+        return None if r.mask is None else r.mask.get("fraction")
     if column == "meta":  # a shard's .json fields (url, sizes, ...), as JSON text: one column whatever they are
         return json.dumps(r.meta, sort_keys=True) if r.meta else None
     return getattr(r, column)

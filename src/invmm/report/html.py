@@ -25,6 +25,7 @@ from invmm.repeats import compare_scores, rep_score
 from invmm.report.export import write_table_csv
 from invmm.runs.artifacts import artifact_stem
 from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.runs.folder import mask_text
 from invmm.runs.scores import read_scores
 from invmm.runs.screen import suspicion_order
 
@@ -143,6 +144,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
                    f"{cfg.get('n_check_samples')} samples, {cfg.get('sampler')} {cfg.get('sampler_steps')} steps"),
         ("dataset", f"{data.get('source', '')} ({data.get('n', len(results))} images)"),
         *_dataset_rows(data, info),
+        *_mask_rows(info),
         ("backend / device", f"{info.get('backend', 'local')} / {device}"),
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
@@ -169,7 +171,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              compare_section,
              _screen_section(run_dir, info, results),
              _top_section(run_dir, finite, top_k, out, cfg.get("beta")),
-             _misses_section(ok, top_k, out, cfg.get("beta")),
+             _misses_section(run_dir, ok, top_k, out, cfg.get("beta")),
              _table_section(results),
              f"<script>{SORT_JS}</script></body></html>"]
     page = out / "index.html"
@@ -310,6 +312,7 @@ def _top_section(run_dir: Path, finite: list[ImageSummary], k: int, out: Path, b
     for i, r in enumerate(top):
         png = Path(f"{artifact_stem(run_dir, r.id, r.repeat)}.png")
         img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
+        img += _map_img(run_dir, r)
         below = f"{compare_scores(r, top[i + 1]):.2f}" if i + 1 < len(top) else "-"
         rows_html.append(
             f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or _class_text(r))}</span></td><td>{img}<br>"
@@ -317,7 +320,8 @@ def _top_section(run_dir: Path, finite: list[ImageSummary], k: int, out: Path, b
             f"<td>{r.successes or 0}/{r.n_repeats}</td><td>{_interval_text(r)}</td><td>{below}</td>"
             f"<td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
     return (f"<h2>Most memorized ({len(top)})</h2><p class='note'>Ranked by the median score over the repeats. Each "
-            "row: the target, then the samples of the check that succeeded (in the median repeat); below, the worst "
+            "row: the target, then the samples of the check that succeeded (in the median repeat), then its "
+            "memorization map (" + MAP_NOTE + "); below, the worst "
             "check sample's similarity and the KL at every check. <b>P(lower than next)</b>: the probability that a "
             "repeat of this image scores below a repeat of the next image in the list (0.5: the repeats cannot tell "
             "them apart; see invmm.compare_scores).</p>" + bars +
@@ -331,7 +335,32 @@ def _best_similarity(r: ImageSummary) -> float:
     return max((c[3] for c in checks), default=-math.inf)
 
 
-def _misses_section(ok: list[ImageSummary], k: int, out: Path, beta) -> str:
+MAP_NOTE = ("memorization map: the target, the share of samples from the fitted noise that reproduce each pixel "
+            "beyond the share of samples from N(0, I) that do (white: all of them), and the target with the pixels "
+            "at 0.5 or more tinted red")
+
+
+def _map_img(run_dir: Path, r: ImageSummary) -> str:
+    png = Path(f"{artifact_stem(run_dir, r.id, r.repeat)}.map.png")
+    return f"<br><img class='grid' alt='memorization map' src='{_png(png)}'>" if png.exists() else ""
+
+
+def _mask_rows(info: dict) -> list[tuple[str, str]]:
+    """What run.json says of the masks: none, one file, a manifest's or the automatic ones."""
+    mask, auto = info.get("mask"), info.get("auto_mask")
+    rows = []
+    if mask:
+        rows.append(("mask (partial memorization)", mask_text(mask) + "; the check compares the masked region, the "
+                     f"reconstruction loss is {info.get('config', {}).get('mask_loss', 'weighted')}"))
+    if auto:
+        rows.append(("automatic masks", f"from the memorization maps of a first, whole-image pass (in "
+                     f"{auto['first_pass']}/), thresholded at {auto['threshold']}: {auto['masked']} image(s) "
+                     f"measured masked, {auto['kept_whole']} kept with the first pass's result (reproduced whole, or "
+                     "no region marked)"))
+    return rows
+
+
+def _misses_section(run_dir: Path, ok: list[ImageSummary], k: int, out: Path, beta) -> str:
     """The images not reproduced (median +inf) that came closest to the threshold: a larger budget, or a
     check at another guidance scale, would reproduce these first."""
     misses = sorted((r for r in ok if math.isinf(r.score)), key=lambda r: (-_best_similarity(r), r.id))[:k]
@@ -345,13 +374,17 @@ def _misses_section(ok: list[ImageSummary], k: int, out: Path, beta) -> str:
         rows_html.append(
             f"<tr><td>{_e(r.id)}</td><td>{_fmt(_best_similarity(r), 3)}</td><td>{r.successes or 0}/{r.n_repeats}"
             f"{' (' + ', '.join(_fmt(x) for x in finite) + ')' if finite else ''}</td><td>{r.steps}</td>"
+            f"<td>{_map_img(run_dir, r) or '-'}<br>{_fmt(r.reproduced_fraction, 3)}</td>"
             f"<td>{_curves(out, r, beta, f'miss-{i}')}</td></tr>")
     return (f"<h2>Closest to reproduced ({len(misses)} of {sum(math.isinf(r.score) for r in ok)} not reproduced)"
             f"</h2><p class='note'>Images whose median score is inf, by the best worst-sample similarity any check "
             f"reached (threshold {_e(beta)}). A curve still rising at the budget's end means a larger budget may "
-            "reproduce the image; a flat one far below the threshold means it is not memorized at this budget.</p>"
+            "reproduce the image; a flat one far below the threshold means it is not memorized at this budget. The "
+            "memorization map shows whether a region is reproduced all the same (partial memorization: measure it "
+            "with --mask). " + MAP_NOTE + "</p>"
             "<table><thead><tr><th>image</th><th>best min similarity</th><th>reproduced (scores)</th><th>steps</th>"
-            "<th>similarity and KL per check</th></tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>")
+            "<th>memorization map, share reproduced</th><th>similarity and KL per check</th></tr></thead><tbody>"
+            + "".join(rows_html) + "</tbody></table>")
 
 
 def _class_text(r: ImageSummary) -> str:
@@ -365,13 +398,14 @@ def _class_text(r: ImageSummary) -> str:
 def _table_section(results: list[ImageSummary]) -> str:
     cols = ["id", "label", "score", *(["refined_score"] if any(r.refined_score is not None for r in results) else []),
             "success", "successes", "n_repeats", "score_low", "score_high", "steps",
-            "min_similarity", "caption", "error"]
+            "min_similarity", "reproduced_fraction", *(["masked_fraction"] if any(r.mask for r in results) else []),
+            "caption", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []
     for r in results:
         cells = []
         for c in cols:
-            v = getattr(r, c)
+            v = (r.mask or {}).get("fraction") if c == "masked_fraction" else getattr(r, c)
             if c == "score" and r.status != "ok":
                 v = None
             cls = " class='err'" if c == "error" and v else ""

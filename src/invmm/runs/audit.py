@@ -10,22 +10,24 @@ from pathlib import Path
 
 from invmm.config import InvMMConfig
 from invmm.families import load_adapter
-from invmm.runs.engine import RunSummary, run_images, split_run_options
+from invmm.runs.engine import RunSummary, split_run_options
 from invmm.runs.files import RUN_FILE
 from invmm.runs.folder import next_free
 from invmm.runs.images import ImageItem
+from invmm.runs.masked import run_masked
 from invmm.runs.screen import run_screen
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
           device: str = "cpu", allow_pickle: bool = False, screen: str | None = None, keep: float | None = None,
           keep_top: int | None = None, on_screen=None, shard: tuple[int, int] | None = None,
-          **options) -> RunSummary:
+          mask: str | Path | None = None, **options) -> RunSummary:
     """InvMM for every item not yet in OUT's ledger. `options` are the engine's (backend, batch_images,
     repeats, force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks).
     `screen` (a scorer spec, e.g. "loss" or "pia:t=100", or "auto") with `keep` (a fraction) or `keep_top` (a count)
     inverts only the images that scorer ranks as most suspicious. `shard` (I, N): `items` are part I of N of a
-    dataset (runs/split.py); run.json says so, and a resume with another part is refused."""
+    dataset (runs/split.py); run.json says so, and a resume with another part is refused. `mask`: one mask file
+    for every item, or "auto" (runs/masked.py); without it, the masks a manifest names."""
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
     described = None
     if shard is not None:
@@ -44,7 +46,7 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
         described = result.describe(keep, keep_top)  # `auto` recorded as what it stood for
         options["run_extra"] = {**(options.get("run_extra") or {}), "screen": described}
     run_options, callbacks = split_run_options(allow_pickle=allow_pickle, **options)
-    summary = run_images(adapter, items, config, out, kind="audit", resume=True, options=run_options,
+    summary = run_masked(adapter, items, config, out, kind="audit", resume=True, mask=mask, options=run_options,
                          callbacks=callbacks)
     summary.screen = described
     return summary

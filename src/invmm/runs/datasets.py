@@ -185,6 +185,10 @@ def _rows_to_items(p: Path, rows: list[dict], captions_only_ok: bool = False) ->
                        class_label=None if cls in (None, "") else str(cls))
         if path is not None and not path.is_file():
             it.error = f"{path}: no such file (row {n} of {p})"
+        mask = row.get("mask")
+        if mask not in (None, ""):  # partial memorization: the region this image's check compares
+            mask = Path(str(mask))
+            it.mask, it.mask_source = str(mask if mask.is_absolute() else base / mask), "manifest"
         items.append(it)
     if not items:
         raise InvMMInputError(f"{p}: the manifest lists no images")

@@ -29,6 +29,7 @@ from invmm.runs.folder import add_session, next_free, open_run
 from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import dataset_hash, run_info
 from invmm.runs.lock import RunLock
+from invmm.runs.masks import hash_masks, load_item_mask
 from invmm.runs.ray_backend import run_on_ray
 from invmm.runs.reader import prefetch
 from invmm.similarity import build_similarity
@@ -87,6 +88,7 @@ def run_images(adapter, items: list[ImageItem], config: InvMMConfig, out: str | 
     memory only). Every session's ledger lines are per repeat; records.summarise summarises them per image."""
     opts, calls = options or RunOptions(), callbacks or RunCallbacks()
     _check_run(adapter, items, config, opts)
+    masks = hash_masks(items)
     similarity = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None and opts.force_new and (run_dir / RUN_FILE).exists():
@@ -99,7 +101,7 @@ def run_images(adapter, items: list[ImageItem], config: InvMMConfig, out: str | 
                             dataset={"source": opts.data_source, "n": len(items), "hash": dataset_hash(items),
                                      **(opts.data_info or {})},
                             backend=opts.backend, batch_images=opts.batch_images, repeats=opts.repeats,
-                            **(opts.run_extra or {}))
+                            **({"mask": masks} if masks else {}), **(opts.run_extra or {}))
         session = _Session(adapter, items, config, run_dir, info, resume, opts, calls)
         t0 = time.perf_counter()
         n_workers, worker_device = 1, str(adapter.device)
@@ -163,14 +165,20 @@ class _Session:
         # rows of the batch.
         mode, size = self.adapter.image_mode, self.adapter.image_size
         ahead = 2 * self.opts.batch_images
-        for it in prefetch(self.todo, lambda it: load_image(it, mode=mode, size=size), ahead=ahead):
+
+        def load(it):
+            load_image(it, mode=mode, size=size)
+            return it, *load_item_mask(it, size)
+
+        for it, mask, mask_info in prefetch(self.todo, load, ahead=ahead):
             for rep in self.missing[it.id]:
                 if it.error:
                     self.record(InversionRecord(id=it.id, path=it.path, status="error", error=it.error,
                                                 error_kind="input", repeat=rep))
                 else:
                     yield Target(id=it.id, pixels=it.pixels, path=it.path, caption=it.caption,
-                                 class_label=it.class_label, original_size=it.original_size, repeat=rep)
+                                 class_label=it.class_label, original_size=it.original_size, repeat=rep,
+                                 mask=mask, mask_info=mask_info)
 
     def record(self, res: InversionRecord, outcome: Outcome | None = None) -> None:
         it, summary = self.by_id.get(res.id), self.summary

@@ -51,9 +51,19 @@ def _run_differences(old: dict, info: dict) -> list[str]:
     diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))
     if diff:
         changed.append("model settings " + "; ".join(diff))
+    if old.get("mask") != info.get("mask"):
+        changed.append(f"mask {mask_text(old.get('mask'))} -> {mask_text(info.get('mask'))}")
     if old.get("shard") != info.get("shard"):
         changed.append(f"dataset part (--shard) {part_text(old.get('shard'))} -> {part_text(info.get('shard'))}")
     return changed
+
+
+def mask_text(mask: dict | None) -> str:
+    if not mask:
+        return "none (the whole image)"
+    if mask.get("path"):
+        return f"{mask['path']} (sha256 {mask['sha256'][:12]})"
+    return f"{mask['source']} masks of {mask.get('n', '?')} images (sha256 {mask.get('sha256', '')[:12]})"
 
 
 def part_text(shard: dict | None) -> str:

@@ -24,6 +24,9 @@ class ImageItem:
     class_label: str | None = None  # class-conditional models: the image's class (index or name)
     ref: str | None = None  # where in `path` the image lies: a tar member, a parquet or Arrow row (containers.py)
     meta: dict | None = None  # a shard's or dataset row's other fields (url, sizes, ...), kept with the result
+    mask: str | None = None  # partial memorization: the mask file (runs/masks.py)
+    mask_source: str | None = None  # where it came from: "option" (--mask), "manifest" (a mask column), "auto"
+    mask_sha256: str | None = None
     pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]
     original_size: tuple[int, int] | None = None
     resized: bool = False

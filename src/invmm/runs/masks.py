@@ -47,3 +47,78 @@ def load_mask(path: str | Path, *, size: int, image_size: tuple[int, int] | None
 def masked_fraction(mask: torch.Tensor) -> float:
     """The share of the image the mask weighs (a soft mask counts its weights)."""
     return float(mask.double().mean())
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def attach_masks(items: list, mask: str | Path | None) -> None:
+    """`--mask PATH`: every item is masked by PATH. A dataset whose manifest names masks already is refused (two
+    sources of one mask would leave it unclear which was measured)."""
+    if mask is None:
+        return
+    named = [it for it in items if it.mask]
+    if named:
+        raise InvMMInputError(f"--mask {mask}: the dataset's manifest names masks already (first: {named[0].mask} for "
+                              f"{named[0].id}); give --mask or a manifest 'mask' column, not both")
+    for it in items:
+        it.mask, it.mask_source = str(mask), "option"
+
+
+def hash_masks(items: list) -> dict | None:
+    """Hash every item's mask file (each file once) into the item; returns what run.json records of the masks
+    (None without masks), so that a resumed run can refuse masks that changed. A mask file that is missing is
+    an input error of its item, naming the file."""
+    masked = [it for it in items if it.mask and not it.error]
+    if not masked:
+        return None
+    digests: dict[str, str | None] = {}
+    for it in masked:
+        if it.mask not in digests:
+            try:
+                digests[it.mask] = file_sha256(it.mask)
+            except OSError as exc:
+                digests[it.mask] = None
+                reason = "no such mask file" if isinstance(exc, FileNotFoundError) else f"cannot read the mask ({exc})"
+            if digests[it.mask] is None:
+                it.error = f"{it.mask}: {reason} (the mask of {it.origin})"
+                continue
+        elif digests[it.mask] is None:
+            it.error = f"{it.mask}: no such mask file or an unreadable one (the mask of {it.origin})"
+            continue
+        it.mask_sha256 = digests[it.mask]
+    sources = sorted({it.mask_source for it in masked})
+    if sources == ["option"]:
+        return {"source": "option", "path": masked[0].mask, "sha256": masked[0].mask_sha256}
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in sorted(masked, key=lambda it: it.id):
+        h.update(f"{it.id}\0{it.mask_sha256}\n".encode())
+    return {"source": "/".join(sources), "n": len(masked), "sha256": h.hexdigest()}
+
+
+def load_item_mask(item, size: int) -> tuple[torch.Tensor | None, dict | None]:
+    """An item's mask in the model's frame and what its record says of it: (None, None) without a mask. A mask
+    that is all ones is the whole image: its tensor is None so that the result is exactly the unmasked one. An
+    unusable mask becomes the item's input error."""
+    if not item.mask or item.error:
+        return None, None
+    try:
+        if item.mask_source == "auto":  # made in the model's frame already (runs/automask.py)
+            mask = load_mask(item.mask, size=size, image_size=(size, size))
+        else:
+            mask = load_mask(item.mask, size=size, image_size=item.original_size)
+    except InvMMInputError as exc:
+        item.error = f"{exc} (the mask of {item.origin})"
+        return None, None
+    info = {"source": item.mask_source, "path": item.mask, "sha256": item.mask_sha256,
+            "fraction": round(masked_fraction(mask), 6)}
+    return (None if bool((mask >= 1.0).all()) else mask), info

@@ -11,8 +11,9 @@ from pathlib import Path
 from invmm.config import InvMMConfig, default_config
 from invmm.families import load_adapter
 from invmm.records import ImageSummary, InversionRecord, summarise
-from invmm.runs.engine import RunCallbacks, RunOptions, run_images
+from invmm.runs.engine import RunCallbacks, RunOptions
 from invmm.runs.images import ImageItem, collect_images
+from invmm.runs.masked import run_masked
 
 
 def measure(
@@ -33,6 +34,7 @@ def measure(
     run_extra: dict | None = None,
     prompt: str | None = None,
     class_label: str | None = None,
+    mask: str | Path | None = None,
 ) -> list[ImageSummary]:
     """Measure InvMM for each image. `model` is a diffusers folder (or hub id with hub=True) or an adapter.
 
@@ -42,6 +44,8 @@ def measure(
     With `repeats` R > 1 every image is inverted R times from independent streams (as more rows of the same
     batches); each returned Result then summarises its image (median score, successes out of R, interval,
     and every repeat in `repeats`; see invmm.repeats). Results come back in the order of `images`.
+    `mask`: a mask file for every image (partial memorization: the check compares the masked region), or "auto"
+    (runs/masked.py); images given as ImageItems may carry their own.
     """
     adapter = model if hasattr(model, "predict_x0") else load_adapter(
         str(model), device=device, hub=hub, allow_pickle=allow_pickle
@@ -56,7 +60,7 @@ def measure(
     if class_label is not None:
         for it in items:
             it.class_label = it.class_label if it.class_label is not None else str(class_label)
-    summary = run_images(adapter, items, config, out, kind="measure", resume=False, options=RunOptions(
+    summary = run_masked(adapter, items, config, out, kind="measure", resume=False, mask=mask, options=RunOptions(
         backend=backend, batch_images=batch_images, repeats=repeats, allow_pickle=allow_pickle, keep_results=True,
         run_extra=run_extra), callbacks=RunCallbacks(
         on_result=on_result, on_step=on_step, on_start=(lambda total, done: on_start(total)) if on_start else None))

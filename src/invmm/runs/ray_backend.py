@@ -36,9 +36,9 @@ class InversionWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def invert(self, targets: list[Target]) -> list[tuple[dict, object, object, object]]:
+    def invert(self, targets: list[Target]) -> list[tuple[dict, object, object, object, object]]:
         outs = self.inverter.run(targets)
-        return [(o.result.to_json(), o.mu, o.logvar, o.samples) for o in outs]
+        return [(o.result.to_json(), o.mu, o.logvar, o.samples, o.map) for o in outs]
 
 
 @contextlib.contextmanager
@@ -135,8 +135,8 @@ def run_on_ray(targets: Iterator[Target], model: str, config: InvMMConfig, *, ba
                         queue.append(t)
                 submit(i)
                 continue
-            for res_json, mu, logvar, samples in outs:
+            for res_json, mu, logvar, samples, map_ in outs:
                 res = InversionRecord.from_json(res_json)
-                record(res, Outcome(res, mu, logvar, samples))
+                record(res, Outcome(res, mu, logvar, samples, map_))
             submit(i)
         return len(actors), device

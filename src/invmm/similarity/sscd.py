@@ -25,6 +25,42 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def masked_views(
+    samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a masked SSCD check embeds: (target_view [C, h, w], sample_views [N, C, h, w]).
+
+    `mask` is [1, S, S] (or [S, S]) in [0, 1], 1 inside the region, soft values allowed; `samples` [N, C, S, S]
+    and `target` [C, S, S]. Each sample is filled outside the region from the target (mask * sample +
+    (1 - mask) * target), so pixels outside it can neither make nor break a copy; then both are cropped to the
+    bounding box of mask > 0, so a small region fills SSCD's input instead of being a speck in a frame of
+    identical pixels (a non-square box is stretched to SSCD's square input, alike for target and samples,
+    so they still correspond pixel for pixel). An all-ones mask returns the inputs themselves, so it is
+    bit-for-bit the unmasked check.
+    """
+    if samples.dim() != 4 or target.dim() != 3:
+        raise ValueError(f"masked_views wants samples [N, C, S, S] and target [C, S, S], got {tuple(samples.shape)} "
+                         f"and {tuple(target.shape)}")
+    m = mask.detach()
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() != 3 or m.shape[0] != 1 or m.shape[-2:] != target.shape[-2:] or samples.shape[1:] != target.shape:
+        raise ValueError(f"mask {tuple(mask.shape)}, samples {tuple(samples.shape)} and target {tuple(target.shape)} "
+                         "do not match: the mask must be [1, S, S] over [C, S, S] images")
+    inside = m[0] > 0
+    if not bool(inside.any()):
+        raise ValueError("the mask has no pixel above 0: there is no region to compare")
+    if bool((m >= 1).all()):
+        return target, samples
+    m = m.to(device=samples.device, dtype=samples.dtype)
+    t = target.to(device=samples.device, dtype=samples.dtype)
+    filled = m * samples + (1 - m) * t
+    rows = torch.nonzero(inside.any(dim=1)).flatten()
+    cols = torch.nonzero(inside.any(dim=0)).flatten()
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return t[:, r0:r1, c0:c1], filled[:, :, r0:r1, c0:c1]
+
+
 def default_sscd_onnx() -> Path:
     try:
         import importlib.resources
@@ -93,7 +129,12 @@ class SSCDSimilarity:
             emb = self._torchscript(x)
         return torch.nn.functional.normalize(emb.float(), dim=1)
 
-    def __call__(self, samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cosine similarity of each sample to the target; with a mask, of the region only (`masked_views`)."""
+        if mask is not None:
+            target, samples = masked_views(samples, target, mask)
         emb = self.embed(torch.cat([target[None].cpu(), samples.cpu()]))
         return emb[1:] @ emb[0]
 
