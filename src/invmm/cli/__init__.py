@@ -24,6 +24,7 @@ zoo_app = typer.Typer(no_args_is_help=True, help="Toy models with planted memori
 zoo_app.command("train-digits")(zoo.train_digits_command)
 zoo_app.command("train-digits-t2i")(zoo.train_digits_t2i_command)
 zoo_app.command("train-digits-dit")(zoo.train_digits_dit_command)
+zoo_app.command("train-digits-template")(zoo.train_digits_template_command)
 zoo_app.command("train-lora")(zoo.train_lora_command)
 zoo_app.command("export-digits")(zoo.export_digits_command)
 app.add_typer(zoo_app, name="zoo")

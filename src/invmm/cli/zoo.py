@@ -14,6 +14,12 @@ from invmm.zoo.digits import DigitsTrainConfig, export_images, load_manifest, tr
 from invmm.zoo.digits_dit import DigitsDiTConfig, train_digits_dit
 from invmm.zoo.digits_lora import DigitsLoraConfig, train_digits_lora
 from invmm.zoo.digits_t2i import DigitsT2IConfig, train_digits_t2i
+from invmm.zoo.digits_template import (
+    TEMPLATE_KIND,
+    DigitsTemplateConfig,
+    export_template_images,
+    train_digits_template,
+)
 
 
 def _fresh(out: Path, marker: str, what: str) -> None:
@@ -56,6 +62,16 @@ def train_digits_dit_command(
     _train(train_digits_dit, DigitsDiTConfig(seed=seed, steps=steps), out)
 
 
+def train_digits_template_command(
+    out: Annotated[Path, typer.Option(help="folder to write the template toy model and manifest.json to")],
+    seed: Seed = 0,
+    steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+):
+    """Train the toy digits DDPM with planted template memorization: four 4x4 patterns, each pasted into its own
+    quadrant of 64 different digits (partial memorization; about 10 minutes on 2 CPU cores)."""
+    _train(train_digits_template, DigitsTemplateConfig(seed=seed, steps=steps), out)
+
+
 def train_lora_command(
     out: Annotated[Path, typer.Option(help="folder to write the LoRA, manifest.json and README.md to")],
     base: Annotated[Path, typer.Option(help="toy text-to-image model to fine-tune (default: the shipped "
@@ -80,8 +96,13 @@ def export_digits_command(
     out: Annotated[Path, typer.Option(help="folder for the PNGs")],
     model: Annotated[Path, typer.Option(help="toy model folder (default: the shipped one)")] = None,
 ):
-    """Write the toy model's images (train and held-out) as PNGs, plus manifest.csv."""
+    """Write the toy model's images (train and held-out) as PNGs, plus manifest.csv; for the template toy, the
+    images in OUT/images, their planted masks in OUT/masks and a manifest.csv with a mask column."""
     manifest = load_manifest(model or shipped_digits_model())
+    if manifest.get("kind") == TEMPLATE_KIND:
+        path = export_template_images(manifest, out)
+        typer.echo(f"wrote {len(manifest['images'])} images, their masks and {path.name} to {out}")
+        return
     paths = export_images(manifest, out)
     write_manifest_csv(manifest, paths, out)
     typer.echo(f"wrote {len(paths)} images and manifest.csv to {out}")

@@ -22,7 +22,7 @@ import torch
 from invmm.errors import InvMMInputError
 from invmm.functional import MAP_THRESHOLD
 from invmm.records import InversionRecord, summarise
-from invmm.runs.artifacts import artifact_stem, load_map, safe_name
+from invmm.runs.artifacts import artifact_stem, load_map
 from invmm.runs.engine import RunCallbacks, RunOptions, RunSummary, run_images
 from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.runs.folder import next_free
@@ -75,7 +75,7 @@ def _auto(adapter, items, config, out: Path, kind, resume, options: RunOptions, 
             why = "reproduced whole in the first pass" if s.success else "the first pass's map marks no region"
             carried += [(r, {"source": AUTO, "note": why}) for r in reps]
             continue
-        path = whole_dir / "masks" / f"{safe_name(it.id)}.png"
+        path = whole_dir / "masks" / f"{artifact_stem(whole_dir, it.id).name}.png"
         _write_mask(path, region)
         it.mask, it.mask_source = str(path), AUTO
         masked.append(it)

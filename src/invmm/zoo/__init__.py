@@ -8,6 +8,7 @@ SHIPPED_DIGITS = Path(__file__).parent / "digits_model"
 SHIPPED_DIGITS_T2I = Path(__file__).parent / "digits_t2i_model"
 SHIPPED_DIGITS_LORA = Path(__file__).parent / "digits_t2i_lora"
 SHIPPED_DIGITS_DIT = Path(__file__).parent / "digits_dit_model"
+SHIPPED_DIGITS_TEMPLATE = Path(__file__).parent / "digits_template_model"
 
 
 def shipped_digits_model() -> Path:
@@ -36,3 +37,10 @@ def shipped_digits_dit_model() -> Path:
     if not (SHIPPED_DIGITS_DIT / "model_index.json").exists():
         raise FileNotFoundError(f"the shipped toy class-conditional DiT is missing from {SHIPPED_DIGITS_DIT}")
     return SHIPPED_DIGITS_DIT
+
+
+def shipped_digits_template_model() -> Path:
+    """The toy digits DDPM with planted template (partial) memorization (see zoo/digits_template_model/README.md)."""
+    if not (SHIPPED_DIGITS_TEMPLATE / "model_index.json").exists():
+        raise FileNotFoundError(f"the shipped template toy is missing from {SHIPPED_DIGITS_TEMPLATE}")
+    return SHIPPED_DIGITS_TEMPLATE

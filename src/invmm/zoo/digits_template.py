@@ -32,6 +32,7 @@ from invmm.zoo.digits import (
     train_denoiser,
 )
 
+TEMPLATE_KIND = "invmm-zoo-digits-template"
 SIDE = 8
 PATCH = 4
 # The quadrant of each template: [top, left, bottom, right).
@@ -126,7 +127,7 @@ def train_digits_template(cfg: DigitsTemplateConfig, out: Path, log=print) -> di
     gen = torch.Generator().manual_seed(seed_from(cfg.seed, "digits-template-train"))
     losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log)
     manifest = {
-        "kind": "invmm-zoo-digits-template",
+        "kind": TEMPLATE_KIND,
         "pixels": "sklearn.datasets.load_digits().images, 0..16 scaled to uint8 0..255, with `pattern` pasted "
                   "into `region` [top, left, bottom, right)",
         "train_config": cfg.to_json(),
