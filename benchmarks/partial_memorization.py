@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from invmm.runs.datasets import load_dataset
 from invmm.runs.files import Ledger
 from invmm.zoo import shipped_digits_template_model
 from invmm.zoo.digits import load_manifest
-from invmm.zoo.digits_template import export_template_images, template_mask
+from invmm.zoo.digits_template import export_template_images, template_groups, template_mask
 
 
 def auc(results, positive: set[str]) -> float:
@@ -58,9 +57,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = args.model or shipped_digits_template_model()
     manifest = load_manifest(model)
-    chosen = []
-    for group in ("template0", "template1", "template2", "template3", "heldout0", "heldout1", "heldout2", "heldout3"):
-        chosen += [e for e in manifest["images"] if e["id"].startswith(group + "-")][: args.per_group]
+    chosen = template_groups(manifest, args.per_group)
     data = args.out / "data"
     if not (data / "manifest.csv").exists():
         export_template_images(manifest, data, ids=[e["id"] for e in chosen])
@@ -85,10 +82,10 @@ def main() -> None:
         if mask == "auto" and not (out / "whole").exists() and (args.out / "whole-image" / "run.json").exists():
             # the auto mode's first pass is the whole-image run (same settings, same seeds): resumed, not redone
             shutil.copytree(args.out / "whole-image", out / "whole")
-        t0 = time.perf_counter()
         audit(str(model), load_dataset(csv), cfg, out, adapter=adapter, batch_images=args.batch_images, mask=mask,
               data_source=str(csv))
-        seconds[name] = time.perf_counter() - t0
+        # wall seconds over the run's sessions (a rerun resumes and adds ~0); auto's first pass is the whole run
+        seconds[name] = sum(s["seconds"] for s in json.loads((out / "run.json").read_text())["sessions"])
         results[name] = summarise(Ledger(out).read())
 
     print(f"model: {model}; {len(members)} template members, {len(chosen) - len(members)} held out; "
@@ -120,6 +117,23 @@ def main() -> None:
             marked += bool(region.any())
             frac.append(region.mean())
         print(f"| {group} | {np.mean(ious):.3f} | {marked}/{len(ids)} | {np.mean(frac):.3f} |")
+    # How the thresholded map's IoU moves with the threshold (the maps stored by the whole-image pass; --mask auto
+    # uses MAP_THRESHOLD), and the whole pass's reproduced fraction (map >= MAP_THRESHOLD) as a detector by itself.
+    print("\n| threshold | members: mean IoU | held out: mean IoU | members: mean marked fraction | held out: mean "
+          "marked fraction |")
+    print("|---|---|---|---|---|")
+    maps = {i: load_map(Path(f"{artifact_stem(whole_dir, i)}.safetensors")) for i in planted}
+    for thr in (0.25, 0.5, 0.75, 1.0):
+        row = []
+        for ids in (sorted(members), sorted(set(planted) - members)):
+            row.append(np.mean([iou((maps[i] >= thr).numpy(), planted[i]) for i in ids]))
+        fr = [np.mean([(maps[i] >= thr).float().mean().item() for i in ids])
+              for ids in (sorted(members), sorted(set(planted) - members))]
+        print(f"| {thr} | {row[0]:.3f} | {row[1]:.3f} | {fr[0]:.3f} | {fr[1]:.3f} |")
+    whole = results["whole image"]
+    frac_auc = roc_auc_score([r.id in members for r in whole], [r.reproduced_fraction for r in whole])
+    print(f"\nThe whole-image pass's reproduced fraction (share of pixels with map >= {MAP_THRESHOLD}) as a score, "
+          f"members vs held out: AUC {frac_auc:.3f}")
     auto = results["--mask auto"]
     kinds = {"masked": sum(bool(r.mask and r.mask.get("path")) for r in auto),
              "kept whole": sum(bool(r.mask and r.mask.get("note")) for r in auto)}

@@ -164,3 +164,37 @@ def test_mask_auto_masks_each_image_by_its_first_pass_map(tmp_path, toy_model, t
     res = runner.invoke(app, args)  # a resume: nothing new, nothing twice
     assert res.exit_code == 0, res.output
     assert len(_lines(run)) == 2 and len(_lines(first)) == 2
+
+
+def test_the_template_toy_plan_its_export_and_its_planted_masks(tmp_path):
+    from invmm.runs.datasets import load_dataset
+    from invmm.zoo import shipped_digits_template_model
+    from invmm.zoo.digits import load_manifest
+    from invmm.zoo.digits_template import REGIONS, DigitsTemplateConfig, export_template_images, plan_template_dataset
+
+    manifest = load_manifest(shipped_digits_template_model())
+    assert manifest["images"] == plan_template_dataset(DigitsTemplateConfig())  # the shipped model's plan
+    entries = manifest["images"]
+    for k, region in enumerate(REGIONS):
+        members = [e for e in entries if e["template"] == k]
+        assert len(members) == 64 and len({e["source_index"] for e in members}) == 64
+        assert all(e["pattern"] == members[0]["pattern"] and e["region"] == list(region) for e in members)
+    templates = [np.array(next(e for e in entries if e["template"] == k)["pattern"]) for k in range(4)]
+    held = [e for e in entries if e["split"] == "heldout"]
+    assert len(held) == 64 and len({e["source_index"] for e in entries}) == len(entries)
+    assert all((np.array(e["pattern"]) != t).sum() >= 6 for e in held for t in templates)
+    plain = next(e for e in entries if e["split"] == "train" and e["template"] is None)
+    ids = [e["id"] for e in entries if e["template"] == 1][:2] + [held[1]["id"], plain["id"]]
+    export_template_images(manifest, tmp_path, ids=ids)
+    items = {it.id: it for it in load_dataset(tmp_path / "manifest.csv")}
+    for e in entries:
+        if e["id"] not in items:
+            continue
+        img = np.asarray(Image.open(items[e["id"]].path))
+        if e["region"] is None:
+            assert items[e["id"]].mask is None
+            continue
+        t, left, b, r = e["region"]
+        mask = np.asarray(Image.open(items[e["id"]].mask)) > 0
+        assert mask.sum() == 16 and mask[t:b, left:r].all()
+        assert np.array_equal(img[t:b, left:r].ravel(), np.array(e["pattern"]))

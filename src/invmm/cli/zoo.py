@@ -18,6 +18,7 @@ from invmm.zoo.digits_template import (
     TEMPLATE_KIND,
     DigitsTemplateConfig,
     export_template_images,
+    template_groups,
     train_digits_template,
 )
 
@@ -95,13 +96,16 @@ def train_lora_command(
 def export_digits_command(
     out: Annotated[Path, typer.Option(help="folder for the PNGs")],
     model: Annotated[Path, typer.Option(help="toy model folder (default: the shipped one)")] = None,
+    per_group: Annotated[int, typer.Option(help="template toy: only the first N images of each template and of "
+                                                "each held-out layout (0: every image)")] = 0,
 ):
     """Write the toy model's images (train and held-out) as PNGs, plus manifest.csv; for the template toy, the
     images in OUT/images, their planted masks in OUT/masks and a manifest.csv with a mask column."""
     manifest = load_manifest(model or shipped_digits_model())
     if manifest.get("kind") == TEMPLATE_KIND:
-        path = export_template_images(manifest, out)
-        typer.echo(f"wrote {len(manifest['images'])} images, their masks and {path.name} to {out}")
+        ids = [e["id"] for e in template_groups(manifest, per_group)] if per_group else None
+        path = export_template_images(manifest, out, ids=ids)
+        typer.echo(f"wrote {len(ids or manifest['images'])} images, their masks and {path.name} to {out}")
         return
     paths = export_images(manifest, out)
     write_manifest_csv(manifest, paths, out)

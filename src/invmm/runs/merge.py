@@ -54,7 +54,11 @@ def _settings(info: dict) -> dict:
             "repeats": info.get("repeats", 1),
             "screen": {k: screen.get(k) for k in ("scorer", "settings", "keep", "keep_top")} if screen else None,
             "dataset": {"whole": dataset.get("whole"), "content_sha256": dataset.get("content_sha256"),
-                        "kind": dataset.get("kind")}}
+                        "kind": dataset.get("kind")},
+            # one --mask file for all (its hash), or a manifest's masks (each part hashes its own images' masks)
+            "mask": {k: v for k, v in (info.get("mask") or {}).items() if k != "n" and
+                     (k != "sha256" or info["mask"].get("path"))} or None,
+            "automatic masks": (info.get("auto_mask") or {}).get("threshold")}
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -170,6 +174,11 @@ def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | 
     info["dataset"]["n"] = len({rec.id for rec in inside})
     info["dataset"].pop("hash", None)  # of one part's images; the whole's ids are in dataset.whole
     info["dataset"]["source"] = [i["dataset"].get("source") for i in infos]  # skipped rows, problems: the whole's
+    if info.get("mask") and not info["mask"].get("path"):  # a manifest's masks: the whole's count, no one hash
+        info["mask"] = {"source": info["mask"]["source"], "n": sum(i["mask"]["n"] for i in infos)}
+    if info.get("auto_mask"):
+        for k in ("masked", "kept_whole"):
+            info["auto_mask"][k] = sum(i["auto_mask"][k] for i in infos)
     if info.get("screen"):
         info["screen"]["of"] = sum(i["screen"]["of"] for i in infos)
         info["screen"]["kept"] = len(kept) if kept is not None else sum(i["screen"]["kept"] for i in infos)
@@ -181,7 +190,7 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 
 
 def _copy_artifacts(src: Path, out: Path, image_id: str, repeat: int) -> None:
-    for suffix in (".safetensors", ".png"):
+    for suffix in (".safetensors", ".png", ".map.png"):
         a = Path(f"{artifact_stem(src, image_id, repeat)}{suffix}")
         if a.is_file():
             b = Path(f"{artifact_stem(out, image_id, repeat)}{suffix}")

@@ -168,3 +168,12 @@ def export_template_images(manifest: dict, out: Path, ids: list[str] | None = No
             w.writerow([f"images/{e['id']}.png", e["id"], e["source_index"], e["split"],
                         "" if e["template"] is None else e["template"], label, mask_path])
     return out / "manifest.csv"
+
+
+def template_groups(manifest: dict, per_group: int) -> list[dict]:
+    """The first `per_group` members of each template and held-out images of each layout (manifest order): the
+    evaluation set of the benchmark and the README's worked command."""
+    chosen = []
+    for prefix in [f"template{k}-" for k in range(len(REGIONS))] + [f"heldout{k}-" for k in range(len(REGIONS))]:
+        chosen += [e for e in manifest["images"] if e["id"].startswith(prefix)][:per_group]
+    return chosen
