@@ -146,7 +146,7 @@ def test_model_calls_are_counted_exactly(adapter, preview):
             counters["decoder"].attached():
         results = _invert(adapter, cfg)
     total = {k: sum(r.calls.get(k, 0) for r in results) for k in results[0].calls}
-    assert counters["denoiser"].rows == total["opt_forward"] + total["check_forward"]
+    assert counters["denoiser"].rows == total["opt_forward"] + total["check_forward"] + total["map_forward"]
     assert counters["text"].rows == total["text_encoder"]
     assert counters["encoder"].rows == total["vae_encode"]
     assert counters["decoder"].rows == total["vae_decode"]
@@ -161,6 +161,11 @@ def test_model_calls_are_counted_exactly(adapter, preview):
         assert r.calls["check_forward"] == 3 * steps * sum(per_scale)
         assert r.calls["similarity"] == 3 * len(per_scale)
         assert r.check_skips == ({"preview": 3} if preview else {})
+        # The memorization map at the last check: n prior samples and the n - 1 its one decided sample lacks,
+        # with the full sampler at the decided scale.
+        full = len(adapter.check_timesteps(3, cfg.check_schedule))
+        n = cfg.n_check_samples
+        assert r.calls["map_forward"] in {(2 * n - 1) * full * f for f in per_scale}
 
 
 def test_check_rounds_keep_every_decision(adapter):

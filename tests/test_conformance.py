@@ -187,8 +187,9 @@ def test_inverter_check_draws_once_per_check_from_the_image_stream(sd, monkeypat
     monkeypatch.setattr(inverter, "conditioner", keep)
     pix = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out = Inverter(sd, cfg, build_similarity("pixel"), batch_images=1).run([Target(id="x", pixels=pix)])
-    # One check; its first round runs both scales in one call (a row each), and both rows fail there.
-    assert out[0].result.steps == 2 and len(seen) == 1 and out[0].result.prompt_mode == "inverted"
+    # One check; its first round runs both scales in one call (a row each), and both rows fail there. Then, the
+    # last check, the memorization map's call (its noise from its own stream, the check's prompt draws).
+    assert out[0].result.steps == 2 and len(seen) == 2 and out[0].result.prompt_mode == "inverted"
     torch.testing.assert_close(seen[0][0], seen[0][1])
     # Replay the image's stream: the 2 optimisation steps draw [B, L, V] each, then the check draws [1, L, V].
     stream = torch.Generator().manual_seed(seed_from(seed_from(cfg.seed, "x"), "gumbel"))

@@ -159,7 +159,7 @@ class SuccessCheck:
             s, k = c.state, c.decided
             have = sum(len(b) for b in c.samples[k])
             gen = torch.Generator().manual_seed(seed_from(s.image_seed, "map"))
-            prior = torch.randn((n, *s.x0.shape), generator=gen).to(s.x0.device)
+            prior = torch.randn((n, *s.x0.shape), generator=gen, device=gen.device).to(s.x0.device)
             noises += [c.noise[have:], prior] if have < n else [prior]
             if conditional:
                 conds += ([cond_rows(c.cond, slice(have, n))] if have < n else []) + [cond_rows(c.cond, slice(0, n))]
