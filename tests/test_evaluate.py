@@ -14,7 +14,7 @@ from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores
 
 runner = CliRunner()
-SCORERS = "invmm:max_steps=150,sampler_steps=50;loss:n_draws=2;pia;secmi;generate_compare:n_samples=16"
+SCORERS = "invmm:max_steps=150,sampler_steps=50,map_samples=0;loss:n_draws=2;pia;secmi;generate_compare:n_samples=16"
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,9 @@ class InvMMConfig:
     # "weighted" by the mask (downsampled to the latent grid) or kept over the "whole" image as the paper's is
     # (measured on the template toy: docs/BENCHMARKS.md, "Partial memorization").
     mask_loss: str = "weighted"
+    # The memorization map at an image's last check (inversion/memorization_map.py): fitted and prior samples, m
+    # each, at most n_check_samples (0: no map). It changes no score; it costs at most 2m sampler runs per inversion.
+    map_samples: int = 8
     # Memory and speed on GPUs; mu, log-variance and prompt logits always stay float32.
     precision: str = "fp32"  # "fp32", or autocast the frozen model in "fp16" / "bf16"
     gradient_checkpointing: bool = False
@@ -116,6 +119,8 @@ class InvMMConfig:
             problems.append(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like ancestral), got {self.eta}")
         if self.eta > 0 and self.sampler == "euler":
             problems.append("eta > 0 needs the ddim sampler; the flow-matching Euler sampler is deterministic")
+        if self.map_samples < 0:
+            problems.append(f"map_samples must be >= 0 (0: no memorization map), got {self.map_samples}")
         if self.mask_loss not in MASK_LOSSES:
             problems.append(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
@@ -146,7 +151,7 @@ class InvMMConfig:
 # Fields added after run folders were already written, whose defaults reproduce those runs exactly: a run.json
 # without them resumes as if it had them at these values.
 BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None,
-                     "mask_loss": "weighted"}
+                     "mask_loss": "weighted", "map_samples": 8}
 
 
 def stored_config(d: dict) -> dict:

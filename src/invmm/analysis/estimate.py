@@ -45,12 +45,12 @@ def worst_case_calls(adapter, config: InvMMConfig) -> dict:
                  "high": preview + check_forwards(adapter, config, config.n_check_samples)}
     if config.check_skip_rec is not None:
         per_check["low"] = 0
-    # The memorization map at the last check: n prior samples and the rows the decided check lacks (n - first
+    # The memorization map at the last check: m prior samples and the rows the decided check lacks (m - first
     # when it stopped after its first round, none when it generated all), at one scale (the costliest here).
-    n = config.n_check_samples
+    n = min(config.map_samples, config.n_check_samples)
     one = max(check_forwards(adapter, config.replace(guidance_scales=[s]), 1)
               for s in (config.guidance_scales if adapter.conditional else [1.0]))
-    map_rows = {"low": 2 * n - first, "high": n}
+    map_rows = {"low": n + max(0, n - first), "high": n} if n else {"low": 0, "high": 0}
     out = {}
     for name, forwards in per_check.items():
         calls = {"opt_forward": opt, "opt_backward": opt, "check_forward": checks_per_image(config) * forwards,

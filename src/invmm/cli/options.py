@@ -92,6 +92,8 @@ class InvMMOptions:
     mask_loss: Annotated[str, typer.Option(help="with a mask: the reconstruction loss weighted by the mask "
                                                 "(weighted, default) or over the whole image as the paper's "
                                                 "(whole)")] = None
+    map_samples: Annotated[int, typer.Option(help="samples of the fitted distribution and of the prior behind each "
+                                                  "image's memorization map (default 8; 0: no map)")] = None
     # The refined score beside the paper's (README, "A score that holds still")
     refine: Annotated[bool, typer.Option(help="also compute the refined score: the paper's score averaged over "
                                               "the check's luck, from --refine-samples samples per check around "

@@ -8,9 +8,7 @@ costs a fraction of the forwards. The first round runs at every scale, and each 
 scale still possible; all images' rows go into one batched sampler call, each row at its own scale.
 
 With a mask (partial memorization) the similarity compares the masked region only. When an image's check is its
-last (a success, or the end of the budget), its memorization map is made: the decided check's samples, topped up
-to n from the check's own draws, against n samples of the prior N(0, I) with the same conditionings
-(functional.memorization_map): which pixels the fitted noise reproduces beyond what any noise does.
+last (a success, or the end of the budget), its memorization map is made (memorization_map.py).
 """
 
 from __future__ import annotations
@@ -20,15 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from invmm.families.conditions import cond_cat, cond_rows
-from invmm.functional import (
-    kl_to_standard_normal,
-    map_window,
-    memorization_map,
-    reparameterize,
-    reproduction_map,
-    seed_from,
-)
+from invmm.functional import kl_to_standard_normal, reparameterize
 from invmm.inversion.cost import sample_forwards
+from invmm.inversion.memorization_map import make_maps, map_noise
 from invmm.inversion.state import ImageState
 from invmm.records import CheckRecord
 
@@ -46,6 +38,9 @@ class ImageCheck:
     samples: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     passed: int | None = None  # the scale at which every sample was a copy
     decided: int | None = None  # the scale whose samples the record keeps
+    # The memorization map's rows generated with the budget's last check (memorization_map.py): (the first check
+    # row they continue from, those rows' images, the prior's images)
+    folded: tuple | None = None
 
     def record(self, k: int, values: list[float], batch: torch.Tensor, hi: int, beta: float) -> None:
         """A round's samples at scale k: the scale stays possible only if all of them are copies."""
@@ -93,6 +88,10 @@ class SuccessCheck:
         # call, not one per scale. Later rounds follow the lowest scale still possible.
         first = len(bounds) > 1
         open_ = [c for c in checks if c.candidates]
+        # At the budget's last check of an unconditional model the map's rows are known before the check is decided
+        # (its one scale; the rows after the first round): they ride along with the first round's sampler call.
+        fold = [c for c in open_ if c.state.step >= cfg.max_steps] if first and cfg.map_samples and not conditional \
+            else []
         while open_:
             if first:
                 parts = [(c, k, 0, bounds[0]) for c in open_ for k in c.candidates]
@@ -100,7 +99,8 @@ class SuccessCheck:
             else:
                 parts = [(c, c.candidates[0], c.done.get(c.candidates[0], 0),
                           next(b for b in bounds if b > c.done.get(c.candidates[0], 0))) for c in open_]
-            self._round(parts, scales, conditional)
+                fold = []
+            self._round(parts, scales, conditional, fold)
             for c in open_:
                 if c.candidates and c.done.get(c.candidates[0], 0) == n:
                     c.passed = c.candidates[0]  # every lower scale has failed: the first scale that passes
@@ -111,23 +111,33 @@ class SuccessCheck:
             if c.passed is not None or c.state.step >= cfg.max_steps:
                 finished.append((c.state, c.passed is not None, None))
         last = [c for c in checks if c.passed is not None or c.state.step >= cfg.max_steps]
-        if last:
-            self._maps(last, scales, conditional)
+        if last and cfg.map_samples:
+            make_maps(self, last, scales, conditional)
         return finished
 
-    def _round(self, parts, scales, conditional) -> None:
-        """One sampler call over every (image, scale, first sample, last sample) part; each part's samples judged."""
+    def _round(self, parts, scales, conditional, fold=()) -> None:
+        """One sampler call over every (image, scale, first sample, last sample) part; each part's samples judged.
+        `fold`: unconditional checks whose memorization-map rows join the call."""
         inv, cfg = self.inv, self.inv.config
         rows = [(c, k) for c, k, lo, hi in parts for _ in range(lo, hi)]
+        noise = [c.noise[lo:hi] for c, _, lo, hi in parts]
+        ends = {id(c): hi for c, _, _, hi in parts}
+        extra = [map_noise(self, c, ends[id(c)]) for c in fold]
         with inv.autocast():
             cond = cond_cat([cond_rows(c.cond, slice(lo, hi)) for c, _, lo, hi in parts]) if conditional else None
             # Stochastic sampling draws each image's noise from its own generator (see generate).
             gens = [c.state.sampler_gen for c, _ in rows] if cfg.eta > 0 else None
-            images = inv.adapter.generate(torch.cat([c.noise[lo:hi] for c, _, lo, hi in parts]),
+            images = inv.adapter.generate(torch.cat(noise + [torch.cat(e) for e in extra]),
                                           steps=cfg.sampler_steps, eta=cfg.eta, cond=cond,
                                           guidance=[scales[k] for _, k in rows] if conditional else 1.0,
                                           generator=gens, schedule=cfg.check_schedule)
         images = images.float()
+        offset = len(rows)
+        for c, (top, prior) in zip(fold, extra):
+            c.folded = (ends[id(c)], images[offset : offset + len(top)].cpu(),
+                        images[offset + len(top) : offset + len(top) + len(prior)].cpu())
+            offset += len(top) + len(prior)
+            self.count(c.state, len(top) + len(prior), inv.check_steps, conditional, 1.0, kind="map_forward")
         offset = 0
         for c, k, lo, hi in parts:
             batch = images[offset : offset + hi - lo].cpu()
@@ -147,41 +157,6 @@ class SuccessCheck:
         s.calls[kind] += m * sample_forwards(steps, conditional, scale, self.inv.guidance_kind)
         s.calls["vae_decode"] += m if self.inv.decodes else 0
         s.calls["similarity"] += m if kind == "check_forward" else 0
-
-    def _maps(self, checks: list[ImageCheck], scales, conditional) -> None:
-        """Each image's memorization map at its last check, in one sampler call: the rows its decided scale still
-        lacks (from the check's own noises and conditionings) and n prior rows (noise from the image's own "map"
-        stream, the same conditionings), all at the decided scale."""
-        inv, cfg = self.inv, self.inv.config
-        n = cfg.n_check_samples
-        noises, conds, rows = [], [], []
-        for c in checks:
-            s, k = c.state, c.decided
-            have = sum(len(b) for b in c.samples[k])
-            gen = torch.Generator().manual_seed(seed_from(s.image_seed, "map"))
-            prior = torch.randn((n, *s.x0.shape), generator=gen, device=gen.device).to(s.x0.device)
-            noises += [c.noise[have:], prior] if have < n else [prior]
-            if conditional:
-                conds += ([cond_rows(c.cond, slice(have, n))] if have < n else []) + [cond_rows(c.cond, slice(0, n))]
-            rows += [(c, k, gen)] * (2 * n - have)
-            self.count(s, 2 * n - have, inv.check_steps, conditional, scales[k], kind="map_forward")
-        with inv.autocast():
-            images = inv.adapter.generate(
-                torch.cat(noises), steps=cfg.sampler_steps, eta=cfg.eta, cond=cond_cat(conds) if conditional else None,
-                guidance=[scales[k] for _, k, _ in rows] if conditional else 1.0,
-                generator=[g for *_, g in rows] if cfg.eta > 0 else None, schedule=cfg.check_schedule)
-        images = images.float().cpu()
-        offset = 0
-        for c in checks:
-            s, k = c.state, c.decided
-            have = sum(len(b) for b in c.samples[k])
-            fitted = torch.cat([torch.cat(c.samples[k]), images[offset : offset + n - have]])
-            prior = images[offset + n - have : offset + 2 * n - have]
-            offset += 2 * n - have
-            target = s.target.pixels.float().cpu()
-            window = map_window(target.shape[-1])
-            s.map = memorization_map(reproduction_map(fitted, target, window=window),
-                                     reproduction_map(prior, target, window=window))
 
     def _decide(self, c: ImageCheck, scales, conditional, previews) -> None:
         """The check's record on the image: the passing scale's samples, or the closest failing one's."""
