@@ -12,7 +12,9 @@ from invmm.runs.files import Ledger
 from invmm.runs.lock import RunLock
 
 runner = CliRunner()
-FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "-k", "4"]
+# the memorization map (tested in test_partial.py, test_matrix.py and test_cost.py; it changes no score) is left out
+FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "-k", "4",
+        "--map-samples", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,24 @@ def test_an_all_ones_mask_gives_exactly_the_unmasked_results(tmp_path, toy_model
         assert a.reproduced_fraction == b.reproduced_fraction
 
 
+def test_the_memorization_map_changes_no_score_decision_or_draw(tmp_path, toy_model, toy_images):
+    """The map's noise comes from its own stream: with it or without it (map_samples 0, the budget the other tests
+    use) every record is the same but for the map's fields and calls."""
+    paths = [p for p, _ in toy_images.values()]
+    cfg = preset("ddpm", similarity="pixel", max_steps=30, check_every=10, sampler_steps=5, batch_size=4,
+                 threshold=0.9)
+    on = measure(str(toy_model), paths, cfg, out=tmp_path / "on")
+    off = measure(str(toy_model), paths, cfg.replace(map_samples=0), out=tmp_path / "off")
+    assert any(math.isfinite(r.score) for r in on) and any(math.isinf(r.score) for r in on)
+    for a, b in zip(on, off):
+        assert (a.score, a.steps, a.similarities, a.checks, a.kl) == (b.score, b.steps, b.similarities, b.checks, b.kl)
+        assert a.calls["map_forward"] > 0 and b.calls.get("map_forward", 0) == 0 and b.reproduced_fraction is None
+        assert {k: v for k, v in a.calls.items() if k not in ("map_forward", "vae_decode")} == \
+            {k: v for k, v in b.calls.items() if k not in ("map_forward", "vae_decode")}
+        assert (tmp_path / "on" / "images" / f"{a.id.removesuffix('.png')}.map.png").is_file()
+        assert not (tmp_path / "off" / "images" / f"{b.id.removesuffix('.png')}.map.png").exists()
+
+
 def test_bad_masks_are_input_errors_naming_the_file_and_a_resume_refuses_a_changed_mask(tmp_path, toy_model,
                                                                                        toy_images):
     paths = [p for p, _ in toy_images.values()]

@@ -106,7 +106,7 @@ def test_an_image_whose_repeats_all_failed_stays_an_error():
 
 # --- the run folder and the commands ---
 
-FAST = dict(similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
+FAST = dict(similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8, map_samples=0)
 
 
 def test_measure_with_repeats_records_every_repeat_and_one_repeat_is_todays_result(tmp_path, toy_model, toy_images):

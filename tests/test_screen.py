@@ -18,7 +18,7 @@ from invmm.runs.screen import n_kept, suspicion_order
 from invmm.scorers import LossScorer
 
 runner = CliRunner()
-FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8"]
+FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "--map-samples", "0"]
 
 
 def rec(i, score, status="ok"):

@@ -20,7 +20,7 @@ import torch
 from invmm.families.conditions import cond_cat, cond_rows
 from invmm.functional import kl_to_standard_normal, reparameterize
 from invmm.inversion.cost import sample_forwards
-from invmm.inversion.memorization_map import make_maps, map_noise
+from invmm.inversion.memorization_map import make_maps
 from invmm.inversion.state import ImageState
 from invmm.records import CheckRecord
 
@@ -38,9 +38,6 @@ class ImageCheck:
     samples: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     passed: int | None = None  # the scale at which every sample was a copy
     decided: int | None = None  # the scale whose samples the record keeps
-    # The memorization map's rows generated with the budget's last check (memorization_map.py): (the first check
-    # row they continue from, those rows' images, the prior's images)
-    folded: tuple | None = None
 
     def record(self, k: int, values: list[float], batch: torch.Tensor, hi: int, beta: float) -> None:
         """A round's samples at scale k: the scale stays possible only if all of them are copies."""
@@ -88,10 +85,6 @@ class SuccessCheck:
         # call, not one per scale. Later rounds follow the lowest scale still possible.
         first = len(bounds) > 1
         open_ = [c for c in checks if c.candidates]
-        # At the budget's last check of an unconditional model the map's rows are known before the check is decided
-        # (its one scale; the rows after the first round): they ride along with the first round's sampler call.
-        fold = [c for c in open_ if c.state.step >= cfg.max_steps] if first and cfg.map_samples and not conditional \
-            else []
         while open_:
             if first:
                 parts = [(c, k, 0, bounds[0]) for c in open_ for k in c.candidates]
@@ -99,8 +92,7 @@ class SuccessCheck:
             else:
                 parts = [(c, c.candidates[0], c.done.get(c.candidates[0], 0),
                           next(b for b in bounds if b > c.done.get(c.candidates[0], 0))) for c in open_]
-                fold = []
-            self._round(parts, scales, conditional, fold)
+            self._round(parts, scales, conditional)
             for c in open_:
                 if c.candidates and c.done.get(c.candidates[0], 0) == n:
                     c.passed = c.candidates[0]  # every lower scale has failed: the first scale that passes
@@ -115,29 +107,19 @@ class SuccessCheck:
             make_maps(self, last, scales, conditional)
         return finished
 
-    def _round(self, parts, scales, conditional, fold=()) -> None:
-        """One sampler call over every (image, scale, first sample, last sample) part; each part's samples judged.
-        `fold`: unconditional checks whose memorization-map rows join the call."""
+    def _round(self, parts, scales, conditional) -> None:
+        """One sampler call over every (image, scale, first sample, last sample) part; each part's samples judged."""
         inv, cfg = self.inv, self.inv.config
         rows = [(c, k) for c, k, lo, hi in parts for _ in range(lo, hi)]
-        noise = [c.noise[lo:hi] for c, _, lo, hi in parts]
-        ends = {id(c): hi for c, _, _, hi in parts}
-        extra = [map_noise(self, c, ends[id(c)]) for c in fold]
         with inv.autocast():
             cond = cond_cat([cond_rows(c.cond, slice(lo, hi)) for c, _, lo, hi in parts]) if conditional else None
             # Stochastic sampling draws each image's noise from its own generator (see generate).
             gens = [c.state.sampler_gen for c, _ in rows] if cfg.eta > 0 else None
-            images = inv.adapter.generate(torch.cat(noise + [torch.cat(e) for e in extra]),
+            images = inv.adapter.generate(torch.cat([c.noise[lo:hi] for c, _, lo, hi in parts]),
                                           steps=cfg.sampler_steps, eta=cfg.eta, cond=cond,
                                           guidance=[scales[k] for _, k in rows] if conditional else 1.0,
                                           generator=gens, schedule=cfg.check_schedule)
         images = images.float()
-        offset = len(rows)
-        for c, (top, prior) in zip(fold, extra):
-            c.folded = (ends[id(c)], images[offset : offset + len(top)].cpu(),
-                        images[offset + len(top) : offset + len(top) + len(prior)].cpu())
-            offset += len(top) + len(prior)
-            self.count(c.state, len(top) + len(prior), inv.check_steps, conditional, 1.0, kind="map_forward")
         offset = 0
         for c, k, lo, hi in parts:
             batch = images[offset : offset + hi - lo].cpu()

@@ -28,17 +28,14 @@ def map_noise(check, c, have: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_maps(check, checks: list, scales, conditional: bool) -> None:
     """Each image's memorization map (state.map) at its last check: the rows its decided scale still lacks and m
-    prior rows, all at the decided scale, in one sampler call (none for the rows generated with the check).
-    `check`: the SuccessCheck (its inverter and counts)."""
+    prior rows, all at the decided scale, in one sampler call after the check is decided (so the check's own
+    samples are those of a run without the map, bit for bit). `check`: the SuccessCheck (its inverter and
+    counts)."""
     inv, cfg = check.inv, check.inv.config
-    noises, conds, rows, made = [], [], [], {}
+    noises, conds, rows, made = [], [], [], {}  # made: image -> (top-up rows, prior rows)
     for c in checks:
         s, k = c.state, c.decided
         have = sum(len(b) for b in c.samples[k])
-        if c.folded is not None:  # generated with the check's first round, from that round's end
-            start, top_images, prior_images = c.folded
-            made[id(c)] = (top_images[max(0, have - start):], prior_images)
-            continue
         top, prior = map_noise(check, c, have)
         made[id(c)] = (len(top), len(prior))
         noises += [top, prior]
@@ -47,23 +44,17 @@ def make_maps(check, checks: list, scales, conditional: bool) -> None:
         gen = torch.Generator().manual_seed(seed_from(s.image_seed, "map-sampler"))
         rows += [(k, gen)] * (len(top) + len(prior))
         check.count(s, len(top) + len(prior), inv.check_steps, conditional, scales[k], kind="map_forward")
-    if rows:
-        with inv.autocast():
-            images = inv.adapter.generate(
-                torch.cat(noises), steps=cfg.sampler_steps, eta=cfg.eta,
-                cond=cond_cat(conds) if conditional else None,
-                guidance=[scales[k] for k, _ in rows] if conditional else 1.0,
-                generator=[g for _, g in rows] if cfg.eta > 0 else None, schedule=cfg.check_schedule)
-        images = images.float().cpu()
+    with inv.autocast():
+        images = inv.adapter.generate(
+            torch.cat(noises), steps=cfg.sampler_steps, eta=cfg.eta, cond=cond_cat(conds) if conditional else None,
+            guidance=[scales[k] for k, _ in rows] if conditional else 1.0,
+            generator=[g for _, g in rows] if cfg.eta > 0 else None, schedule=cfg.check_schedule)
+    images = images.float().cpu()
     offset = 0
     for c in checks:
-        s, k, got = c.state, c.decided, made[id(c)]
-        if isinstance(got[0], int):
-            n_top, n_prior = got
-            got = (images[offset : offset + n_top], images[offset + n_top : offset + n_top + n_prior])
-            offset += n_top + n_prior
-        top_images, prior_images = got
-        m = len(prior_images)
+        s, k, (n_top, m) = c.state, c.decided, made[id(c)]
+        top_images, prior_images = images[offset : offset + n_top], images[offset + n_top : offset + n_top + m]
+        offset += n_top + m
         fitted = torch.cat([torch.cat(c.samples[k]), top_images])[: max(m, sum(len(b) for b in c.samples[k]))]
         target = s.target.pixels.float().cpu()
         window = map_window(target.shape[-1])
