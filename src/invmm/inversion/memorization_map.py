@@ -32,12 +32,12 @@ def make_maps(check, checks: list, scales, conditional: bool) -> None:
     samples are those of a run without the map, bit for bit). `check`: the SuccessCheck (its inverter and
     counts)."""
     inv, cfg = check.inv, check.inv.config
-    noises, conds, rows, made = [], [], [], {}  # made: image -> (top-up rows, prior rows)
+    noises, conds, rows, made = [], [], [], {}  # made: image -> (decided samples, top-up rows, prior rows)
     for c in checks:
         s, k = c.state, c.decided
         have = sum(len(b) for b in c.samples[k])
         top, prior = map_noise(check, c, have)
-        made[id(c)] = (len(top), len(prior))
+        made[id(c)] = (have, len(top), len(prior))
         noises += [top, prior]
         if conditional:
             conds += [cond_rows(c.cond, slice(have, have + len(top))), cond_rows(c.cond, slice(0, len(prior)))]
@@ -52,10 +52,10 @@ def make_maps(check, checks: list, scales, conditional: bool) -> None:
     images = images.float().cpu()
     offset = 0
     for c in checks:
-        s, k, (n_top, m) = c.state, c.decided, made[id(c)]
+        s, k, (have, n_top, m) = c.state, c.decided, made[id(c)]
         top_images, prior_images = images[offset : offset + n_top], images[offset + n_top : offset + n_top + m]
         offset += n_top + m
-        fitted = torch.cat([torch.cat(c.samples[k]), top_images])[: max(m, sum(len(b) for b in c.samples[k]))]
+        fitted = torch.cat([torch.cat(c.samples[k]), top_images])[: max(m, have)]
         target = s.target.pixels.float().cpu()
         window = map_window(target.shape[-1])
         s.map = memorization_map(reproduction_map(fitted, target, window=window),

@@ -105,3 +105,18 @@ def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, ou
     atomic_write_bytes(Path(f"{stem}.png"), grid_png(pixels, outcome.samples))
     if outcome.map is not None:
         atomic_write_bytes(Path(f"{stem}.map.png"), map_png(pixels, outcome.map, MAP_THRESHOLD))
+
+
+ARTIFACT_SUFFIXES = (".safetensors", ".png", ".map.png")
+
+
+def copy_artifacts(src_run: Path, dst_run: Path, image_id: str, repeat: int = 0) -> None:
+    """An inversion's files from one run folder into another (merge, --mask auto), those that exist."""
+    import shutil
+
+    for suffix in ARTIFACT_SUFFIXES:
+        a = Path(f"{artifact_stem(src_run, image_id, repeat)}{suffix}")
+        if a.is_file():
+            b = Path(f"{artifact_stem(dst_run, image_id, repeat)}{suffix}")
+            b.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(a, b)

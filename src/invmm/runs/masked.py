@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from invmm.errors import InvMMInputError
 from invmm.functional import MAP_THRESHOLD
 from invmm.records import InversionRecord, summarise
-from invmm.runs.artifacts import artifact_stem, load_map
+from invmm.runs.artifacts import artifact_stem, copy_artifacts, load_map
 from invmm.runs.engine import RunCallbacks, RunOptions, RunSummary, run_images
 from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.runs.folder import next_free
@@ -61,6 +60,10 @@ def _auto(adapter, items, config, out: Path, kind, resume, options: RunOptions, 
                        callbacks=RunCallbacks(on_step=callbacks.on_step))
     records = list(Ledger(first.run_dir).read())
     summaries = {r.id: r for r in summarise(records)}
+    by_id: dict[str, list] = {}
+    for r in records:
+        if r.status == "ok":
+            by_id.setdefault(r.id, []).append(r)
     carried, masked = [], []
     (whole_dir / "masks").mkdir(exist_ok=True)
     for it in items:
@@ -68,7 +71,7 @@ def _auto(adapter, items, config, out: Path, kind, resume, options: RunOptions, 
         if s is None or s.status != "ok":  # an input error: the second pass records it again
             masked.append(it)
             continue
-        reps = [r for r in records if r.id == it.id and r.status == "ok"]
+        reps = by_id.get(it.id, [])
         maps = [m for r in reps if (m := _map(first.run_dir, r)) is not None]
         region = (torch.stack(maps).mean(0) >= MAP_THRESHOLD) if maps else None
         if s.success or region is None or not bool(region.any()):
@@ -109,12 +112,7 @@ def _carry(summary: RunSummary, first_dir: Path, carried, options: RunOptions, c
         if (record.id, record.repeat) in done:
             continue
         record = dataclasses.replace(record, mask=mask)
-        for suffix in (".safetensors", ".png", ".map.png"):
-            src = Path(f"{artifact_stem(first_dir, record.id, record.repeat)}{suffix}")
-            if src.is_file():
-                dst = Path(f"{artifact_stem(summary.run_dir, record.id, record.repeat)}{suffix}")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+        copy_artifacts(first_dir, summary.run_dir, record.id, record.repeat)
         ledger.append(record)
         summary.total += 1
         summary.images += record.repeat == 0

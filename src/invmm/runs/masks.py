@@ -7,12 +7,14 @@ centre crop), so the same pixels are masked in the model's frame.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from invmm.errors import InvMMInputError
+from invmm.families.lora import sha256_file
 
 
 def load_mask(path: str | Path, *, size: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -49,16 +51,6 @@ def masked_fraction(mask: torch.Tensor) -> float:
     return float(mask.double().mean())
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def attach_masks(items: list, mask: str | Path | None) -> None:
     """`--mask PATH`: every item is masked by PATH. A dataset whose manifest names masks already is refused (two
     sources of one mask would leave it unclear which was measured)."""
@@ -79,26 +71,26 @@ def hash_masks(items: list) -> dict | None:
     masked = [it for it in items if it.mask and not it.error]
     if not masked:
         return None
-    digests: dict[str, str | None] = {}
+    digests: dict[str, str] = {}  # each file hashed once
+    problems: dict[str, str] = {}
     for it in masked:
-        if it.mask not in digests:
+        if it.mask not in digests and it.mask not in problems:
             try:
-                digests[it.mask] = file_sha256(it.mask)
+                digests[it.mask] = sha256_file(it.mask)
+            except FileNotFoundError:
+                problems[it.mask] = "no such mask file"
             except OSError as exc:
-                digests[it.mask] = None
-                reason = "no such mask file" if isinstance(exc, FileNotFoundError) else f"cannot read the mask ({exc})"
-            if digests[it.mask] is None:
-                it.error = f"{it.mask}: {reason} (the mask of {it.origin})"
-                continue
-        elif digests[it.mask] is None:
-            it.error = f"{it.mask}: no such mask file or an unreadable one (the mask of {it.origin})"
-            continue
-        it.mask_sha256 = digests[it.mask]
+                problems[it.mask] = f"cannot read the mask ({exc})"
+        if it.mask in problems:
+            it.error = f"{it.mask}: {problems[it.mask]} (the mask of {it.origin})"
+        else:
+            it.mask_sha256 = digests[it.mask]
+    masked = [it for it in masked if not it.error]
+    if not masked:
+        return None
     sources = sorted({it.mask_source for it in masked})
     if sources == ["option"]:
         return {"source": "option", "path": masked[0].mask, "sha256": masked[0].mask_sha256}
-    import hashlib
-
     h = hashlib.sha256()
     for it in sorted(masked, key=lambda it: it.id):
         h.update(f"{it.id}\0{it.mask_sha256}\n".encode())

@@ -12,13 +12,12 @@ results go to beyond_keep.jsonl rather than being lost. The parts' folders are o
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from invmm.config import stored_config
 from invmm.errors import InvMMInputError
-from invmm.runs.artifacts import artifact_stem
+from invmm.runs.artifacts import copy_artifacts
 from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_bytes, atomic_write_json, read_run_info
 from invmm.runs.folder import model_settings, settings_diff
 from invmm.runs.lock import RunLock
@@ -132,7 +131,7 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
         for r, part in zip(runs, ledgers):
             for rec in part:
                 if kept is None or rec.id in kept:
-                    _copy_artifacts(r, out, rec.id, rec.repeat)
+                    copy_artifacts(r, out, rec.id, rec.repeat)
         if any(screens):
             _merge_screen(runs, out, screens)
         atomic_write_json(out / RUN_FILE, info)  # last: a run.json means the merged folder is complete
@@ -187,15 +186,6 @@ def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | 
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows).encode())
-
-
-def _copy_artifacts(src: Path, out: Path, image_id: str, repeat: int) -> None:
-    for suffix in (".safetensors", ".png", ".map.png"):
-        a = Path(f"{artifact_stem(src, image_id, repeat)}{suffix}")
-        if a.is_file():
-            b = Path(f"{artifact_stem(out, image_id, repeat)}{suffix}")
-            b.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(a, b)
 
 
 def _merge_screen(runs: list[Path], out: Path, screens: list[list]) -> None:
