@@ -57,6 +57,102 @@ def test_bad_files_are_recorded_and_the_rest_scored(tmp_path, toy_model, dataset
     assert "2 errors" in res.output
 
 
+def test_a_report_with_no_finite_score_draws_no_empty_histogram(tmp_path, toy_model, dataset):
+    """Fails before the fix: the report drew an empty histogram frame under the sentence that nothing was drawn."""
+    (tmp_path / "two").mkdir()
+    for p in sorted((dataset / "images").glob("*.png"))[:2]:
+        (tmp_path / "two" / p.name).write_bytes(p.read_bytes())
+    res = runner.invoke(app, ["audit", str(toy_model), str(tmp_path / "two"), "--out", str(tmp_path / "run"),
+                              "--max-steps", "2", "--check-every", "2", "--sampler-steps", "2", "--batch-size", "2",
+                              "--threshold", "2", "--map-samples", "0"])
+    assert res.exit_code == 0, res.output
+    assert all(math.isinf(r.score) for r in Ledger(tmp_path / "run").read())
+    assert runner.invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "0 finite scores drawn; 2 images scored +inf" in page
+    assert "histogram of InvMM scores" not in page and not (tmp_path / "run" / "report" / "histogram.png").exists()
+
+
+def test_artifact_names_are_injective_over_suffix_separator_and_case():
+    from invmm.runs.artifacts import artifact_stem
+
+    ids = ["cat.png", "cat.jpg", "cat", "a/cat.png", "a_cat.png", "a\\cat.png", "a cat.png", "Cat.png", "CAT.PNG",
+           "a/b/cat.png", "a_b/cat.png", "x" * 300 + ".png", "x" * 300 + ".jpg"]
+    stems = [artifact_stem(Path("run"), i) for i in ids]
+    names = {s.name.lower() for s in stems}  # distinct on a case-insensitive file system too
+    assert len(names) == len(ids) and all(s.parent == Path("run/images") and "." not in s.name for s in stems)
+    assert artifact_stem(Path("run"), "cat.png", 2).name.endswith(".r2")
+
+
+def _first_tile(png_path, side=8):
+    """The target tile of a run's check picture (the first, upscaled by nearest neighbour), as 8-bit pixels."""
+    import numpy as np
+    from PIL import Image
+
+    canvas = np.asarray(Image.open(png_path).convert("L"))
+    scale = canvas.shape[0] // side
+    return canvas[: side * scale : scale, : side * scale : scale]
+
+
+def test_images_whose_ids_differ_in_suffix_or_separator_keep_their_own_files_and_old_runs_resume(
+        tmp_path, toy_model, dataset):
+    """Fails before the fix: cat.png and cat.jpg, a/cat.png and a_cat.png wrote the same files."""
+    import numpy as np
+    from PIL import Image
+
+    from invmm.runs.artifacts import ARTIFACT_SUFFIXES, artifact_stem, legacy_stem
+
+    sources = sorted((dataset / "images").glob("*.png"))[:4]
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    names = {"cat.png": sources[0], "cat.jpg": sources[1], "a/cat.png": sources[2], "a_cat.png": sources[3]}
+    for name, src in names.items():
+        Image.open(src).save(data / name, format="PNG" if name.endswith("png") else "BMP")  # lossless both ways
+    args = ["audit", str(toy_model), str(data), "--out", str(tmp_path / "run"), "--max-steps", "2", "--check-every",
+            "2", "--sampler-steps", "2", "--batch-size", "2", "--map-samples", "0", "--threshold", "-1"]
+    assert runner.invoke(app, args).exit_code == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["artifact_names"] == 2
+    for name, src in names.items():
+        np.testing.assert_array_equal(_first_tile(f"{artifact_stem(run, name)}.png"), np.asarray(Image.open(src)))
+    assert len(list((run / "images").glob("*.safetensors"))) == 4
+
+    # A run as invmm wrote it before: files under the old names, no "artifact_names" in run.json. Without shared
+    # names its resume renames the files; the report finds them either way.
+    old = tmp_path / "old"
+    (old / "images").mkdir(parents=True)
+    for f in ("run.json", "results.jsonl"):
+        (old / f).write_bytes((run / f).read_bytes())
+    info = json.loads((old / "run.json").read_text())
+    info.pop("artifact_names")
+    (old / "run.json").write_text(json.dumps(info))
+    for name in ("cat.png", "a/cat.png"):  # their old names differ (cat.*, a_cat.* clashed with the others)
+        for suffix in ARTIFACT_SUFFIXES[:2]:
+            Path(f"{artifact_stem(run, name)}{suffix}").rename(f"{legacy_stem(old, name)}{suffix}")
+    lines = [ln for ln in (old / "results.jsonl").read_text().splitlines() if json.loads(ln)["id"] in
+             ("cat.png", "a/cat.png")]
+    (old / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert runner.invoke(app, ["report", str(old)]).exit_code == 0
+    assert (old / "report" / "index.html").read_text().count("alt='target and check samples' src='data") == 2
+    res = runner.invoke(app, [*args[:4], str(old), *args[5:]])
+    assert res.exit_code == 0, res.output
+    assert json.loads((old / "run.json").read_text())["artifact_names"] == 2
+    for name in ("cat.png", "a/cat.png"):
+        np.testing.assert_array_equal(_first_tile(f"{artifact_stem(old, name)}.png"),
+                                      np.asarray(Image.open(names[name])))
+    # An old run where two images shared files: refused, naming both, nothing touched.
+    clash = tmp_path / "clash"
+    (clash / "images").mkdir(parents=True)
+    (clash / "run.json").write_text(json.dumps(info))
+    (clash / "results.jsonl").write_bytes((run / "results.jsonl").read_bytes())
+    for suffix in ARTIFACT_SUFFIXES[:2]:
+        Path(f"{artifact_stem(run, 'cat.jpg')}{suffix}").rename(f"{legacy_stem(clash, 'cat.jpg')}{suffix}")
+    before = sorted(p.name for p in (clash / "images").iterdir())
+    res = runner.invoke(app, [*args[:4], str(clash), *args[5:]])
+    assert res.exit_code == 2 and "'cat.jpg' and 'cat.png' wrote the same files" in res.output, res.output
+    assert sorted(p.name for p in (clash / "images").iterdir()) == before
+
+
 def test_second_writer_and_changed_config_are_refused(tmp_path, toy_model, dataset):
     run = tmp_path / "run"
     data = tmp_path / "two"
@@ -123,7 +219,8 @@ def test_report_is_self_contained_escaped_and_renders(tmp_path, audited):
     assert "<script>alert" not in page and "<b>bold" not in page
     assert "http://" not in page and "https://" not in page and "src='data:image/png;base64," in page
     assert "Evaluation by label: memorized vs other" in page  # labels exist: the ROC section
-    assert (run / "report" / "histogram.png").exists() and (run / "report" / "roc.png").exists()
+    finite = any(math.isfinite(r.score) for r in Ledger(run).read())
+    assert (run / "report" / "histogram.png").exists() == finite and (run / "report" / "roc.png").exists()
     assert len(list(open(run / "report" / "images.csv"))) == 33
 
     chromium = Path("/usr/bin/chromium")

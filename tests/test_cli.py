@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from invmm.cli import app
 from invmm.records import InversionRecord
+from invmm.runs.artifacts import artifact_stem
 from invmm.zoo.tiny import build_tiny_pixel
 
 runner = CliRunner()
@@ -35,7 +36,7 @@ def test_measure_writes_a_complete_run_and_keeps_going_past_bad_files(tmp_path, 
         assert r.id in res.output and (r.success or math.isinf(r.score))
         # A failed check stops at its first round with a non-copy: fewer similarities than samples.
         assert (len(r.similarities) == 8 if r.success else 1 <= len(r.similarities) < 8) and r.seconds > 0
-        stem = out / "images" / r.id.replace(".png", "")
+        stem = artifact_stem(out, r.id)
         tensors = load_file(str(stem) + ".safetensors")
         assert tensors["mu"].shape == (1, 8, 8) and tensors["logvar"].shape == (1, 8, 8)
         assert (stem.parent / (stem.name + ".png")).stat().st_size > 100
@@ -109,3 +110,33 @@ def test_divergence_exits_1_and_is_recorded(tmp_path, toy_images):
     assert res.exit_code == 1, res.output
     (r,) = read_results(out).values()
     assert r.status == "error" and "NaN" in r.error and p.name in res.output
+
+
+def test_the_device_defaults_to_auto_says_which_and_a_resume_keeps_its_kind(tmp_path, toy_model, toy_images):
+    """Fails before the fix: --device defaulted to cpu without a word, and a resume never compared the device."""
+    import pytest
+    import torch
+
+    data = tmp_path / "data"
+    data.mkdir()
+    p = next(iter(toy_images.values()))[0]
+    (data / p.name).write_bytes(p.read_bytes())
+    args = ["audit", str(toy_model), str(data), "--out", str(tmp_path / "run"), "--max-steps", "2",
+            "--check-every", "2", "--sampler-steps", "2", "--batch-size", "2", "--map-samples", "0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert res.output.splitlines()[0].startswith(f"invmm: computing on {expected} (--device auto: torch sees")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["device"] == expected
+    # The run began on another kind of device (as a run started on a GPU machine): the resume says so.
+    info["device"] = "cuda:0" if expected == "cpu" else "cpu"
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and f"device {info['device']} -> {expected}" in res.output, res.output
+    if torch.cuda.is_available():
+        pytest.skip("the refusal of an unseen CUDA device is checked on machines without one")
+    res = runner.invoke(app, ["measure", str(toy_model), str(p), "--device", "cuda", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "torch sees no CUDA device" in res.output and not (tmp_path / "c").exists()
+    res = runner.invoke(app, ["measure", str(toy_model), str(p), "--device", "gpu0", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "not a torch device" in res.output

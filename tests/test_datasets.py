@@ -341,6 +341,48 @@ def test_audit_of_a_parquet_with_bad_rows_records_them_and_goes_on(tmp_path, toy
     assert info["dataset"]["kind"] == "parquet" and len(info["dataset"]["content_sha256"]) == 64
 
 
+def bomb_png(side=20_000) -> bytes:
+    """A 1-bit PNG of side x side pixels in a few kB: Pillow refuses to open it (DecompressionBombError)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + side // 8)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_an_oversized_image_in_a_shard_is_an_input_error_and_the_audit_goes_on(tmp_path, toy_model):
+    """Fails before the fix: PIL's DecompressionBombError is neither OSError nor ValueError, so the prefetcher
+    re-raised it and the audit stopped."""
+    import webdataset as wds
+
+    bomb = bomb_png()
+    assert len(bomb) < 100_000
+    root = tmp_path / "s"
+    root.mkdir()
+    with wds.TarWriter(str(root / "00000.tar")) as tar:
+        for i in range(3):
+            tar.write({"__key__": f"k{i}", "png": bomb if i == 1 else png(i)})
+    loaded = load_image(load_dataset(root)[1], mode="L", size=8)
+    assert loaded.pixels is None and "00000.tar:k1.png" in loaded.error and "too large" in loaded.error
+    res = runner.invoke(app, ["audit", str(toy_model), str(root), "--out", str(tmp_path / "r"), *FAST])
+    assert res.exit_code == 2, res.output  # the input error recorded, the other images scored
+    recs = {r.id: r for r in Ledger(tmp_path / "r").read()}
+    assert recs["00000/k1"].error_kind == "input" and "00000.tar:k1.png" in recs["00000/k1"].error
+    assert recs["00000/k0"].status == recs["00000/k2"].status == "ok"
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(bomb)
+    from invmm.runs.masks import load_mask
+
+    with pytest.raises(InvMMInputError, match="mask.png: the mask is too large"):
+        load_mask(mask, size=8)
+
+
 def test_kill_9_mid_sharded_audit_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, toy_shards):
     """One part of a dataset read from shards, two repeats per image (the resume must also complete images whose
     first repeat was written), killed with SIGKILL mid-run and a torn line left behind, then resumed."""

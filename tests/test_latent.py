@@ -39,5 +39,7 @@ def test_latent_inversion_end_to_end(tmp_path):
     assert [c[0] for c in r.checks][:1] == [10] and len(r.similarities) == (8 if r.success else 1)
     from safetensors.torch import load_file
 
-    mu = load_file(tmp_path / "run" / "images" / "red.safetensors")["mu"]
+    from invmm.runs.artifacts import artifact_stem
+
+    mu = load_file(f"{artifact_stem(tmp_path / 'run', 'red')}.safetensors")["mu"]
     assert mu.shape == (4, 8, 8)  # the distribution lives in latent space

@@ -3,6 +3,7 @@ mask-weighted loss, the memorization map against independent computations, and `
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,8 +96,8 @@ def test_the_memorization_map_changes_no_score_decision_or_draw(tmp_path, toy_mo
         assert a.calls["map_forward"] > 0 and b.calls.get("map_forward", 0) == 0 and b.reproduced_fraction is None
         assert {k: v for k, v in a.calls.items() if k not in ("map_forward", "vae_decode")} == \
             {k: v for k, v in b.calls.items() if k not in ("map_forward", "vae_decode")}
-        assert (tmp_path / "on" / "images" / f"{a.id.removesuffix('.png')}.map.png").is_file()
-        assert not (tmp_path / "off" / "images" / f"{b.id.removesuffix('.png')}.map.png").exists()
+        assert Path(f"{artifact_stem(tmp_path / 'on', a.id)}.map.png").is_file()
+        assert not Path(f"{artifact_stem(tmp_path / 'off', b.id)}.map.png").exists()
 
 
 def test_bad_masks_are_input_errors_naming_the_file_and_a_resume_refuses_a_changed_mask(tmp_path, toy_model,

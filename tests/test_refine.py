@@ -251,7 +251,7 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
                               "--max-steps", "30", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8",
                               "--similarity", "pixel", "--threshold", "0.3", "--refine-samples", "8"])
     assert res.exit_code == 0, res.output
-    head = res.output.splitlines()[0].split()
+    head = res.stdout.splitlines()[0].split()
     assert head[:3] == ["image", "score", "refined"] and "refined: the paper's score averaged" in res.output
 
     plain = tmp_path / "plain"

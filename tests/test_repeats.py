@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from invmm.cli import app
 from invmm.config import preset
 from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.repeats import median_interval, median_score, prob_lower
+from invmm.runs.artifacts import artifact_stem
 from invmm.runs.files import Ledger
 
 runner = CliRunner()
@@ -120,8 +122,8 @@ def test_measure_with_repeats_records_every_repeat_and_one_repeat_is_todays_resu
         rep0 = next(r for r in lines if r.id == one.id and r.repeat == 0)
         assert (rep0.score, rep0.steps, rep0.checks, rep0.kl) == (one.score, one.steps, one.checks, one.kl)
         for k in range(3):
-            suffix = f".r{k}" if k else ""
-            assert (tmp_path / "r3" / "images" / f"{one.id.rsplit('.', 1)[0]}{suffix}.safetensors").exists()
+            stem = artifact_stem(tmp_path / "r3", one.id, k)
+            assert stem.name.endswith(f".r{k}" if k else stem.name) and Path(f"{stem}.safetensors").exists()
     info = json.loads((tmp_path / "r3" / "run.json").read_text())
     assert info["repeats"] == 3
 

@@ -51,6 +51,7 @@ def command(
 ):
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
     try:
+        model_options.chosen_device()  # said first: a GPU user sees at once where the audit will run
         items = data_options.load(data)
         part = parse_shard(shard) if shard else None
         if part:

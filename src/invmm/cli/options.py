@@ -16,6 +16,7 @@ import typer
 
 from invmm.config import PRESETS, InvMMConfig, default_config
 from invmm.families import load_adapter
+from invmm.families.loading import AUTO_DEVICE, resolve_device
 from invmm.families.lora import lora_specs
 from invmm.runs.datasets import KINDS, load_dataset
 from invmm.runs.hf import Columns
@@ -36,7 +37,8 @@ Seed = Annotated[int, typer.Option(help="run seed; each image's random streams d
 class ModelOptions:
     """How the model is loaded (measure, audit, estimate, evaluate)."""
 
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu"
+    device: Annotated[str, typer.Option(help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or "
+                                             "cuda:N; the first line printed says which")] = "auto"
     allow_pickle: Annotated[bool, typer.Option(help="allow loading pickle (.bin/.ckpt) weights; unsafe")] = False
     resolution: Annotated[int, typer.Option(help="image side to measure at (default: the model's; SD3 and Flux: "
                                                  "at most 512)")] = None
@@ -48,8 +50,21 @@ class ModelOptions:
     lora_scale: Annotated[list[float], typer.Option(help="LoRA scale: one for all --lora, or one per --lora "
                                                          "(default 1; 0 = the base model)")] = None
 
+    def chosen_device(self) -> str:
+        """The device the run computes on (auto resolved), said once on stderr before anything long starts."""
+        if getattr(self, "_chosen", None) is None:
+            self._chosen = resolve_device(self.device)
+            if str(self.device).strip().lower() != AUTO_DEVICE:
+                why = f"--device {self.device}"
+            elif self._chosen == "cpu":
+                why = "--device auto: torch sees no CUDA GPU"
+            else:
+                why = "--device auto: torch sees a CUDA GPU; --device cpu to stay off it"
+            typer.echo(f"invmm: computing on {self._chosen} ({why})", err=True)
+        return self._chosen
+
     def load(self, model: str, *, hub: bool = False):
-        return load_adapter(model, device=self.device, hub=hub, allow_pickle=self.allow_pickle,
+        return load_adapter(model, device=self.chosen_device(), hub=hub, allow_pickle=self.allow_pickle,
                             resolution=self.resolution, latent_scale=self.latent_scale,
                             loras=lora_specs(self.lora, self.lora_scale))
 

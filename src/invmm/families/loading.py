@@ -13,6 +13,37 @@ from pathlib import Path
 from invmm.errors import InvMMInputError
 from invmm.families.base import ModelFolder
 
+AUTO_DEVICE = "auto"
+
+
+def resolve_device(device: str) -> str:
+    """The torch device a run computes on: `auto` is CUDA when torch sees a GPU, else the CPU; any other name
+    (cpu, cuda, cuda:1, mps) is checked and kept. A CUDA device torch cannot see is an input error, not a
+    crash deep inside the first model call."""
+    import torch
+
+    name = str(device).strip().lower()
+    if name == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InvMMInputError(f"--device {device}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvMMInputError(f"--device {device}: torch sees no CUDA device here (torch {torch.__version__}); "
+                                  "use --device cpu, or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvMMInputError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) "
+                                  f"(0 to {torch.cuda.device_count() - 1})")
+    return name
+
+
+def device_kind(device) -> str:
+    """cpu, cuda, mps, ...: what a resumed run must compute on again (cuda:0 and cuda:1 are one kind)."""
+    return str(device).split(":")[0]
+
+
 # Weight files that unpickle (and so may run code) when loaded: refused unless --allow-pickle.
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 

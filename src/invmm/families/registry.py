@@ -8,7 +8,7 @@ from pathlib import Path
 from invmm.errors import InvMMInputError
 from invmm.families import ddpm, dit, flux, ldm, pixart, sd, sd3, sdxl
 from invmm.families.base import Family, ModelAdapter
-from invmm.families.loading import read_folder, resolve_model_path
+from invmm.families.loading import read_folder, resolve_device, resolve_model_path
 from invmm.families.lora import LoraSpec, apply_loras
 
 # Detection order: the first whose `detect` accepts the folder.
@@ -33,15 +33,17 @@ def detect(folder) -> Family:
                           + "; ".join(f"{f.name}: {f.folder}" for f in FAMILIES))
 
 
-def load_adapter(model: str, *, device: str = "cpu", hub: bool = False, allow_pickle: bool = False,
+def load_adapter(model: str, *, device: str = "auto", hub: bool = False, allow_pickle: bool = False,
                  resolution: int | None = None, latent_scale: float | None = None, loras=None) -> ModelAdapter:
     """Detect the model family from the folder's components and build its adapter.
 
+    `device`: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N.
     `resolution`: the image side to measure at (default: the model's native side; SD3 and Flux at most 512, as
     the authors measure SD3). `latent_scale`: the VAE latent factor, overriding the one from the VAE's saved
     config. `loras`: LoraSpecs (or their dicts) loaded onto the model (families/lora.py); `adapter.loras` records
     each file, its sha256 and scale.
     """
+    device = resolve_device(device)
     folder = read_folder(resolve_model_path(model, hub=hub, allow_pickle=allow_pickle))
     fam = detect(folder)
     adapter = fam.load(folder, device=device, allow_pickle=allow_pickle, source=str(model), resolution=resolution,

@@ -23,7 +23,7 @@ from invmm.errors import InvMMInputError
 from invmm.records import ImageSummary, forward_equivalents, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
 from invmm.report.export import write_table_csv
-from invmm.runs.artifacts import artifact_stem
+from invmm.runs.artifacts import artifact_stems
 from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
 from invmm.runs.folder import mask_text
 from invmm.runs.scores import read_scores
@@ -98,7 +98,9 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
     info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    results = summarise(Ledger(run_dir).read(), by=rank_by)  # one row per image, summarised over its repeats
+    records = Ledger(run_dir).read()
+    stems = artifact_stems(run_dir, info, ((r.id, r.repeat) for r in records))  # where each inversion's files are
+    results = summarise(records, by=rank_by)  # one row per image, summarised over its repeats
     out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -111,9 +113,12 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     # Figures.
     by_label = {lab: [r.score for r in ok if r.label == lab] for lab in labels} if labels else \
         {"all images": [r.score for r in ok]}
-    figures = {"histogram": histograms_png({"InvMM score (lower = more memorized)": by_label},
-                                           out / "histogram.png", f"{len(finite)} reproduced, "
-                                           f"{len(ok) - len(finite)} not reproduced (inf, not drawn)")}
+    figures = {}
+    (out / "histogram.png").unlink(missing_ok=True)  # a report rewritten after its run lost every finite score
+    if finite:  # with nothing finite the figure would be an empty frame; the sentence above it says it all
+        figures["histogram"] = histograms_png({"InvMM score (lower = more memorized)": by_label},
+                                              out / "histogram.png", f"{len(finite)} reproduced, "
+                                              f"{len(ok) - len(finite)} not reproduced (inf, not drawn)")
     roc_section = ""
     if len(labels) >= 2:
         roc_section = _roc_section(ok, labels, positive, out, figures)
@@ -166,12 +171,13 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "<h2>Scores</h2>",
              f"<p>{len(finite)} finite scores drawn; {len(ok) - len(finite)} images scored +inf (not reproduced) are "
              "counted, not drawn.</p>",
-             f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>",
+             (f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>"
+              if "histogram" in figures else ""),
              roc_section,
              compare_section,
              _screen_section(run_dir, info, results),
-             _top_section(run_dir, finite, top_k, out, cfg.get("beta")),
-             _misses_section(run_dir, ok, top_k, out, cfg.get("beta")),
+             _top_section(stems, finite, top_k, out, cfg.get("beta")),
+             _misses_section(stems, ok, top_k, out, cfg.get("beta")),
              _table_section(results),
              f"<script>{SORT_JS}</script></body></html>"]
     page = out / "index.html"
@@ -296,7 +302,7 @@ def _interval_text(r: ImageSummary) -> str:
     return f"[{_fmt(r.score_low)}, {_fmt(r.score_high)}] ({r.interval_coverage:.0%})"
 
 
-def _top_section(run_dir: Path, finite: list[ImageSummary], k: int, out: Path, beta) -> str:
+def _top_section(stems: dict, finite: list[ImageSummary], k: int, out: Path, beta) -> str:
     top = sorted(finite, key=lambda r: (r.score, r.id))[:k]
     if not top:
         return "<h2>Most memorized</h2><p>No image was reproduced within the budget.</p>"
@@ -310,9 +316,9 @@ def _top_section(run_dir: Path, finite: list[ImageSummary], k: int, out: Path, b
         bars = f"<img alt='median scores with intervals' src='{_png(fig)}' style='max-width:760px'>"
     rows_html = []
     for i, r in enumerate(top):
-        png = Path(f"{artifact_stem(run_dir, r.id, r.repeat)}.png")
-        img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png.exists() else "(no image)"
-        img += _map_img(run_dir, r)
+        png = _artifact(stems, r, ".png")
+        img = f"<img class='grid' alt='target and check samples' src='{_png(png)}'>" if png else "(no image)"
+        img += _map_img(stems, r)
         below = f"{compare_scores(r, top[i + 1]):.2f}" if i + 1 < len(top) else "-"
         rows_html.append(
             f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or _class_text(r))}</span></td><td>{img}<br>"
@@ -340,9 +346,15 @@ MAP_NOTE = ("memorization map: the target, the share of samples from the fitted 
             "at 0.5 or more tinted red")
 
 
-def _map_img(run_dir: Path, r: ImageSummary) -> str:
-    png = Path(f"{artifact_stem(run_dir, r.id, r.repeat)}.map.png")
-    return f"<br><img class='grid' alt='memorization map' src='{_png(png)}'>" if png.exists() else ""
+def _artifact(stems: dict, r: ImageSummary, suffix: str) -> Path | None:
+    """The file of the summary's repeat, if the run holds it (and, in an older run, it is that image's own)."""
+    stem = stems.get((r.id, r.repeat))
+    return Path(f"{stem}{suffix}") if stem is not None and Path(f"{stem}{suffix}").exists() else None
+
+
+def _map_img(stems: dict, r: ImageSummary) -> str:
+    png = _artifact(stems, r, ".map.png")
+    return f"<br><img class='grid' alt='memorization map' src='{_png(png)}'>" if png else ""
 
 
 def _mask_rows(info: dict) -> list[tuple[str, str]]:
@@ -360,7 +372,7 @@ def _mask_rows(info: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _misses_section(run_dir: Path, ok: list[ImageSummary], k: int, out: Path, beta) -> str:
+def _misses_section(stems: dict, ok: list[ImageSummary], k: int, out: Path, beta) -> str:
     """The images not reproduced (median +inf) that came closest to the threshold: a larger budget, or a
     check at another guidance scale, would reproduce these first."""
     misses = sorted((r for r in ok if math.isinf(r.score)), key=lambda r: (-_best_similarity(r), r.id))[:k]
@@ -374,7 +386,7 @@ def _misses_section(run_dir: Path, ok: list[ImageSummary], k: int, out: Path, be
         rows_html.append(
             f"<tr><td>{_e(r.id)}</td><td>{_fmt(_best_similarity(r), 3)}</td><td>{r.successes or 0}/{r.n_repeats}"
             f"{' (' + ', '.join(_fmt(x) for x in finite) + ')' if finite else ''}</td><td>{r.steps}</td>"
-            f"<td>{_map_img(run_dir, r) or '-'}<br>{_fmt(r.reproduced_fraction, 3)}</td>"
+            f"<td>{_map_img(stems, r) or '-'}<br>{_fmt(r.reproduced_fraction, 3)}</td>"
             f"<td>{_curves(out, r, beta, f'miss-{i}')}</td></tr>")
     return (f"<h2>Closest to reproduced ({len(misses)} of {sum(math.isinf(r.score) for r in ok)} not reproduced)"
             f"</h2><p class='note'>Images whose median score is inf, by the best worst-sample similarity any check "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -87,11 +89,73 @@ def grid_png(target: torch.Tensor, samples: torch.Tensor | None, min_px: int = 6
     return buf.getvalue()
 
 
+# run.json's "artifact_names": how the run names its per-image files. Absent: the first scheme (safe_name of the id
+# without its suffix), under which cat.png and cat.jpg, or a/cat.png and a_cat.png, wrote the same files.
+ARTIFACT_NAMES = 2
+ARTIFACT_SUFFIXES = (".safetensors", ".png", ".map.png")
+
+
 def artifact_stem(run_dir: Path, image_id: str, repeat: int = 0) -> Path:
-    """Where an image's files live in a run folder, without suffix (add .safetensors / .png). Repeat 0 keeps
-    the name a run without repeats has always used; repeat r > 0 adds ".rR"."""
+    """Where an image's files live in a run folder, without suffix (add .safetensors / .png). The readable part
+    is the id made safe, the rest a hash of the exact id, so two ids never share files (ids that differ only in
+    suffix, separator or case included, on case-insensitive file systems too). Repeat r > 0 adds ".rR"."""
+    digest = hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(safe_name(image_id)).stem)[:100]  # no dot: no suffix
+    stem = Path(run_dir) / "images" / f"{readable}_{digest}"
+    return stem.with_name(stem.name + f".r{repeat}") if repeat else stem
+
+
+def legacy_stem(run_dir: Path, image_id: str, repeat: int = 0) -> Path:
+    """Where a run written before ARTIFACT_NAMES kept an image's files (not injective)."""
     stem = (Path(run_dir) / "images" / safe_name(image_id)).with_suffix("")
     return stem.with_name(stem.name + f".r{repeat}") if repeat else stem
+
+
+def artifact_stems(run_dir: Path, info: dict, keys) -> dict:
+    """(id, repeat) -> the stem of that inversion's files in a run folder, for readers (report, merge): the
+    run's own scheme, and for a run written before ARTIFACT_NAMES the old names, except where two inversions
+    shared them (their files may be either's: None)."""
+    keys = list(keys)
+    if info.get("artifact_names") == ARTIFACT_NAMES:
+        return {k: artifact_stem(run_dir, *k) for k in keys}
+    shared = _shared_legacy(run_dir, keys)
+    return {k: None if k in shared else legacy_stem(run_dir, *k) for k in keys}
+
+
+def _shared_legacy(run_dir: Path, keys) -> set:
+    by_stem: dict[Path, list] = {}
+    for k in keys:
+        by_stem.setdefault(legacy_stem(run_dir, *k), []).append(k)
+    return {k for ks in by_stem.values() if len(ks) > 1 for k in ks}
+
+
+def legacy_problems(run_dir: Path, info: dict, keys) -> list[str]:
+    """Why a run written before ARTIFACT_NAMES cannot be carried over to the new names: inversions that shared
+    files (which image those files show cannot be told)."""
+    if info.get("artifact_names") == ARTIFACT_NAMES:
+        return []
+    by_stem: dict[Path, list] = {}
+    for k in set(keys):
+        by_stem.setdefault(legacy_stem(run_dir, *k), []).append(k)
+    shared = sorted((stem, sorted(ks)) for stem, ks in by_stem.items() if len(ks) > 1
+                    and any(Path(f"{stem}{s}").exists() for s in ARTIFACT_SUFFIXES))
+    return [f"its images {' and '.join(repr(i) for i, _ in ks)} wrote the same files ({stem.name}.*, a run made "
+            "before per-image file names were unique), so which image they show cannot be told; start over in a "
+            "new folder (--force-new), or delete those files to resume without them" for stem, ks in shared[:3]]
+
+
+def migrate_legacy(run_dir: Path, keys) -> int:
+    """Rename a pre-ARTIFACT_NAMES run's files to the injective names (each rename atomic, so an interrupted
+    migration is finished by the next); legacy_problems must be empty. Returns the files moved."""
+    moved = 0
+    for k in set(keys):
+        for suffix in ARTIFACT_SUFFIXES:
+            old = Path(f"{legacy_stem(run_dir, *k)}{suffix}")
+            new = Path(f"{artifact_stem(run_dir, *k)}{suffix}")
+            if old.is_file() and not new.exists():
+                os.replace(old, new)
+                moved += 1
+    return moved
 
 
 def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, outcome, repeat: int = 0) -> None:
@@ -107,15 +171,14 @@ def write_image_artifacts(run_dir: Path, image_id: str, pixels: torch.Tensor, ou
         atomic_write_bytes(Path(f"{stem}.map.png"), map_png(pixels, outcome.map, MAP_THRESHOLD))
 
 
-ARTIFACT_SUFFIXES = (".safetensors", ".png", ".map.png")
-
-
-def copy_artifacts(src_run: Path, dst_run: Path, image_id: str, repeat: int = 0) -> None:
-    """An inversion's files from one run folder into another (merge, --mask auto), those that exist."""
+def copy_artifacts(src_run: Path, dst_run: Path, image_id: str, repeat: int = 0, src_stem: Path | None = None) -> None:
+    """An inversion's files from one run folder into another (merge, --mask auto), those that exist; `src_stem`:
+    where they lie in `src_run` when not under its own names (artifact_stems of an older run)."""
     import shutil
 
+    src_stem = src_stem or artifact_stem(src_run, image_id, repeat)
     for suffix in ARTIFACT_SUFFIXES:
-        a = Path(f"{artifact_stem(src_run, image_id, repeat)}{suffix}")
+        a = Path(f"{src_stem}{suffix}")
         if a.is_file():
             b = Path(f"{artifact_stem(dst_run, image_id, repeat)}{suffix}")
             b.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from invmm.runs.screen import run_screen
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
-          device: str = "cpu", allow_pickle: bool = False, screen: str | None = None, keep: float | None = None,
+          device: str = "auto", allow_pickle: bool = False, screen: str | None = None, keep: float | None = None,
           keep_top: int | None = None, on_screen=None, shard: tuple[int, int] | None = None,
           mask: str | Path | None = None, **options) -> RunSummary:
     """InvMM for every item not yet in OUT's ledger. `options` are the engine's (backend, batch_images,

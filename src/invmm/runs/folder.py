@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from invmm.config import stored_config
+from invmm.families.loading import device_kind
+from invmm.runs.artifacts import ARTIFACT_NAMES, legacy_problems, migrate_legacy
 from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, open_folder, read_run_info
 
 # How the model was loaded (--resolution, --latent-scale) changes every score as much as the config does.
@@ -33,10 +35,27 @@ def next_free(run_dir: Path) -> Path:
 
 def open_run(run_dir: Path, info: dict, *, resume: bool) -> tuple[Ledger, int]:
     """An InvMM run folder (measure, audit): created; or, with resume, reopened when its model weights, config
-    and model settings are those of `info`. Returns the ledger and the bytes cut from a torn last line."""
+    and model settings are those of `info`. A run written before per-image file names were unique has its files
+    renamed (or, where two images shared files, is refused with the reason). Returns the ledger and the bytes
+    cut from a torn last line."""
+    run_dir = Path(run_dir)
+    info = {**info, "artifact_names": ARTIFACT_NAMES}
+    keys = []
+
+    def differences(old, new):
+        if old.get("artifact_names") != ARTIFACT_NAMES:
+            keys.extend((r.id, r.repeat) for r in Ledger(run_dir).read())
+        return _run_differences(old, new) + legacy_problems(run_dir, old, keys)
+
+    def update(old, new):
+        if old.get("artifact_names") != ARTIFACT_NAMES:
+            migrate_legacy(run_dir, keys)
+            old["artifact_names"] = ARTIFACT_NAMES
+        return _resumed(old, new)
+
     _, torn = open_folder(run_dir, info, ledger=LEDGER_FILE, resume=resume, what="a run",
                           hint="Rerun with the same settings to resume, or add --force-new to start over in a new "
-                               "folder", differences=_run_differences, update=_resumed)
+                               "folder", differences=differences, update=update)
     return Ledger(run_dir), torn
 
 
@@ -51,11 +70,23 @@ def _run_differences(old: dict, info: dict) -> list[str]:
     diff = settings_diff(model_settings(old.get("model", {})), model_settings(info["model"]))
     if diff:
         changed.append("model settings " + "; ".join(diff))
+    changed += device_differences(old, info)
     if old.get("mask") != info.get("mask"):
         changed.append(f"mask {mask_text(old.get('mask'))} -> {mask_text(info.get('mask'))}")
     if old.get("shard") != info.get("shard"):
         changed.append(f"dataset part (--shard) {part_text(old.get('shard'))} -> {part_text(info.get('shard'))}")
     return changed
+
+
+def device_differences(old: dict, info: dict) -> list[str]:
+    """A resume computes on the kind of device the run began on: CPU and GPU kernels differ in the last digits,
+    and a silently changed --device auto would mix them in one ledger. (A Ray run's workers choose their own.)"""
+    if old.get("backend", "local") != "local" or info.get("backend", "local") != "local" or "device" not in old:
+        return []
+    if device_kind(old["device"]) == device_kind(info["device"]):
+        return []
+    return [f"device {old['device']} -> {info['device']} (give --device {device_kind(old['device'])} to go on "
+            "where the run began)"]
 
 
 def mask_text(mask: dict | None) -> str:

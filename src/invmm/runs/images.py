@@ -112,6 +112,11 @@ def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
     except UnidentifiedImageError:
         item.error = f"{where}: not an image file (or a format Pillow cannot read)"
         return item
+    except Image.DecompressionBombError as exc:
+        # Not an OSError: left alone it would end the whole audit for one oversized file.
+        item.error = (f"{where}: the image is too large to decode safely ({exc}); resize it, or raise "
+                      "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted")
+        return item
     except (OSError, SyntaxError, ValueError) as exc:
         item.error = f"{where}: corrupt or unreadable image ({exc})"
         return item

@@ -31,6 +31,9 @@ def load_mask(path: str | Path, *, size: int, image_size: tuple[int, int] | None
             im = im.convert("L")
     except FileNotFoundError:
         raise InvMMInputError(f"{p}: no such mask file") from None
+    except Image.DecompressionBombError as exc:
+        raise InvMMInputError(f"{p}: the mask is too large to decode safely ({exc}); give a mask of its image's "
+                              "size") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvMMInputError(f"{p}: not a readable mask image ({exc}); give a grayscale PNG, 0 outside the "
                               "region and 255 inside") from None

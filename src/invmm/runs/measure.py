@@ -24,7 +24,7 @@ def measure(
     out: str | Path | None = None,
     batch_images: int = 8,
     repeats: int = 1,
-    device: str = "cpu",
+    device: str = "auto",
     allow_pickle: bool = False,
     hub: bool = False,
     backend: str = "local",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from invmm.config import stored_config
 from invmm.errors import InvMMInputError
-from invmm.runs.artifacts import copy_artifacts
+from invmm.runs.artifacts import ARTIFACT_NAMES, artifact_stems, copy_artifacts
 from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_bytes, atomic_write_json, read_run_info
 from invmm.runs.folder import model_settings, settings_diff
 from invmm.runs.lock import RunLock
@@ -128,10 +128,11 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
         _write_lines(out / LEDGER_FILE, [rec.to_json() for rec in inside])
         if beyond:
             _write_lines(out / BEYOND_FILE, [rec.to_json() for rec in beyond])
-        for r, part in zip(runs, ledgers):
+        for r, part, part_info in zip(runs, ledgers, infos):
+            stems = artifact_stems(r, part_info, ((rec.id, rec.repeat) for rec in part))  # older parts: older names
             for rec in part:
-                if kept is None or rec.id in kept:
-                    copy_artifacts(r, out, rec.id, rec.repeat)
+                if (kept is None or rec.id in kept) and stems[(rec.id, rec.repeat)] is not None:
+                    copy_artifacts(r, out, rec.id, rec.repeat, src_stem=stems[(rec.id, rec.repeat)])
         if any(screens):
             _merge_screen(runs, out, screens)
         atomic_write_json(out / RUN_FILE, info)  # last: a run.json means the merged folder is complete
@@ -170,6 +171,7 @@ def _common_info(runs: list[Path], infos: list[dict]) -> dict:
 def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | None) -> dict:
     info = _common_info(runs, infos)
     info["sessions"] = [s for i in infos for s in i.get("sessions", [])]
+    info["artifact_names"] = ARTIFACT_NAMES  # the merged folder's files are written under the current names
     info["dataset"]["n"] = len({rec.id for rec in inside})
     info["dataset"].pop("hash", None)  # of one part's images; the whole's ids are in dataset.whole
     info["dataset"]["source"] = [i["dataset"].get("source") for i in infos]  # skipped rows, problems: the whole's

@@ -26,7 +26,7 @@ from invmm.inversion.conditioning import check_class_labels, given_condition
 from invmm.records import score_from_json, score_to_json
 from invmm.runs.datasets import load_dataset
 from invmm.runs.files import Ledger, iter_lines, open_folder, read_run_info
-from invmm.runs.folder import model_settings, part_text, settings_diff
+from invmm.runs.folder import device_differences, model_settings, part_text, settings_diff
 from invmm.runs.images import ImageItem, load_image
 from invmm.runs.info import run_info
 from invmm.runs.lock import RunLock
@@ -93,6 +93,7 @@ def _score_differences(old: dict, info: dict) -> list[str]:
     diff = settings_diff(model_settings(was), model_settings(model))
     if diff:
         changed.append("model settings " + "; ".join(diff))
+    changed += device_differences(old, info)
     if old.get("seed") != info["seed"]:
         changed.append(f"seed was {old.get('seed')}, now {info['seed']}")
     if old.get("shard") != info.get("shard"):
