@@ -94,6 +94,27 @@ def test_a_tar_a_brace_pattern_and_a_folder_give_the_same_items(tmp_path):
     assert info["skipped"] == {"failed_to_download": 1} and not info["problems"]
 
 
+def test_shards_with_one_name_in_two_folders_keep_distinct_ids_and_a_repeated_shard_is_an_input_error(tmp_path):
+    """Fails before the fix: a shard reached through a symlink fell back to its stem, so x/00000.tar and
+    y/00000.tar gave the same ids, and shards never went through the duplicate-id check."""
+    a, b = write_shards(tmp_path / "a", n_shards=1), write_shards(tmp_path / "b", n_shards=1, per=2, failed=())
+    root = tmp_path / "links"
+    for sub, real in (("x", a), ("y", b)):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "00000.tar").symlink_to(real / "00000.tar")
+    items = load_dataset(root)
+    ids = [it.id for it in items]
+    assert ids == ["x/00000/000000000", "x/00000/000000001", "x/00000/000000002", "x/00000/000000004",
+                   "y/00000/000000000", "y/00000/000000001"]
+    assert not any(it.error for it in items)
+    plain = load_dataset(f"{tmp_path}/{{a,b}}/00000.tar")  # a brace pattern over two folders, no links
+    assert [it.id for it in plain] == [i.replace("x/", "a/").replace("y/", "b/") for i in ids]
+    twice = load_dataset(f"{a}/{{00000,00000}}.tar")  # the same shard listed twice
+    first, again = twice[:4], twice[4:]
+    assert [it.error for it in first] == [None] * 4
+    assert all("its id repeats that of" in it.error for it in again) and len({it.id for it in twice}) == 8
+
+
 def test_the_content_hash_covers_the_images_bytes(tmp_path):
     root = write_shards(tmp_path / "s", failed=())
     before = load_dataset(root)
@@ -320,11 +341,76 @@ def test_parts_merged_equal_the_unsharded_audit_and_bad_merges_are_refused(tmp_p
     assert res.exit_code == 2 and "all: not a part" in res.output
     res = runner.invoke(app, ["merge", str(tmp_path / "p1"), str(tmp_path / "p2"), "--out", str(tmp_path / "m")])
     assert res.exit_code == 2 and "already holds a run" in res.output
+    before = (tmp_path / "p1" / "screen" / "scores.jsonl").read_bytes()
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "p1"), "--shard", "2/2"])
     assert res.exit_code == 2 and "dataset part (--shard) 1/2 -> 2/2" in res.output
+    # refused before the screen ran (it used to screen part 2's images into part 1's folder first)
+    assert (tmp_path / "p1" / "screen" / "scores.jsonl").read_bytes() == before
     res = runner.invoke(app, [*base[:-2], "--keep", "0.5", "--out", str(tmp_path / "y"), "--shard", "1/2"])
     assert res.exit_code == 2 and "--keep-top" in res.output
     assert not (tmp_path / "x").exists() or not (tmp_path / "x" / "run.json").exists()
+
+    # An interrupted part (its ledger lacks one kept image) is refused, naming it; fails before the fix, when it
+    # merged as a complete, smaller run and the whole's kept image without a record vanished.
+    import shutil
+
+    shutil.copytree(tmp_path / "p2", tmp_path / "p2cut")
+    lines = (tmp_path / "p2cut" / "results.jsonl").read_text().splitlines()
+    dropped = json.loads(lines[-1])["id"]
+    (tmp_path / "p2cut" / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    cut = ["merge", str(tmp_path / "p1"), str(tmp_path / "p2cut")]
+    res = runner.invoke(app, [*cut, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "p2cut (part 2) is incomplete: it lacks 1 of its results" in res.output, res.output
+    assert not (tmp_path / "x" / "run.json").exists()
+    res = runner.invoke(app, [*cut, "--out", str(tmp_path / "xi"), "--allow-incomplete"])
+    assert res.exit_code == 0, res.output
+    merged_info = json.loads((tmp_path / "xi" / "run.json").read_text())["parts_merged"]
+    assert merged_info["complete"] is False and merged_info["incomplete_parts"][0]["missing"] == 1
+    if dropped in {r.id for r in Ledger(tmp_path / "m").read()}:  # it was among the whole's top K
+        assert merged_info["kept_without_results"] == [dropped]
+    assert runner.invoke(app, ["report", str(tmp_path / "xi")]).exit_code == 0
+    page = (tmp_path / "xi" / "report" / "index.html").read_text()
+    assert "lacks 1 result(s): merged with --allow-incomplete" in page
+
+
+def test_merge_compares_masks_by_content_and_accepts_parts_without_manifest_masks(tmp_path, toy_model, toy_shards):
+    """Fails before the fix: --mask PATH was compared as a path string, and a part whose manifest rows had no mask
+    lacked `mask` in run.json and was refused as made differently."""
+    from invmm.runs.split import part_of
+
+    pngs = sorted((toy_shards.parent / "png").glob("*.png"))[:6]
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 255
+    for d in ("m1", "m2"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(mask).save(tmp_path / d / "mask.png")
+    Image.fromarray(255 - mask).save(tmp_path / "other.png")
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in pngs:
+        (data / p.name).write_bytes(p.read_bytes())
+    base = ["audit", str(toy_model), str(data), *FAST]
+    for out, part, m in (("a1", "1/2", "m1/mask.png"), ("a2", "2/2", "m2/mask.png"), ("b2", "2/2", "other.png")):
+        res = runner.invoke(app, [*base, "--out", str(tmp_path / out), "--shard", part, "--mask", str(tmp_path / m)])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["merge", str(tmp_path / "a1"), str(tmp_path / "a2"), "--out", str(tmp_path / "ma")])
+    assert res.exit_code == 0, res.output  # one mask, at another path on each "machine"
+    res = runner.invoke(app, ["merge", str(tmp_path / "a1"), str(tmp_path / "b2"), "--out", str(tmp_path / "mb")])
+    assert res.exit_code == 2 and "b2 was made differently" in res.output and "--mask" in res.output
+
+    # A manifest whose mask column is filled only for images of part 1.
+    rows = ["path,mask"] + [f"data/{p.name}," + ("m1/mask.png" if part_of(p.name, 2) == 1 else "") for p in pngs]
+    assert any(r.endswith(",") for r in rows[1:]) and any(not r.endswith(",") for r in rows[1:])
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    for out, part in (("c1", "1/2"), ("c2", "2/2")):
+        res = runner.invoke(app, ["audit", str(toy_model), str(tmp_path / "manifest.csv"), *FAST,
+                                  "--out", str(tmp_path / out), "--shard", part])
+        assert res.exit_code == 0, res.output
+    assert "mask" not in json.loads((tmp_path / "c2" / "run.json").read_text())
+    res = runner.invoke(app, ["merge", str(tmp_path / "c1"), str(tmp_path / "c2"), "--out", str(tmp_path / "mc")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "mc" / "run.json").read_text())["mask"]["n"] == sum(
+        not r.endswith(",") for r in rows[1:])
 
 
 def test_audit_of_a_parquet_with_bad_rows_records_them_and_goes_on(tmp_path, toy_model):
@@ -452,6 +538,17 @@ def test_evaluate_in_parts_merged_equals_the_whole_and_dataset_test_reads_it(tmp
 
     whole, merged = read("whole"), read("m")
     assert whole.keys() == merged.keys() and len(whole) == 32
+    # Parts of two datasets (fails before the fix: evaluate parts kept only {index, of}) and an interrupted part.
+    _hf_dataset(17).save_to_disk(str(tmp_path / "other"))
+    res = runner.invoke(app, [base[0], str(tmp_path / "o2"), *base[1:4], str(tmp_path / "other"), *base[5:],
+                              "--shard", "2/2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["merge", str(tmp_path / "e1"), str(tmp_path / "o2"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "o2 was made differently" in res.output and "dataset" in res.output, res.output
+    lines = (tmp_path / "e2" / "scores.jsonl").read_text().splitlines()
+    (tmp_path / "e2" / "scores.jsonl").write_text("\n".join(lines[:-2]) + "\n")
+    res = runner.invoke(app, ["merge", str(tmp_path / "e1"), str(tmp_path / "e2"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "e2 (part 2) is incomplete: it lacks 2 of its results" in res.output, res.output
     assert all(merged[k] == pytest.approx(v, rel=1e-5) for k, v in whole.items())
     res = runner.invoke(app, ["dataset-test", str(tmp_path / "m"), "--suspect", "member", "--reference",
                               "nonmember", "--splits", "5", "--no-curve"])

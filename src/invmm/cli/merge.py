@@ -15,11 +15,14 @@ from invmm.runs.merge import merge_runs
 def command(
     runs: Annotated[list[Path], typer.Argument(help="the run folders of the parts (audit or evaluate --shard I/N)")],
     out: Annotated[Path, typer.Option(help="the merged run folder (new)")],
+    allow_incomplete: Annotated[bool, typer.Option(help="merge parts that lack results (interrupted) as they are; "
+                                                        "the merged run.json and report say which and how "
+                                                        "many")] = False,
 ):
     """Join the parts of one audit (or of one evaluate scoring) into one run that report, export and compare (or
     evaluate and dataset-test) read; refuses parts made with different settings or data, and overlapping parts."""
     try:
-        s = merge_runs(runs, out)
+        s = merge_runs(runs, out, allow_incomplete=allow_incomplete)
     except InvMMInputError as exc:
         fail(str(exc))
     missing = sorted(set(range(1, s.of + 1)) - set(s.parts))

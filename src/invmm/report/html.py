@@ -231,6 +231,13 @@ def _dataset_rows(data: dict, info: dict) -> list[tuple[str, str]]:
     if merged:
         rows.append(("merged parts", f"{', '.join(map(str, merged['parts']))} of {merged['of']}"
                                      + ("" if merged["complete"] else " (incomplete)")))
+        for x in merged.get("incomplete_parts", []):
+            rows.append(("incomplete part", f"part {x['part']} ({x['run']}) lacks {x['missing']} result(s): merged "
+                                            "with --allow-incomplete"))
+        lacking = merged.get("kept_without_results") or []
+        if lacking:
+            rows.append(("kept without results", f"{len(lacking)} image(s) of the screen's top K have no result "
+                                                 f"(first: {', '.join(lacking[:3])})"))
     return rows
 
 

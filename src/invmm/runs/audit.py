@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from invmm.config import InvMMConfig
+from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.runs.engine import RunSummary, split_run_options
-from invmm.runs.files import RUN_FILE
-from invmm.runs.folder import next_free
+from invmm.runs.files import RUN_FILE, read_run_info
+from invmm.runs.folder import next_free, part_text
 from invmm.runs.images import ImageItem
 from invmm.runs.masked import run_masked
 from invmm.runs.screen import run_screen
@@ -36,6 +37,13 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
         out = Path(out)
         if options.pop("force_new", False) and (out / RUN_FILE).exists():
             out = next_free(out)  # the screen's scores go with the new run, not into the old one
+        elif (out / RUN_FILE).exists():  # a resume of another part would screen its images into this run first
+            old = read_run_info(out).get("shard")
+            new = {"index": shard[0], "of": shard[1]} if shard else None
+            if old != new:
+                raise InvMMInputError(f"{out} holds a run made differently: dataset part (--shard) {part_text(old)} "
+                                      f"-> {part_text(new)}. Rerun with the same settings to resume, or add "
+                                      "--force-new to start over in a new folder")
         ray = None
         if options.get("backend") == "ray":  # the screen is distributed too, on the same cluster settings
             ray = {"allow_pickle": allow_pickle, "address": options.get("ray_address"),

@@ -50,6 +50,7 @@ def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok
     if kind == "shards":
         index = shards.index_shards(text, caption_key=caption_key, label_key=columns.label if columns else None)
         items = Items(index.items, kind="shards", info=index.describe())
+        _mark_duplicate_ids(items)  # the same shard listed twice (a brace pattern), or keys that meet
     elif kind in ("hf", "parquet", "imagefolder"):
         if not p.exists():
             raise InvMMInputError(f"{p}: no such file or folder")

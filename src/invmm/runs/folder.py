@@ -103,6 +103,7 @@ def part_text(shard: dict | None) -> str:
 
 def _resumed(old: dict, info: dict) -> dict:
     old.setdefault("resumed", []).append({"at": info["created"], "dataset_hash": info["dataset"]["hash"],
+                                          "n": info["dataset"]["n"],
                                           "backend": info["backend"], "repeats": info.get("repeats", 1)})
     # A resume may ask for more repeats (they are added) or fewer (the ledger keeps what it has).
     old["repeats"] = max(old.get("repeats", 1), info.get("repeats", 1))

@@ -23,6 +23,7 @@ from invmm.runs.folder import model_settings, settings_diff
 from invmm.runs.lock import RunLock
 from invmm.runs.scores import SCORES_FILE, ScoreRecord
 from invmm.runs.screen import SCREEN_DIR, select_kept
+from invmm.runs.split import part_of
 
 BEYOND_FILE = "beyond_keep.jsonl"
 
@@ -42,7 +43,8 @@ def _settings(info: dict) -> dict:
     if info.get("kind") == "scores":
         return {"model weights": info.get("model_fingerprint"),
                 "model settings": model_settings(info.get("model", {})),
-                "seed": info.get("seed"), "scorers": info.get("scorers")}
+                "seed": info.get("seed"), "scorers": info.get("scorers"),
+                "dataset": info.get("dataset_whole")}
     screen = info.get("screen") or {}
     dataset = info.get("dataset") or {}
     return {"model weights": info.get("model_fingerprint"),
@@ -54,10 +56,17 @@ def _settings(info: dict) -> dict:
             "screen": {k: screen.get(k) for k in ("scorer", "settings", "keep", "keep_top")} if screen else None,
             "dataset": {"whole": dataset.get("whole"), "content_sha256": dataset.get("content_sha256"),
                         "kind": dataset.get("kind")},
-            # one --mask file for all (its hash), or a manifest's masks (each part hashes its own images' masks)
-            "mask": {k: v for k, v in (info.get("mask") or {}).items() if k != "n" and
-                     (k != "sha256" or info["mask"].get("path"))} or None,
+            # one --mask file for all, by content (the same file may lie elsewhere on each machine); a manifest's
+            # masks are part of the whole dataset (split.whole hashes them), so a part whose own rows have none
+            # still merges with the others
+            "mask": _option_mask(info.get("mask")),
             "automatic masks": (info.get("auto_mask") or {}).get("threshold")}
+
+
+def _option_mask(mask: dict | None) -> dict | None:
+    if not mask or mask.get("source") != "option":
+        return None
+    return {"--mask": f"a file with sha256 {mask['sha256'][:12]}"}
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -71,7 +80,10 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
+def merge_runs(runs: list[str | Path], out: str | Path, *, allow_incomplete: bool = False) -> MergeSummary:
+    """Join the parts `runs` into the new run folder `out`. A part with fewer results than its share of the
+    dataset (interrupted) is refused, unless `allow_incomplete`: then the merged run.json and its report say
+    which parts lack how many."""
     runs, out = [Path(r) for r in runs], Path(out)
     if not runs:
         raise InvMMInputError("give the run folders of the parts to merge")
@@ -105,15 +117,30 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
     if (out / RUN_FILE).exists() or (out / LEDGER_FILE).exists() or (out / SCORES_FILE).exists():
         raise InvMMInputError(f"{out} already holds a run; choose another --out so its results are kept")
     if kind == "scores":
-        return _merge_scores(runs, infos, out, sorted(seen))
+        ledgers = [Ledger(r, SCORES_FILE, ScoreRecord).read() for r in runs]
+        missing = [_missing_scores(i, part) for i, part in zip(infos, ledgers)]
+    else:
+        ledgers = [Ledger(r).read() for r in runs]
+        missing = [_missing_inversions(i, part) for i, part in zip(infos, ledgers)]
+    incomplete = [{"run": str(r), "part": i["shard"]["index"], "missing": m}
+                  for r, i, m in zip(runs, infos, missing) if m]
+    if incomplete and not allow_incomplete:
+        raise InvMMInputError("; ".join(f"{x['run']} (part {x['part']}) is incomplete: it lacks {x['missing']} of "
+                                        "its results (interrupted?)" for x in incomplete)
+                              + ". Resume each such part (rerun its command) and merge again, or merge it as it "
+                                "is with --allow-incomplete (the merged run then says which parts lack what)")
+    if kind == "scores":
+        return _merge_scores(runs, infos, ledgers, out, sorted(seen), incomplete)
 
-    ledgers = [Ledger(r).read() for r in runs]
     owner: dict[str, Path] = {}
     for r, records in zip(runs, ledgers):
         for rec in records:
             if owner.setdefault(rec.id, r) != r:
                 raise InvMMInputError(f"the image {rec.id!r} is in both {owner[rec.id]} and {r}: the parts overlap")
-    screens = [Ledger(r / SCREEN_DIR, SCORES_FILE, ScoreRecord).read() for r in runs]
+    # Each part's screen, its own images only: a part folder once resumed with another --shard screened that
+    # part's images into it before the resume was refused (runs/audit.py now refuses first).
+    screens = [[rec for rec in Ledger(r / SCREEN_DIR, SCORES_FILE, ScoreRecord).read()
+                if part_of(rec.id, i["shard"]["of"]) == i["shard"]["index"]] for r, i in zip(runs, infos)]
     screen = infos[0].get("screen")
     kept = None
     if screen and screen.get("keep_top"):
@@ -124,7 +151,7 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
         records = [rec for part in ledgers for rec in part]
         inside = [rec for rec in records if kept is None or rec.id in kept]
         beyond = [rec for rec in records if kept is not None and rec.id not in kept]
-        info = _merged_info(runs, infos, inside, kept)
+        info = _merged_info(runs, infos, inside, kept, incomplete)
         _write_lines(out / LEDGER_FILE, [rec.to_json() for rec in inside])
         if beyond:
             _write_lines(out / BEYOND_FILE, [rec.to_json() for rec in beyond])
@@ -139,15 +166,15 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> MergeSummary:
     return MergeSummary(out, sorted(seen), next(iter(of)), len(inside), len(beyond), len({r.id for r in inside}))
 
 
-def _merge_scores(runs: list[Path], infos: list[dict], out: Path, parts: list[int]) -> MergeSummary:
-    ledgers = [Ledger(r, SCORES_FILE, ScoreRecord).read() for r in runs]
+def _merge_scores(runs: list[Path], infos: list[dict], ledgers: list[list], out: Path, parts: list[int],
+                  incomplete: list[dict]) -> MergeSummary:
     owner: dict[str, Path] = {}
     for r, records in zip(runs, ledgers):
         for rec in records:
             if owner.setdefault(rec.id, r) != r:
                 raise InvMMInputError(f"the image {rec.id!r} is in both {owner[rec.id]} and {r}: the parts overlap")
     with RunLock(out):
-        info = _common_info(runs, infos)
+        info = _common_info(runs, infos, incomplete)
         info["dataset"] = [d for i in infos for d in i.get("dataset", [])]
         records = [rec.to_json() for part in ledgers for rec in part]
         _write_lines(out / SCORES_FILE, records)
@@ -155,28 +182,48 @@ def _merge_scores(runs: list[Path], infos: list[dict], out: Path, parts: list[in
     return MergeSummary(out, parts, infos[0]["shard"]["of"], len(records), 0, len(owner))
 
 
-def _common_info(runs: list[Path], infos: list[dict]) -> dict:
+def _missing_inversions(info: dict, records: list) -> int:
+    """How many inversions an audit part lacks: its images (those it inverts: after the screen; with --mask auto
+    also those kept whole) times its repeats, less the (image, repeat) pairs its ledger holds."""
+    resumed = [r for r in info.get("resumed", []) if "n" in r]
+    n = resumed[-1]["n"] if resumed else info["dataset"]["n"]
+    n += (info.get("auto_mask") or {}).get("kept_whole", 0)
+    return max(0, n * info.get("repeats", 1) - len({(r.id, r.repeat) for r in records}))
+
+
+def _missing_scores(info: dict, records: list) -> int:
+    """How many (image, scorer) scores an evaluate part lacks."""
+    done = {(r.id, r.scorer) for r in records}
+    return sum((d["id"], name) not in done for d in info.get("dataset", []) for name in info.get("scorers", {}))
+
+
+def _common_info(runs: list[Path], infos: list[dict], incomplete: list[dict]) -> dict:
     info = json.loads(json.dumps(infos[0]))
     info.pop("shard")
     info.pop("resumed", None)
     parts = {i["shard"]["index"] for i in infos}
     info["parts_merged"] = {"parts": sorted(parts), "of": infos[0]["shard"]["of"],
-                            "complete": len(parts) == infos[0]["shard"]["of"]}
+                            "complete": len(parts) == infos[0]["shard"]["of"] and not incomplete,
+                            **({"incomplete_parts": incomplete} if incomplete else {})}
     info["merged_from"] = [{"run": str(r), "shard": i["shard"], "created": i.get("created"),
                             "images": i["dataset"].get("n") if isinstance(i["dataset"], dict) else len(i["dataset"])}
                            for r, i in zip(runs, infos)]
     return info
 
 
-def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | None) -> dict:
-    info = _common_info(runs, infos)
+def _merged_info(runs: list[Path], infos: list[dict], inside: list, kept: set | None, incomplete: list[dict]) -> dict:
+    info = _common_info(runs, infos, incomplete)
     info["sessions"] = [s for i in infos for s in i.get("sessions", [])]
     info["artifact_names"] = ARTIFACT_NAMES  # the merged folder's files are written under the current names
     info["dataset"]["n"] = len({rec.id for rec in inside})
+    lacking = sorted(kept - {rec.id for rec in inside}) if kept is not None else []
+    if lacking:  # only with --allow-incomplete: the whole's top K holds images an interrupted part never inverted
+        info["parts_merged"]["kept_without_results"] = lacking
     info["dataset"].pop("hash", None)  # of one part's images; the whole's ids are in dataset.whole
     info["dataset"]["source"] = [i["dataset"].get("source") for i in infos]  # skipped rows, problems: the whole's
-    if info.get("mask") and not info["mask"].get("path"):  # a manifest's masks: the whole's count, no one hash
-        info["mask"] = {"source": info["mask"]["source"], "n": sum(i["mask"]["n"] for i in infos)}
+    masks = [i["mask"] for i in infos if i.get("mask")]
+    if masks and not masks[0].get("path"):  # a manifest's masks: the whole's count, no one hash
+        info["mask"] = {"source": masks[0]["source"], "n": sum(m["n"] for m in masks)}
     if info.get("auto_mask"):
         for k in ("masked", "kept_whole"):
             info["auto_mask"][k] = sum(i["auto_mask"][k] for i in infos)
@@ -193,7 +240,8 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 def _merge_screen(runs: list[Path], out: Path, screens: list[list]) -> None:
     infos = [read_run_info(r / SCREEN_DIR, "screen") for r in runs]
     info = json.loads(json.dumps(infos[0]))
-    info["dataset"] = [d for i in infos for d in i.get("dataset", [])]
+    mine = {rec.id for part in screens for rec in part}
+    info["dataset"] = [d for i in infos for d in i.get("dataset", []) if d["id"] in mine]
     info.pop("resumed", None)
     _write_lines(out / SCREEN_DIR / SCORES_FILE, [rec.to_json() for part in screens for rec in part])
     atomic_write_json(out / SCREEN_DIR / RUN_FILE, info)

@@ -77,8 +77,11 @@ def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: i
     """Create the scores folder, or reopen one made with the same model, seed, labels and scorer settings, adding
     the new scorers and images to its run.json (the run-folder store: runs/files.open_folder)."""
     dataset = [{"id": it.id, "path": it.origin, "label": it.label, "caption": it.caption} for it in items]
+    # A part records the whole dataset it was cut from (as an audit part does), so merge refuses parts of others.
+    whole = {"kind": getattr(items, "kind", None), **{k: v for k, v in getattr(items, "info", {}).items()
+                                                      if k in ("whole", "content_sha256")}}
     info = run_info("scores", adapter, seed=seed, dataset=dataset, scorers={s.name: s.to_json() for s in scorers},
-                    **({"shard": shard} if shard else {}))
+                    **({"shard": shard, "dataset_whole": whole} if shard else {}))
     info, _ = open_folder(run_dir, info, ledger=SCORES_FILE, resume=True, what="scores",
                           hint="Reuse the same settings to add to it, or give another --out",
                           differences=_score_differences, update=_added)

@@ -35,7 +35,7 @@ _KNOWN = {"key", "caption", "status", "error_message", "label"}
 
 def is_shard_source(source: str) -> bool:
     p = Path(source)
-    if "{" in source and ".." in source:
+    if "{" in source and "}" in source and (".." in source or "," in source):  # {00000..00099} or {a,b}
         return True
     if p.is_file():
         return p.suffix.lower() == ".tar"
@@ -69,7 +69,7 @@ def list_shards(source: str) -> tuple[list[Path], Path]:
 
 
 def _common_parent(paths: list[Path]) -> str:
-    return os.path.commonpath([str(p.resolve().parent) for p in paths]) if paths else "."
+    return os.path.commonpath([os.path.abspath(p.parent) for p in paths]) if paths else "."
 
 
 class _Hashing:
@@ -213,10 +213,9 @@ def index_shards(source: str, *, caption_key: str | None = None, label_key: str 
         raise InvMMInputError(f"{source}: no .tar shards found")
     index = ShardIndex(caption_key, label_key)
     for shard in shards:
-        try:
-            name = shard.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
-        except ValueError:
-            name = shard.stem
+        # The path as listed, not as resolved: a shard reached through a symlink keeps the folder it was found in,
+        # so x/00000.tar and y/00000.tar stay apart wherever their files lie.
+        name = Path(os.path.relpath(os.path.abspath(shard), os.path.abspath(root))).with_suffix("").as_posix()
         table = shard.with_suffix(".parquet")
         listed = _img2dataset_rows(table) if table.is_file() else None
         index.add_shard(shard, name, listed)

@@ -11,6 +11,7 @@ import hashlib
 import re
 
 from invmm.errors import InvMMInputError
+from invmm.families.lora import sha256_file
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -39,4 +40,18 @@ def whole(items) -> dict:
     """The whole dataset a part was cut from, as every part records it: its size and the hash of its ids (ids
     are stable where paths are not: each machine may keep the data elsewhere)."""
     ids = hashlib.sha256("\n".join(sorted(it.id for it in items)).encode()).hexdigest()
-    return {"n": len(items), "ids_sha256": ids}
+    out = {"n": len(items), "ids_sha256": ids}
+    masked = sorted((it.id, it.mask) for it in items if it.mask)
+    if masked:  # a manifest's mask column, by content: parts on other machines keep the masks elsewhere
+        h = hashlib.sha256()
+        for image_id, mask in masked:
+            h.update(f"{image_id}\0{_file_hash(mask)}\n".encode())
+        out["masks"] = {"n": len(masked), "sha256": h.hexdigest()}
+    return out
+
+
+def _file_hash(path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return "unreadable"  # the part that holds the image records the error; the whole's hash still compares
