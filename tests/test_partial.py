@@ -217,3 +217,32 @@ def test_the_template_toy_plan_its_export_and_its_planted_masks(tmp_path):
         mask = np.asarray(Image.open(items[e["id"]].mask)) > 0
         assert mask.sum() == 16 and mask[t:b, left:r].all()
         assert np.array_equal(img[t:b, left:r].ravel(), np.array(e["pattern"]))
+
+
+def test_mask_auto_without_maps_is_refused_and_a_budget_between_checks_still_ends_with_a_map(tmp_path, toy_model,
+                                                                                              toy_images):
+    """Fails before the fix: with --map-samples 0 or a budget off the check grid there was no map, every image was
+    kept whole with a note, and the run ended normally."""
+    p = next(iter(toy_images.values()))[0]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / p.name).write_bytes(p.read_bytes())
+    res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(tmp_path / "none"), *FAST,
+                              "--mask", "auto", "--map-samples", "0"])
+    assert res.exit_code == 2 and "--map-samples 0 makes no maps" in res.output and not (tmp_path / "none").exists()
+    # 25 steps with a check every 10 (and, second, every check skipped): no check at the budget's last step
+    for name, extra in (("off-grid", []), ("skipped", ["--check-skip-rec", "1e-9"])):
+        res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(tmp_path / name), *FAST,
+                                  "--max-steps", "25", "--threshold", "2", *extra])
+        assert res.exit_code == 0, res.output
+        (d,) = _lines(tmp_path / name)
+        assert d["steps"] == 25 and d["score_is_inf"] and d["reproduced_fraction"] is not None
+        assert load_map(Path(f"{artifact_stem(tmp_path / name, d['id'])}.safetensors")) is not None
+        assert d["calls"]["map_forward"] > 0
+    res = runner.invoke(app, ["audit", str(toy_model), str(data), "--out", str(tmp_path / "auto"), *FAST,
+                              "--max-steps", "25", "--threshold", "2", "--mask", "auto"])
+    assert res.exit_code == 0, res.output
+    (d,) = _lines(tmp_path / "auto")
+    first_map = load_map(Path(f"{artifact_stem(tmp_path / 'auto' / 'whole', d['id'])}.safetensors"))
+    assert first_map is not None and d["mask"]["source"] == "auto"
+    assert bool(d["mask"].get("path")) == bool(first_map.ge(MAP_THRESHOLD).any())  # masked where the map marks

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from invmm.families.conditions import cond_cat, cond_rows
-from invmm.functional import kl_to_standard_normal, reparameterize
+from invmm.functional import kl_to_standard_normal, reparameterize, seed_from
 from invmm.inversion.cost import sample_forwards
 from invmm.inversion.memorization_map import make_maps
 from invmm.inversion.state import ImageState
@@ -106,6 +106,29 @@ class SuccessCheck:
         if last and cfg.map_samples:
             make_maps(self, last, scales, conditional)
         return finished
+
+    @torch.no_grad()
+    def last_maps(self, states: list[ImageState]) -> None:
+        """The memorization map of images whose budget ends with no check at its last step: the final
+        distribution's samples (at the lowest guidance scale) against the prior's, drawn from each image's own
+        "map-last" stream, so nothing the paper's rule sees changes."""
+        inv, cfg = self.inv, self.inv.config
+        conditional = states[0].cond is not None
+        scales = list(cfg.guidance_scales) if conditional else [1.0]
+        checks = []
+        for s in states:
+            seed = seed_from(s.image_seed, "map-last")
+            gen = torch.Generator().manual_seed(seed)
+            z = torch.randn((cfg.n_check_samples, *s.x0.shape), generator=gen, device=gen.device).to(s.x0.device)
+            cond = None
+            if conditional:
+                g = torch.Generator(device=inv.adapter.device).manual_seed(seed_from(seed, "prompt"))
+                with inv.meter.metered(s.calls):
+                    cond = s.cond.check_at(cfg.n_check_samples, s.cond.snapshot(), g)
+            c = ImageCheck(s, reparameterize(s.mu[None], s.logvar[None], z), cond, candidates=[])
+            c.decided = 0
+            checks.append(c)
+        make_maps(self, checks, scales, conditional)
 
     def _round(self, parts, scales, conditional) -> None:
         """One sampler call over every (image, scale, first sample, last sample) part; each part's samples judged."""

@@ -87,6 +87,9 @@ class Inverter:
                 if not active:
                     return outcomes
                 finished, checking = self.step(active)
+                ending = [s for s, ok, error in finished if not ok and error is None and s.paper is None]
+                if ending and self.config.map_samples:  # the budget ended between checks: the map is made now
+                    self.check.last_maps(ending)
                 paper = [s for s in checking if s.paper is None]
                 if paper:
                     finished += self.check(paper)

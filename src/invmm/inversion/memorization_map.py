@@ -1,5 +1,6 @@
 """The memorization map of an image at its last check (a success, or the end of the budget): which pixels the fitted
-noise reproduces beyond what any noise does (functional.memorization_map).
+noise reproduces beyond what any noise does (functional.memorization_map). An image whose budget ends between checks
+(a budget off the check grid, a skipped last check) gets its map at its final distribution (SuccessCheck.last_maps).
 
 The fitted side is the decided check's samples, topped up to m = config.map_samples (8 by default, at most the
 check's n; 0: no map) from the check's own noises and conditionings (a failing check may have stopped after its
@@ -35,7 +36,7 @@ def make_maps(check, checks: list, scales, conditional: bool) -> None:
     noises, conds, rows, made = [], [], [], {}  # made: image -> (decided samples, top-up rows, prior rows)
     for c in checks:
         s, k = c.state, c.decided
-        have = sum(len(b) for b in c.samples[k])
+        have = sum(len(b) for b in c.samples.get(k, []))
         top, prior = map_noise(check, c, have)
         made[id(c)] = (have, len(top), len(prior))
         noises += [top, prior]
@@ -55,7 +56,8 @@ def make_maps(check, checks: list, scales, conditional: bool) -> None:
         s, k, (have, n_top, m) = c.state, c.decided, made[id(c)]
         top_images, prior_images = images[offset : offset + n_top], images[offset + n_top : offset + n_top + m]
         offset += n_top + m
-        fitted = torch.cat([torch.cat(c.samples[k]), top_images])[: max(m, have)]
+        decided = torch.cat(c.samples[k]) if c.samples.get(k) else top_images[:0]
+        fitted = torch.cat([decided, top_images])[: max(m, have)]
         target = s.target.pixels.float().cpu()
         window = map_window(target.shape[-1])
         s.map = memorization_map(reproduction_map(fitted, target, window=window),

@@ -38,6 +38,10 @@ def run_masked(adapter, items, config, out, *, kind: str, resume: bool, mask: st
     if mask is None or str(mask) != AUTO:
         attach_masks(items, mask)
         return run_images(adapter, items, config, out, kind=kind, resume=resume, options=options, callbacks=callbacks)
+    if not config.map_samples:
+        raise InvMMInputError("--mask auto takes each image's mask from the memorization map of a first, whole-image "
+                              "pass, and --map-samples 0 makes no maps: leave --map-samples at its default (8) or "
+                              "set it above 0")
     named = [it for it in items if it.mask]
     if named:
         raise InvMMInputError(f"--mask auto: the dataset's manifest names masks already (first: {named[0].mask}); "
