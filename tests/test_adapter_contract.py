@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from families import FAMILIES, given, images
+from same_results import assert_same_similarities, close
 
 from invmm.config import default_config
 from invmm.families import load_adapter
@@ -178,11 +179,12 @@ def test_check_rounds_keep_every_decision(adapter):
     rounds = _invert(adapter, _small_config(adapter, threshold=threshold))
     assert any(r.success for r in full)
     for a, b in zip(full, rounds):
-        assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
-        if a.success:
-            # A round puts a sample's row into a batch of another shape, where CPU kernels can differ in the last
-            # digits: similarities agree within 1e-5 (they are stored rounded to 1e-6), decisions and scores exactly.
-            assert a.similarities == pytest.approx(b.similarities, abs=1e-5)
+        # A round puts a sample's row into a batch of another shape, where CPU kernels can differ in the last
+        # digits: decisions identical, scores and similarities within the batching tolerance (same_results).
+        assert (a.success, a.steps, a.guidance_scale) == (b.success, b.steps, b.guidance_scale) and close(a.score,
+                                                                                                         b.score)
+        if a.success:  # (a failed check before it saw fewer samples with rounds: its worst one differs)
+            assert_same_similarities(a.similarities, b.similarities)
         # A failed check's similarity is over the samples generated before it was decided: never below the full one.
         assert all(cb[3] >= ca[3] - 1e-6 for ca, cb in zip(a.checks, b.checks))
         if not a.success:  # a success check can cost more: its first round also ran the higher scales
@@ -218,7 +220,8 @@ def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
                 if b.steps == a.steps:  # the same fit, up to batch mates (an image that went on shares the batch)
                     assert b.score == pytest.approx(a.score, rel=1e-4), name
     for a, b in zip(exact, runs["preview, wide margin"]):
-        assert (a.success, a.steps, a.score, a.guidance_scale) == (b.success, b.steps, b.score, b.guidance_scale)
+        assert (a.success, a.steps, a.guidance_scale) == (b.success, b.steps, b.guidance_scale) and close(a.score,
+                                                                                                         b.score)
         assert b.calls["check_forward"] > a.calls["check_forward"] and not b.check_skips
 
 

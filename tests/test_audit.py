@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from same_results import assert_same_runs
 from typer.testing import CliRunner
 
 from invmm.cli import app
@@ -270,11 +271,7 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
     summary = audit(str(toy_model), items(), cfg, tmp_path / "ray", backend="ray", batch_images=4,
                     on_workers=on_workers, on_result=on_result)
     assert killed and summary.errors == 0 and summary.scored == 12
-    local, remote = scores(tmp_path / "local"), scores(tmp_path / "ray")
-    assert set(local) == set(remote)
-    for k, (status, score, steps) in local.items():
-        assert remote[k][0] == status and remote[k][2] == steps
-        assert remote[k][1] == pytest.approx(score, rel=1e-5)
+    assert_same_runs(Ledger(tmp_path / "local").read(), Ledger(tmp_path / "ray").read(), what="ray")
     info = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert info["sessions"][0]["workers"] == 2 and info["backend"] == "ray"
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from same_results import assert_same_result
 from typer.testing import CliRunner
 
 from invmm.cli import app
@@ -79,7 +80,7 @@ def test_a_lora_changes_the_denoiser_and_nothing_else_and_scale_0_is_the_base(fa
     assert torch.equal(base.encode(img), tuned.encode(img))
     assert tuned.describe()["loras"][0]["scale"] == 1.0 and "loras" not in base.describe()
     assert not any(p.requires_grad for p in lora_components(tuned)["denoiser"].parameters())
-    # A whole (short) inversion at scale 0 is the base's, to the last digit.
+    # A whole (short) inversion at scale 0 is the base's (within the tolerance of any two runs: same_results).
     from invmm.config import default_config
     from invmm.inversion import Inverter, Target
     from invmm.similarity import PixelSimilarity
@@ -88,7 +89,7 @@ def test_a_lora_changes_the_denoiser_and_nothing_else_and_scale_0_is_the_base(fa
                          sampler_steps=2, guidance_scales=[1.0, 2.0])
     target = Target(id="x", pixels=img[0], caption="a red square" if base.conditional else None)
     r0, r_off = (Inverter(a, cfg, PixelSimilarity(), batch_images=1).run([target])[0].result for a in (base, off))
-    assert (r0.kl, r0.checks, r0.similarities) == (r_off.kl, r_off.checks, r_off.similarities)
+    assert_same_result(r0, r_off)
 
 
 def test_only_the_targeted_layers_change(tmp_path):

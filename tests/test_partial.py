@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from same_results import assert_same_result, close
 from typer.testing import CliRunner
 
 from invmm.cli import app
@@ -77,9 +78,9 @@ def test_an_all_ones_mask_gives_exactly_the_unmasked_results(tmp_path, toy_model
     masked = measure(str(toy_model), paths, cfg, out=tmp_path / "ones", mask=ones)
     assert any(math.isfinite(r.score) for r in plain)
     for a, b in zip(plain, masked):
-        assert (a.score, a.steps, a.similarities, a.checks) == (b.score, b.steps, b.similarities, b.checks)
+        assert_same_result(a, b)
         assert a.mask is None and b.mask["fraction"] == 1.0 and b.mask["path"] == str(ones)
-        assert a.reproduced_fraction == b.reproduced_fraction
+        assert close(a.reproduced_fraction, b.reproduced_fraction)
 
 
 def test_the_memorization_map_changes_no_score_decision_or_draw(tmp_path, toy_model, toy_images):
@@ -92,7 +93,7 @@ def test_the_memorization_map_changes_no_score_decision_or_draw(tmp_path, toy_mo
     off = measure(str(toy_model), paths, cfg.replace(map_samples=0), out=tmp_path / "off")
     assert any(math.isfinite(r.score) for r in on) and any(math.isinf(r.score) for r in on)
     for a, b in zip(on, off):
-        assert (a.score, a.steps, a.similarities, a.checks, a.kl) == (b.score, b.steps, b.similarities, b.checks, b.kl)
+        assert_same_result(a, b)
         assert a.calls["map_forward"] > 0 and b.calls.get("map_forward", 0) == 0 and b.reproduced_fraction is None
         assert {k: v for k, v in a.calls.items() if k not in ("map_forward", "vae_decode")} == \
             {k: v for k, v in b.calls.items() if k not in ("map_forward", "vae_decode")}
@@ -176,7 +177,7 @@ def test_mask_auto_masks_each_image_by_its_first_pass_map(tmp_path, toy_model, t
             assert d["mask"]["fraction"] == pytest.approx(region.float().mean().item(), abs=1e-6)
         else:  # reproduced whole, or no region: the first pass's result stands
             assert w["success"] or not region.any()
-            assert (d["score"], d["steps"], d["similarities"]) == (w["score"], w["steps"], w["similarities"])
+            assert_same_result(d, w)
     info = json.loads((run / "run.json").read_text())
     assert info["auto_mask"]["threshold"] == MAP_THRESHOLD
     assert info["auto_mask"]["masked"] + info["auto_mask"]["kept_whole"] == 2

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from same_results import assert_close_tensors, assert_same_result, assert_same_runs, close
 from scipy.stats import hypergeom
 
 from invmm.config import preset
@@ -46,22 +47,25 @@ def test_any_pass_probability_is_the_share_of_all_checks_the_samples_make_that_p
     assert any_pass_probability(single, 1, 8) == pytest.approx(all_pass_probability(sum(single), 12, 8))
 
 
-def test_expected_first_success_matches_a_simulated_first_passage():
+def test_expected_first_success_matches_a_simulated_first_passage_given_a_success():
     points = [(0.1, 0.05), (0.2, 0.3), (0.25, 0.6), (0.4, 0.2)]
     rng = np.random.default_rng(1)
-    draws = []
+    draws, none = [], 0
     for _ in range(50000):
         for kl, p in points:
             if rng.random() < p:
                 draws.append(kl)
                 break
         else:
-            draws.append(points[-1][0])  # no check passed: the leftover mass sits on the last KL
-    mean, sd, leftover = expected_first_success(points)
+            none += 1  # no check passed: past the budget this is the paper's inf, on no KL
+    mean, sd, chance = expected_first_success(points)
     assert mean == pytest.approx(np.mean(draws), abs=0.002)
     assert sd == pytest.approx(np.std(draws), abs=0.002)
-    assert leftover == pytest.approx(0.95 * 0.7 * 0.4 * 0.8)
-    assert expected_first_success([(0.3, 1.0), (0.9, 1.0)]) == (0.3, 0.0, 0.0)
+    assert chance == pytest.approx(1 - 0.95 * 0.7 * 0.4 * 0.8) and 1 - chance == pytest.approx(none / 50000, abs=0.005)
+    assert expected_first_success([(0.3, 1.0), (0.9, 1.0)]) == (0.3, 0.0, 1.0)
+    assert expected_first_success([(0.3, 0.5)]) == (0.3, 0.0, 0.5)  # the chance left is not put on the KL
+    nan_mean, nan_sd, zero = expected_first_success([(0.3, 0.0), (0.5, 0.0)])
+    assert math.isnan(nan_mean) and math.isnan(nan_sd) and zero == 0.0
 
 
 def targets(n, seed=0):
@@ -103,13 +107,13 @@ def paired(adapter, threshold):
     return plain, refined
 
 
-def test_the_refinement_leaves_the_paper_score_bit_identical(paired):
+def test_the_refinement_leaves_the_paper_score_as_it_was(paired):
     plain, refined = paired
     for i, p in plain.items():
         a, b = p.result, refined[i].result
-        assert (a.score, a.success, a.steps, a.kl, a.similarities, a.checks, a.final_lambda) == \
-               (b.score, b.success, b.steps, b.kl, b.similarities, b.checks, b.final_lambda)
-        assert torch.equal(p.mu, refined[i].mu) and torch.equal(p.samples, refined[i].samples)
+        assert_same_result(a, b, refined=False)
+        assert_close_tensors(p.mu, refined[i].mu)
+        assert_close_tensors(p.samples, refined[i].samples)
         assert a.refined_score is None and b.refined_score is not None
         if not a.success:
             assert math.isinf(b.refined_score) and b.refine is None
@@ -169,12 +173,11 @@ def test_refined_scores_are_deterministic_and_batching_keeps_decisions(adapter, 
     batched = run(adapter, cfg, targets(4), 3)
     again = run(adapter, cfg, targets(4), 3)
     for i, o in batched.items():
-        assert o.result.refined_score == again[i].result.refined_score
-        assert o.result.refine == again[i].result.refine
+        assert_same_result(o.result, again[i].result)
         a = alone[i].result
         assert (o.result.success, o.result.steps) == (a.success, a.steps)
         if a.success:  # batch shapes change float rounding only (KL within 1e-4 relative)
-            assert o.result.refined_score == pytest.approx(a.refined_score, rel=1e-4)
+            assert close(o.result.refined_score, a.refined_score)
 
 
 def test_refine_settings_are_checked():
@@ -228,9 +231,7 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
     key = lambda r: r.id  # noqa: E731
     after = {key(r): r.to_json() for r in Ledger(part).read()}
     for r in records:
-        mine = after[key(r)]
-        assert (mine["score"], mine.get("refined_score"), mine.get("refine", {}) and mine["refine"]["points"]) == \
-               (r.to_json()["score"], r.to_json().get("refined_score"), r.refine and r.refine["points"])
+        assert_same_result(after[key(r)], r)
     # Resuming without the refinement is another setting: refused, nothing written.
     res = _audit(toy_model, data, part)
     assert res.exit_code != 0 and "refine" in res.output
@@ -272,8 +273,8 @@ def test_the_invmm_scorer_scores_by_the_refined_score_when_asked(adapter, paired
     ts = targets(4)
     scores = scorer.score(torch.stack([t.pixels for t in ts]), [t.id for t in ts])
     for t, s in zip(ts, scores):
-        assert s == alone[t.id].result.refined_score
-        assert scorer.pop_details(t.id)["refined_score"] == (s if math.isfinite(s) else None)
+        assert close(s, alone[t.id].result.refined_score)
+        assert scorer.pop_details(t.id)["refined_score"] == (s if math.isfinite(s) else None)  # the same number
     assert scorer.settings()["by"] == "refined" and scorer.config.refine
 
 
@@ -326,3 +327,103 @@ def test_with_several_guidance_scales_every_sample_is_judged_at_every_scale(tiny
         assert r.refined_score == efs([(kl, passes)])[0] == pytest.approx(r.score)
         # 8 samples at scale 1 (one pass) and at scale 3 (conditional and unconditional pass)
         assert r.refine["calls"]["check_forward"] == 8 * check_steps * (1 + 2)
+
+
+def test_no_check_after_the_budget_enters_the_refined_score_and_the_chance_left_is_reported(adapter, paired,
+                                                                                               threshold):
+    """Fails before the fix: the continuation ran past --max-steps and the chance that no check passed was put on
+    the last KL."""
+    _, refined = paired
+    reproduced = [o for o in refined.values() if o.result.success]
+    for o in reproduced:
+        r = o.result
+        steps = [p[0] for p in r.refine["points"]]
+        assert max(steps) <= 40 and r.steps + r.refine["extra_steps"] <= 40
+        chances = [p[4] for p in r.refine["points"]]
+        survive = float(np.prod([1 - c for c in chances]))
+        weights = [c * float(np.prod([1 - x for x in chances[:i]])) for i, c in enumerate(chances)]
+        assert r.refined_success == pytest.approx(1 - survive, abs=1e-6)
+        assert r.refine["leftover"] == pytest.approx(survive, abs=1e-6)
+        if sum(weights) > 0:
+            kls = [p[1] for p in r.refine["points"]]
+            assert r.refined_score == pytest.approx(sum(w * k for w, k in zip(weights, kls)) / sum(weights))
+    # A success at the budget's last check: the same image with the budget at its success step (the budget changes
+    # no schedule, so the path up to it is the same) has no continuation at all.
+    o = reproduced[0]
+    (t,) = [t for t in targets(4) if t.id == o.result.id]
+    cut = run(adapter, small_config(threshold=threshold, refine=True, max_steps=o.result.steps), [t], 1)[t.id].result
+    assert (cut.success, cut.steps) == (True, o.result.steps) and close(cut.score, o.result.score)
+    assert cut.refine["extra_steps"] == 0 and cut.refine["ended"] == "budget"
+    assert max(p[0] for p in cut.refine["points"]) == o.result.steps
+    assert 0 < cut.refined_success <= 1 and cut.refine["leftover"] == pytest.approx(1 - cut.refined_success, abs=1e-6)
+
+
+class SpySimilarity(PixelSimilarity):
+    """Pixel similarity that records, per call, how many samples it judged and whether it was given a mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __call__(self, images, target, mask=None):
+        self.calls.append((len(images), mask is not None))
+        return super().__call__(images, target, mask=mask)
+
+
+def test_the_refinement_judges_a_sample_as_the_check_does_under_a_mask(tmp_path):
+    """Fails before the fix: the refinement compared whole images, so under a mask almost no fresh sample was a
+    copy and the refined score fell onto the last continued check's KL."""
+    from typer.testing import CliRunner
+
+    from invmm.cli import app
+    from invmm.runs.datasets import load_dataset
+    from invmm.runs.files import Ledger
+    from invmm.runs.images import load_image
+    from invmm.runs.masks import load_item_mask
+    from invmm.zoo import shipped_digits_template_model
+
+    model = shipped_digits_template_model()
+    runner = CliRunner()
+    res = runner.invoke(app, ["zoo", "export-digits", "--model", str(model), "--out", str(tmp_path / "d"),
+                              "--per-group", "1"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "d" / "manifest.csv").read_text().splitlines()
+    members = [r for r in rows[1:] if "template0" in r or "template3" in r]
+    (tmp_path / "d" / "two.csv").write_text("\n".join([rows[0], *members]) + "\n")
+    res = runner.invoke(app, ["audit", str(model), str(tmp_path / "d" / "two.csv"), "--out", str(tmp_path / "r"),
+                              "--max-steps", "150", "--sampler-steps", "20", "--refine", "--refine-samples", "16",
+                              "--map-samples", "0"])
+    assert res.exit_code == 0, res.output
+    records = [r for r in Ledger(tmp_path / "r").read() if r.success]
+    assert records, "the scenario needs a masked success"
+    for r in records:
+        assert r.mask and r.mask["fraction"] < 0.5
+        pts = r.refine["points"]
+        at_success = next(p for p in pts if p[0] == r.steps)
+        assert at_success[4] > 0  # fresh samples of the passing distribution are copies over the mask too
+        live = [p[1] for p in pts if p[4] > 0]
+        assert min(live) - 1e-9 <= r.refined_score <= max(live) + 1e-9 and r.refined_success > 0
+
+    # The spy: every similarity the inversion computes, the refinement's estimates included, is over the mask.
+    adapter = load_adapter(str(model))
+    (item,) = [it for it in load_dataset(tmp_path / "d" / "two.csv")][:1]
+    load_image(item, mode=adapter.image_mode, size=adapter.image_size)
+    mask, info = load_item_mask(item, adapter.image_size)
+    spy = SpySimilarity()
+    cfg = preset("ddpm", similarity="pixel", max_steps=100, sampler_steps=20, refine=True, refine_samples=16,
+                 map_samples=0)
+    (o,) = Inverter(adapter, cfg, spy, batch_images=1).run([Target(id=item.id, pixels=item.pixels, mask=mask,
+                                                                   mask_info=info)])
+    assert o.result.success and spy.calls and all(masked for _, masked in spy.calls)
+    assert any(n == 16 for n, _ in spy.calls)  # the refinement's estimates (16 samples each)
+
+
+def test_in_batches_the_refinement_changes_the_paper_scores_by_float_noise_only(adapter, threshold):
+    """A refining image keeps its batch slot, so other images share batches with other mates than without the
+    refinement: decisions and steps stay identical, scores and similarities move within the batching tolerance."""
+    ts = targets(8, seed=3)
+    plain = run(adapter, small_config(threshold=threshold), ts, 4)
+    refined = run(adapter, small_config(threshold=threshold, refine=True), ts, 4)
+    # images finish at different steps, so a refining one shares batches with images still on their paper path
+    assert sum(o.result.success for o in plain.values()) >= 2 and len({o.result.steps for o in plain.values()}) > 1
+    assert_same_runs([o.result for o in plain.values()], [o.result for o in refined.values()], refined=False)

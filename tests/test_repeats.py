@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from same_results import assert_same_result
 from scipy.stats import mannwhitneyu, quantile_test
 from typer.testing import CliRunner
 
@@ -120,7 +121,7 @@ def test_measure_with_repeats_records_every_repeat_and_one_repeat_is_todays_resu
     for one, many in zip(single, three):
         assert one.n_repeats == 1 and many.n_repeats == 3 and len(many.repeats) == 3
         rep0 = next(r for r in lines if r.id == one.id and r.repeat == 0)
-        assert (rep0.score, rep0.steps, rep0.checks, rep0.kl) == (one.score, one.steps, one.checks, one.kl)
+        assert_same_result(rep0, one)  # other batch mates: the batching tolerance (a CI machine differed at 1e-6)
         for k in range(3):
             stem = artifact_stem(tmp_path / "r3", one.id, k)
             assert stem.name.endswith(f".r{k}" if k else stem.name) and Path(f"{stem}.safetensors").exists()

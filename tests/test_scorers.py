@@ -1,6 +1,7 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from same_results import close
 
 from invmm.families import load_adapter
 from invmm.functional import seed_from
@@ -165,7 +166,7 @@ def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_p
     # reproduced at step 100 (with some seeds only at 300: the spread issue 23 measures).
     got = scorer.score(x, [p.name for p in paths], seed=5)
     ref = {r.id: r.score for r in measure(adapter, [str(p) for p in paths], cfg)}
-    assert got == [ref[p.name] for p in paths]
+    assert all(close(a, ref[p.name]) for a, p in zip(got, paths))  # other batch mates: same_results' tolerance
     assert got[0] < float("inf") == got[1]  # the duplicated digit is reproduced, the held-out one is not
     assert not scorer.higher_is_better
     assert scorer.to_json()["config"]["max_steps"] == 150

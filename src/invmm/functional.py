@@ -187,12 +187,15 @@ def any_pass_probability(masks, scales: int, n: int) -> float:
 
 
 def expected_first_success(points) -> tuple[float, float, float]:
-    """The paper's score averaged over the check's luck, on one optimisation path (a Rao-Blackwellisation).
+    """The paper's score averaged over the check's luck on one optimisation path, given that one of `points`
+    passes (a Rao-Blackwellisation of the paper's verdict).
 
-    `points`: (kl, pass probability) of consecutive checks along the path, in step order. The paper stops at the
-    first check that passes, so it scores KL_c with probability P_c * prod_{c' < c} (1 - P_c'). Returns
-    (expectation, standard deviation, leftover): the mass left after the last point (no check passed) is put on
-    the last KL and returned as `leftover`.
+    `points`: (kl, pass probability) of consecutive checks along the path, in step order, none after the budget.
+    The paper stops at the first check that passes, so it scores KL_c with probability
+    w_c = P_c * prod_{c' < c} (1 - P_c'). Returns (E[KL | a check of `points` passes], the standard deviation of
+    that conditional law, the chance sum_c w_c that one passes). The rest, 1 - sum_c w_c, is the chance that none
+    does (past the budget: the paper's inf); it is returned, never put on a KL. With no chance at all the first two
+    are NaN.
     """
     if not points:
         raise ValueError("expected_first_success needs at least one check")
@@ -200,8 +203,10 @@ def expected_first_success(points) -> tuple[float, float, float]:
     for _, p in points:
         weights.append(survive * p)
         survive *= 1.0 - p
-    weights[-1] += survive
-    kls = np.array([kl for kl, _ in points], dtype=float)
     w = np.array(weights)
-    mean = float(w @ kls)
-    return mean, float(math.sqrt(max(0.0, w @ (kls - mean) ** 2))), float(survive)
+    total = float(w.sum())
+    if total <= 0.0:
+        return math.nan, math.nan, 0.0
+    kls = np.array([kl for kl, _ in points], dtype=float)
+    mean = float(w @ kls / total)
+    return mean, float(math.sqrt(max(0.0, w @ (kls - mean) ** 2 / total))), total

@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 from invmm.errors import InvMMInputError
 from invmm.repeats import median_interval, median_score
 
@@ -96,6 +98,9 @@ class InversionRecord:
     repeat: int = 0  # which of the image's independent inversions (streams) this is
     # With config.refine: the refined score (inversion/refine.py; +inf when not reproduced) and how it was found.
     refined_score: float | None = None
+    # The estimated chance that the paper's check passes within the budget on this path (over the checks the
+    # refined score was estimated from); None where the paper's check never passed (refined_score inf).
+    refined_success: float | None = None
     refine: dict | None = None
     meta: dict | None = None  # the dataset's other fields for this image (a shard's .json: url, sizes, ...)
     # Partial memorization: the mask the check compared over ({source, path, sha256, fraction}; None: the whole
@@ -120,6 +125,7 @@ class InversionRecord:
                 d.pop(name)
         if self.refined_score is None:  # no refinement: lines stay as they were
             d.pop("refined_score")
+            d.pop("refined_success")
             d.pop("refine")
         else:
             d["refined_score"], d["refined_score_is_inf"] = score_to_json(
@@ -194,6 +200,7 @@ def summarise(records, by: str = "paper") -> list[ImageSummary]:
         order = sorted(ok, key=lambda r: (r.score, r.repeat))
         med, iv = median_score(scores), median_interval(scores)
         refined = [r.refined_score for r in ok if r.refined_score is not None]
+        chances = [r.refined_success for r in ok if r.refined_success is not None]
         out.append(_summary(
             order[(len(order) - 1) // 2], score=med, success=math.isfinite(med), n_repeats=len(reps),
             successes=sum(r.success for r in ok), repeats=[_repeat(r) for r in reps],
@@ -202,6 +209,7 @@ def summarise(records, by: str = "paper") -> list[ImageSummary]:
             seconds=round(sum(r.seconds or 0.0 for r in reps), 3), calls=dict(sum_calls(r.calls for r in reps)),
             check_skips=dict(sum((Counter(r.check_skips) for r in reps), Counter())),
             refined_score=median_score(refined) if len(refined) == len(ok) else None,
+            refined_success=float(np.median(chances)) if chances else None,
         ))
     return out
 
@@ -216,8 +224,8 @@ def _repeat(r: InversionRecord) -> dict:
             "score": r.score if math.isfinite(r.score) else None, "steps": r.steps, "kl": r.kl,
             "min_similarity": r.min_similarity, "image_seed": r.image_seed, "seconds": r.seconds,
             "checks": r.checks,
-            **({"refined_score": r.refined_score if math.isfinite(r.refined_score) else None}
-               if r.refined_score is not None else {})}
+            **({"refined_score": r.refined_score if math.isfinite(r.refined_score) else None,
+                "refined_success": r.refined_success} if r.refined_score is not None else {})}
 
 
 def score_to_json(score: float) -> tuple[float | None, bool]:

@@ -95,7 +95,7 @@ def format_table(results) -> str:
     head = ("image", "score", "success", "steps", "min sim", "seconds")
     rows = [head[:2] + ("reproduced", "interval (coverage)") + head[3:] if repeated else head]
     if refined:
-        rows[0] = rows[0][:2] + ("refined",) + rows[0][2:]
+        rows[0] = rows[0][:2] + ("refined", "P(success)") + rows[0][2:]
     for r in results:
         row = [r.id, _score(r), "yes" if r.success else "no", str(r.steps),
                "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
@@ -105,7 +105,8 @@ def format_table(results) -> str:
                 f"[{_bound(r.score_low)}, {_bound(r.score_high)}] ({r.interval_coverage:.0%})"
             row[2:3] = [f"{r.successes or 0}/{r.n_repeats}", interval]
         if refined:
-            row.insert(2, "-" if r.refined_score is None or r.status != "ok" else _bound(r.refined_score))
+            row[2:2] = ["-" if r.refined_score is None or r.status != "ok" else _bound(r.refined_score),
+                        "-" if r.refined_success is None or r.status != "ok" else f"{r.refined_success:.2f}"]
         rows.append(tuple(row))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -123,6 +124,7 @@ def format_table(results) -> str:
         lines += ["", "score: median over the repeats (inf ordered last); steps, min sim: the median repeat's; "
                       "interval: order-statistic interval of the median, with its coverage"]
     if refined:
-        lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion "
+        lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion, "
+                      "given a success within the budget; P(success): the estimated chance of one "
                       "(README, \"A score that holds still\")" + ("; the median over the repeats" if repeated else "")]
     return "\n".join(lines)

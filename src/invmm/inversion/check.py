@@ -147,7 +147,7 @@ class SuccessCheck:
         for c, k, lo, hi in parts:
             batch = images[offset : offset + hi - lo].cpu()
             offset += hi - lo
-            values = [round(float(v), 6) for v in self.similarity(batch, c.state)]
+            values = self.judge(batch, c.state)
             self.count(c.state, hi - lo, inv.check_steps, conditional, scales[k])
             c.record(k, values, batch, hi, cfg.beta)
 
@@ -156,6 +156,11 @@ class SuccessCheck:
         if s.target.mask is None:
             return self.inv.similarity(batch, s.target.pixels)
         return self.inv.similarity(batch, s.target.pixels, mask=s.target.mask)
+
+    def judge(self, batch: torch.Tensor, s: ImageState) -> list[float]:
+        """The samples' similarities as every verdict reads them (rounded to 6 digits; a copy is >= beta): the
+        check, its preview and the refinement's estimates all judge a sample through this one function."""
+        return [round(float(v), 6) for v in self.similarity(batch, s)]
 
     def count(self, s: ImageState, m: int, steps: int, conditional: bool, scale: float,
               kind: str = "check_forward") -> None:
@@ -195,7 +200,7 @@ class SuccessCheck:
         dropped: dict = {}
         for c in checks:
             rows = [i for i, (other, _) in enumerate(parts) if other is c]
-            values = [round(float(v), 6) for v in self.similarity(images[rows], c.state)]
+            values = self.judge(images[rows], c.state)
             for i, v in zip(rows, values):
                 k = parts[i][1]
                 self.count(c.state, 1, inv.preview_steps, conditional, scales[k])

@@ -51,7 +51,7 @@ class OptimisationStep:
                 is_check = False
             if is_check:
                 checking.append(s)
-            elif s.step >= cfg.max_steps and s.paper is None:  # refining images stop at their own budget
+            elif s.step >= cfg.max_steps:  # a refining image too: no check after the budget exists for the paper
                 finished.append((s, False, None))
         return finished, checking
 

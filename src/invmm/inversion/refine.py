@@ -1,18 +1,34 @@
-"""The refined score (opt-in, config.refine): the paper's score averaged over the success check's luck, on the
-image's own optimisation path: E[KL at the first passing check | path] (functional.expected_first_success).
+"""The refined score (opt-in, config.refine): the paper's score averaged over the success check's luck on the
+image's own optimisation path, given a success within the budget (functional.expected_first_success).
 
 Why: the paper's score is the KL at the first check (every C steps) whose n = 8 samples are all copies. A check
 at per-sample copy probability p passes with p^8, so on one path the success comes a check or more early or late
-by luck, and the score jumps with it. Here, once the paper's check has passed, the chance that a check passes
-(p^8; with several guidance scales, the chance that all 8 are copies at one of them) is estimated without bias
-from `refine_samples` fresh samples of the distribution at that check, each generated at every scale; then at
-the stored distributions of the checks before it (walking back until a check's chance is below BACK_FLOOR) and
-at the checks of the continued path (until the chance that no check has passed yet is below `refine_tail`), at
-most `refine_max_checks` each way. The expectation keeps the paper's number on average and drops the variance of
-its verdict; what is left is the variance of the path itself (benchmarks/seed_spread.py measures both).
+by luck, and the score jumps with it. Here, once the paper's check has passed, the chance P_c that a check passes
+(p^8; with several guidance scales, the chance that all 8 are copies at one of them) is estimated from
+`refine_samples` fresh samples of the distribution at that check, each generated at every scale and judged exactly
+as the check judges it (SuccessCheck.judge: the same similarity, over the same mask); then at the stored
+distributions of the checks before it (walking back until a check's chance is below BACK_FLOOR) and at the
+checks of the continued path (until the chance that no check has passed yet is below `refine_tail`, or the budget
+ends), at most `refine_max_checks` each way. No check after `max_steps` is ever estimated: the paper never runs
+one.
+
+What the number is: with w_c = P_c prod_{c'<c} (1 - P_c') over the estimated checks, the refined score is
+sum_c w_c KL_c / sum_c w_c, the expected paper score given that one of those checks passes, and
+`refined_success` = sum_c w_c is the estimated chance that one does. When the continuation reached the budget,
+1 - refined_success is the estimated chance that this path ends inf; when it stopped at `refine_tail` or
+`refine_max_checks`, part of it is the chance of a later success that was not followed.
+
+What holds, precisely: each P_c estimate is unbiased for the pass chance of the distribution at that check (a
+hypergeometric U-statistic of its copy count). The refined score is a ratio of sums of products of these
+estimates over a window of checks that is itself chosen from them (the walk back and the stop forward), so it is
+not an unbiased estimate of anything; it is a plug-in estimate of E[paper score | path, a success within the
+window], which it approaches as refine_samples grows. The window leaves out checks before it (each with an
+estimated chance below BACK_FLOOR when the walk stopped) and after it (at most `refine_tail` of the chance).
 
 The paper's record is taken at the success, before anything here runs, and nothing here draws from the image's
-own streams: the paper's score and decisions stay exactly as without the refinement.
+own streams: with one image per batch the paper's score and decisions stay exactly as without the refinement; in
+batches of several, a refining image keeps its batch slot and so changes which images share a batch, which moves
+the others' numbers by float noise only (scores within relative 1e-4, similarities within 1e-5; tested).
 """
 
 from __future__ import annotations
@@ -108,7 +124,18 @@ class Refiner:
         return next((x for x in reversed(s.snapshots) if x.step < first.step), None)
 
     def _done(self, s: ImageState) -> bool:
-        return self._expectation(s)[2] < self.tail or s.refine_checks >= self.max_checks
+        return self._ended(s) is not None
+
+    def _ended(self, s: ImageState) -> str | None:
+        """Why the continuation stops now, if it does: the budget (no later check exists for the paper), the chance
+        left below refine_tail, or the checks' cap."""
+        if s.step >= self.inv.config.max_steps:
+            return "budget"
+        if 1.0 - self._expectation(s)[2] < self.tail:
+            return "tail"
+        if s.refine_checks >= self.max_checks:
+            return "max_checks"
+        return None
 
     def _expectation(self, s: ImageState) -> tuple[float, float, float]:
         points = sorted(s.refine_points, key=lambda p: p.step)
@@ -154,9 +181,8 @@ class Refiner:
                 masks = [0] * n
                 for k, scale in enumerate(scales):
                     start = i * rows + k * n
-                    values = inv.similarity(images[start : start + n], s.target.pixels)
-                    for j, v in enumerate(values):
-                        masks[j] |= (round(float(v), 6) >= cfg.beta) << k
+                    for j, v in enumerate(inv.check.judge(images[start : start + n], s)):  # as the check judges
+                        masks[j] |= (v >= cfg.beta) << k
                     inv.check.count(s, n, inv.check_steps, conditional, scale)
                 s.refine_points.append(Point(snap.step, snap.kl, masks, n,
                                              any_pass_probability(masks, len(scales), cfg.n_check_samples)))
@@ -165,11 +191,15 @@ class Refiner:
         """The paper's outcome with the refined score and what it was computed from; its calls and seconds
         include the refinement's."""
         out = s.paper
-        mean, sd, leftover = self._expectation(s)
+        mean, sd, chance = self._expectation(s)
         extra = {k: v - s.paper_calls.get(k, 0) for k, v in s.calls.items() if v - s.paper_calls.get(k, 0)}
-        out.result.refined_score = mean
+        fallback = not chance > 0  # no estimated check could pass: the one success seen, the paper's, stands
+        out.result.refined_score = out.result.score if fallback else mean
+        out.result.refined_success = round(chance, 6)
         out.result.refine = {
-            "samples": self.samples, "sd": round(sd, 6), "leftover": round(leftover, 6),
+            "samples": self.samples, "sd": 0.0 if fallback else round(sd, 6), "leftover": round(1.0 - chance, 6),
+            "ended": "error" if error else self._ended(s) or "max_checks",
+            **({"fallback": "no estimated check could pass; the paper's score"} if fallback else {}),
             "extra_steps": s.step - out.result.steps, "calls": extra,
             # per check: step, KL, samples that are copies (at some scale), samples, the estimated chance that
             # the paper's check passes there, and with several guidance scales each sample's copy bits

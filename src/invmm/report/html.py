@@ -186,9 +186,10 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
 
 
 REFINED_NOTE = ("<p class='note'><b>Every score in this report is the refined score</b> (--rank-by refined): "
-                "the paper's score averaged over the success check's luck on the same inversion, from the chance "
-                "that a check passes, estimated with many samples at the checks around the success. It moves "
-                "less with the seed than the paper's score; images.csv holds both.</p>")
+                "the paper's score averaged over the success check's luck on the same inversion, given a success "
+                "within the budget, from the chance that a check passes, estimated with many samples at the checks "
+                "around the success; refined_success is that estimated chance of a success within the budget. It "
+                "moves less with the seed than the paper's score; images.csv holds both.</p>")
 
 
 def _roc_section(ok: list[ImageSummary], labels: list[str], positive, out: Path, figures: dict) -> str:
@@ -415,7 +416,8 @@ def _class_text(r: ImageSummary) -> str:
 
 
 def _table_section(results: list[ImageSummary]) -> str:
-    cols = ["id", "label", "score", *(["refined_score"] if any(r.refined_score is not None for r in results) else []),
+    refined = ["refined_score", "refined_success"] if any(r.refined_score is not None for r in results) else []
+    cols = ["id", "label", "score", *refined,
             "success", "successes", "n_repeats", "score_low", "score_high", "steps",
             "min_similarity", "reproduced_fraction", *(["masked_fraction"] if any(r.mask for r in results) else []),
             "caption", "error"]

@@ -78,8 +78,8 @@ class InvMMScorer(Scorer):
                    "successes": result.successes,
                    # None = +inf (not reproduced in that repeat)
                    "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats],
-                   **({"refined_score": None if math.isinf(result.refined_score) else result.refined_score}
-                      if result.refined_score is not None else {})}
+                   **({"refined_score": None if math.isinf(result.refined_score) else result.refined_score,
+                       "refined_success": result.refined_success} if result.refined_score is not None else {})}
         return {**details, "error": result.error} if result.status != "ok" else details
 
     def settings(self) -> dict:
