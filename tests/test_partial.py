@@ -247,3 +247,40 @@ def test_mask_auto_without_maps_is_refused_and_a_budget_between_checks_still_end
     first_map = load_map(Path(f"{artifact_stem(tmp_path / 'auto' / 'whole', d['id'])}.safetensors"))
     assert first_map is not None and d["mask"]["source"] == "auto"
     assert bool(d["mask"].get("path")) == bool(first_map.ge(MAP_THRESHOLD).any())  # masked where the map marks
+
+
+def test_masked_and_whole_image_scores_are_marked_and_never_compared_unsaid(tmp_path, toy_model, toy_images):
+    """Fails before the fix: masked and whole-image results shared one ranking, export and comparison with nothing
+    to tell them apart but a mask path."""
+    import csv
+
+    paths = [p for p, _ in list(toy_images.values())[:3]]
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in paths:
+        (data / p.name).write_bytes(p.read_bytes())
+    quarter = _mask(tmp_path / "quarter.png", (slice(0, 4), slice(0, 4)))
+    rows = ["path,mask"] + [f"data/{p.name},{'quarter.png' if i < 2 else ''}" for i, p in enumerate(paths)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "w.csv").write_text("\n".join(["path"] + [f"data/{p.name}" for p in paths]) + "\n")
+    common = [*FAST, "--threshold", "-1", "--map-samples", "0"]  # every check passes: finite scores of both kinds
+    for out, data_arg in (("mixed", tmp_path / "m.csv"), ("whole", tmp_path / "w.csv")):
+        res = runner.invoke(app, ["audit", str(toy_model), str(data_arg), "--out", str(tmp_path / out), *common])
+        assert res.exit_code == 0, res.output
+    from invmm.runs.files import Ledger
+
+    recs = {r.id: r for r in Ledger(tmp_path / "mixed").read()}
+    kinds = {i.split("/")[-1]: r.measured_on for i, r in recs.items()}
+    assert sorted(kinds.values()) == ["mask", "mask", "whole"]
+    masked = next(r for r in recs.values() if r.measured_on == "mask")
+    assert masked.region == ("mask", masked.mask["sha256"]) and masked.mask["fraction"] == 0.25
+    assert runner.invoke(app, ["export", str(tmp_path / "mixed")]).exit_code == 0
+    exported = list(csv.DictReader(open(tmp_path / "mixed" / "results.csv")))
+    assert sorted(r["measured_on"] for r in exported) == ["mask", "mask", "whole"]
+    assert all((r["mask_sha256"] == masked.mask["sha256"]) == (r["measured_on"] == "mask") for r in exported)
+    assert runner.invoke(app, ["report", str(tmp_path / "mixed")]).exit_code == 0
+    page = (tmp_path / "mixed" / "report" / "index.html").read_text()
+    assert "2 image(s) were measured on a mask and 1 on the whole image" in page and "measured on a mask (0.25" in page
+    res = runner.invoke(app, ["compare", str(tmp_path / "whole"), str(tmp_path / "mixed")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("measured on other regions") == 3 and "no change is given" in res.output

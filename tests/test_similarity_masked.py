@@ -85,3 +85,51 @@ def test_an_empty_mask_is_refused(sscd):
         sscd(astronaut[None], astronaut, mask=torch.zeros(1, 16, 16))
     with pytest.raises(ValueError, match="do not match"):
         masked_views(astronaut[None], astronaut, torch.ones(1, 8, 8))
+
+
+def test_region_boxes_split_a_mask_into_boxes_at_least_half_region():
+    from invmm.similarity.sscd import MAX_BOXES, MIN_BOX_FILL, mask_problem, region_boxes
+
+    square = torch.zeros(1, 16, 16)
+    square[:, 4:12, 4:12] = 1
+    assert region_boxes(square) == [(4, 12, 4, 12)]
+    yy, xx = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    disc = (((yy - 8) ** 2 + (xx - 8) ** 2).sqrt() < 6).float()[None]  # a compact region: one box, as before
+    assert len(region_boxes(disc)) == 1
+    corners = torch.zeros(1, 16, 16)
+    corners[:, :8, :4] = 1
+    corners[:, 8:, 12:] = 1
+    assert region_boxes(corners) == [(0, 8, 0, 4), (8, 16, 12, 16)]  # one box each, not one box of 25% region
+    ell = torch.zeros(1, 16, 16)
+    ell[:, :, :2] = 1
+    ell[:, 14:, :] = 1
+    boxes = region_boxes(ell)
+    assert len(boxes) > 1
+    covered = torch.zeros(16, 16)
+    for r0, r1, c0, c1 in boxes:
+        assert float(ell[0, r0:r1, c0:c1].mean()) >= MIN_BOX_FILL
+        covered[r0:r1, c0:c1] += 1
+    assert bool((covered[ell[0] > 0] == 1).all())  # every region pixel in exactly one box
+    specks = torch.zeros(1, 16, 16)
+    specks[:, ::3, ::3] = 1  # 36 isolated pixels
+    assert len(region_boxes(specks)) == 36 > MAX_BOXES and "36 boxes" in mask_problem(specks)
+    assert mask_problem(ell) is None
+
+
+def test_a_mask_of_two_corners_is_judged_box_by_box(sscd):
+    """Fails before the fix: one box around two opposite corners is 3/4 the target's own pixels, so another
+    photo passed as a copy."""
+    astronaut, coffee, rocket = photo("astronaut", 64), photo("coffee", 64), photo("rocket", 64)
+    corners = torch.zeros(1, 64, 64)
+    corners[:, :32, :16] = 1
+    corners[:, 32:, 48:] = 1
+    negative = sscd(coffee[None], astronaut, mask=corners).item()
+    target_view, sample_view = masked_views(coffee[None], astronaut, corners)  # the one box of before
+    assert sscd._cosine(sample_view, target_view).item() >= 0.5  # 0.58 here: the false copy the boxes remove
+    assert negative < 0.5  # 0.03 here
+    copy = corners * astronaut + (1 - corners) * rocket  # both regions copied into another photo
+    assert sscd(copy[None], astronaut, mask=corners).item() > 0.9
+    half = torch.zeros(1, 64, 64)
+    half[:, :32, :16] = 1
+    only_one = half * astronaut + (1 - half) * coffee  # one region copied, the other not: not a copy
+    assert sscd(only_one[None], astronaut, mask=corners).item() < 0.5

@@ -20,6 +20,21 @@ import numpy as np
 from invmm.errors import InvMMInputError
 from invmm.repeats import median_interval, median_score
 
+
+def region_counts(records) -> dict:
+    """{"whole": n, "mask": m} over records with a score: how many of each kind a run or ranking holds."""
+    out = {"whole": 0, "mask": 0}
+    for r in records:
+        out[r.measured_on] += 1
+    return out
+
+
+MIXED_REGIONS_NOTE = ("measured on two kinds of region: a score under a mask and a whole-image score are on "
+                      "different scales (the KL is averaged over every dimension, while under a mask only the "
+                      "masked cells are pulled to the target), so they are not ranked against each other by "
+                      "meaning; each row says which it is")
+
+
 # What a summary's `score` is: the paper's (the KL at the first passing check) or the refined score
 # (inversion/refine.py), for runs made with the refinement.
 SCORE_KINDS = ("paper", "refined")
@@ -110,6 +125,18 @@ class InversionRecord:
 
     def __post_init__(self):
         self.checks = [CheckRecord.of(c) for c in self.checks]
+
+    @property
+    def measured_on(self) -> str:
+        """What the check compared: "mask" (the region of the mask `mask` names, by its sha256) or "whole" (the
+        whole image; also --mask auto's images kept whole). Scores of the two are on different scales: the KL is
+        averaged over every dimension while only the masked cells are pulled to the target."""
+        return "mask" if self.mask and self.mask.get("sha256") else "whole"
+
+    @property
+    def region(self) -> tuple:
+        """What must match for two scores of one image to be compared: the whole image, or a mask's content."""
+        return ("mask", self.mask["sha256"]) if self.measured_on == "mask" else ("whole",)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

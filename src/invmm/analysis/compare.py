@@ -23,7 +23,7 @@ from invmm.runs.folder import MODEL_SETTINGS, read_run_info, settings_diff
 
 # What the fine-tune did to an image, in the order the table shows them.
 VERDICTS = ("made reproducible", "more memorized", "unchanged", "less memorized", "no longer reproduced",
-            "reproduced by neither", "error")
+            "reproduced by neither", "measured on other regions", "error")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Row:
     @property
     def change(self) -> float:
         """Fine-tune score minus base score: negative = more memorized; -inf = made reproducible."""
-        if self.verdict == "error":
+        if self.verdict in ("error", "measured on other regions"):
             return math.nan
         a, b = self.base.score, self.tuned.score
         if math.isinf(a) and math.isinf(b):
@@ -59,6 +59,8 @@ class Comparison:
 def verdict(base: ImageSummary, tuned: ImageSummary) -> str:
     if base.status != "ok" or tuned.status != "ok":
         return "error"
+    if base.region != tuned.region:  # whole vs mask, or two masks: two scales, no change to read
+        return "measured on other regions"
     a, b = base.score, tuned.score
     if math.isinf(a) and math.isinf(b):
         return "reproduced by neither"
@@ -129,6 +131,10 @@ def format_comparison(c: Comparison, limit: int | None = None) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     counts = ", ".join(f"{n} {v}" for v, n in c.counts().items() if n)
     lines.append(f"{len(c.rows)} images compared: {counts}")
+    other = c.counts()["measured on other regions"]
+    if other:
+        lines.append(f"{other} image(s) were measured on a mask in one run and on the whole image (or another mask) "
+                     "in the other: their scores are on different scales, so no change is given")
     if c.only_base or c.only_tuned:
         lines.append(f"not compared: {len(c.only_base)} only in the base run, {len(c.only_tuned)} only in the "
                      "fine-tune run")

@@ -112,6 +112,10 @@ def format_table(results) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(r.measured_on == "mask" for r in results):  # say which scores are of a region (another scale)
+        width = max(len(line) for line in lines)
+        lines = [line.ljust(width) + "  " + cell for line, cell in zip(lines, ["region", "-" * 13] + [
+            f"mask {r.mask['fraction']:.3f}" if r.measured_on == "mask" else "whole" for r in results])]
     resized = [r for r in results if r.resized]
     if resized:
         lines.append("")
@@ -123,6 +127,9 @@ def format_table(results) -> str:
     if repeated:
         lines += ["", "score: median over the repeats (inf ordered last); steps, min sim: the median repeat's; "
                       "interval: order-statistic interval of the median, with its coverage"]
+    if any(r.measured_on == "mask" for r in results):
+        lines += ["", "region: what the check compared, a mask (its share of the image) or the whole image; "
+                      "scores of the two are on different scales (README, \"Partial memorization\")"]
     if refined:
         lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion, "
                       "given a success within the budget; P(success): the estimated chance of one "

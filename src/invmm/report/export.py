@@ -17,7 +17,7 @@ COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_re
            "score_high", "interval_coverage", "refined_score", "refined_success", "steps", "min_similarity", "kl",
            "final_lambda", "guidance_scale", "prompt_mode", "prompt", "class_mode", "class_label", "class_name",
            "seconds", "forward_equivalents", "check_forward", "map_forward", "seed", "resized", "error_kind", "error",
-           "meta", "reproduced_fraction", "mask", "masked_fraction"]
+           "meta", "reproduced_fraction", "measured_on", "mask", "mask_sha256", "masked_fraction"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
@@ -32,6 +32,8 @@ def _value(r: InversionRecord, column: str):
         return None if r.mask is None else (r.mask.get("path") or r.mask.get("note"))
     if column == "masked_fraction":
         return None if r.mask is None else r.mask.get("fraction")
+    if column == "mask_sha256":
+        return r.region[1] if r.measured_on == "mask" else None
     if column == "meta":  # a shard's .json fields (url, sizes, ...), as JSON text: one column whatever they are
         return json.dumps(r.meta, sort_keys=True) if r.meta else None
     return getattr(r, column)

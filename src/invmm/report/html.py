@@ -20,7 +20,7 @@ from invmm.analysis.evaluate import choose_labels
 from invmm.analysis.metrics import bootstrap_intervals, oriented, roc_metrics
 from invmm.analysis.plots import check_curves_png, histograms_png, intervals_png, roc_png
 from invmm.errors import InvMMInputError
-from invmm.records import ImageSummary, forward_equivalents, sum_calls, summarise
+from invmm.records import MIXED_REGIONS_NOTE, ImageSummary, forward_equivalents, region_counts, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
 from invmm.report.export import write_table_csv
 from invmm.runs.artifacts import artifact_stems
@@ -110,9 +110,18 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     finite = [r for r in ok if math.isfinite(r.score)]
     labels = sorted({r.label for r in ok if r.label is not None})
 
-    # Figures.
-    by_label = {lab: [r.score for r in ok if r.label == lab] for lab in labels} if labels else \
-        {"all images": [r.score for r in ok]}
+    kinds = region_counts(ok)
+    mixed = all(kinds.values())  # masked and whole-image scores in one run (--mask auto, a partial mask column)
+
+    # Figures (with both kinds of region, one series per kind: they are on different scales).
+    def series(lab, rows):
+        if not mixed:
+            return {lab: [r.score for r in rows]}
+        return {f"{lab}, {kind}": [r.score for r in rows if r.measured_on == kind] for kind in ("mask", "whole")}
+
+    by_label = {}
+    for lab in labels or [None]:
+        by_label.update(series(lab or "all images", [r for r in ok if lab is None or r.label == lab]))
     figures = {}
     (out / "histogram.png").unlink(missing_ok=True)  # a report rewritten after its run lost every finite score
     if finite:  # with nothing finite the figure would be an empty frame; the sentence above it says it all
@@ -122,6 +131,10 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     roc_section = ""
     if len(labels) >= 2:
         roc_section = _roc_section(ok, labels, positive, out, figures)
+        if mixed and roc_section:  # the labels' scores hold both kinds: say so where they are compared
+            roc_section = roc_section.replace("</h2>", f"</h2><p class='note'>The scores compared here are of both "
+                                                       f"kinds ({kinds['mask']} on a mask, {kinds['whole']} whole): "
+                                                       f"{_e(MIXED_REGIONS_NOTE)}.</p>", 1)
 
     write_table_csv(results, out / "images.csv")
 
@@ -169,6 +182,9 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "<h2>Run</h2><table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
                                                           for k, v in meta) + "</table>",
              "<h2>Scores</h2>",
+             (f"<p class='note'><b>{kinds['mask']} image(s) were measured on a mask and {kinds['whole']} on the "
+              f"whole image</b>: {_e(MIXED_REGIONS_NOTE)}. The histogram draws each kind apart; the rankings and "
+              "the evaluation below hold both and mark each row.</p>" if mixed else ""),
              f"<p>{len(finite)} finite scores drawn; {len(ok) - len(finite)} images scored +inf (not reproduced) are "
              "counted, not drawn.</p>",
              (f"<img alt='histogram of InvMM scores' src='{_png(figures['histogram'])}' style='max-width:720px'>"
@@ -329,7 +345,8 @@ def _top_section(stems: dict, finite: list[ImageSummary], k: int, out: Path, bet
         img += _map_img(stems, r)
         below = f"{compare_scores(r, top[i + 1]):.2f}" if i + 1 < len(top) else "-"
         rows_html.append(
-            f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or _class_text(r))}</span></td><td>{img}<br>"
+            f"<tr><td>{_e(r.id)}<br><span class='note'>{_e(r.caption or _class_text(r))}{_region_text(r)}</span>"
+            f"</td><td>{img}<br>"
             f"{_curves(out, r, beta, f'top-{i}')}</td><td>{_fmt(r.score)}</td>"
             f"<td>{r.successes or 0}/{r.n_repeats}</td><td>{_interval_text(r)}</td><td>{below}</td>"
             f"<td>{_fmt(r.min_similarity, 3)}</td><td>{r.steps}</td></tr>")
@@ -352,6 +369,13 @@ def _best_similarity(r: ImageSummary) -> float:
 MAP_NOTE = ("memorization map: the target, the share of samples from the fitted noise that reproduce each pixel "
             "beyond the share of samples from N(0, I) that do (white: all of them), and the target with the pixels "
             "at 0.5 or more tinted red")
+
+
+def _region_text(r: ImageSummary) -> str:
+    """Where a masked score came from, beside the image (whole-image scores say nothing)."""
+    if r.measured_on != "mask":
+        return ""
+    return f"<br>measured on a mask ({_fmt(r.mask.get('fraction'), 3)} of the image, sha256 {_e(r.region[1][:12])})"
 
 
 def _artifact(stems: dict, r: ImageSummary, suffix: str) -> Path | None:
@@ -392,7 +416,8 @@ def _misses_section(stems: dict, ok: list[ImageSummary], k: int, out: Path, beta
         reps = [rep_score(x) for x in r.repeats] or [r.score]
         finite = sorted(x for x in reps if math.isfinite(x))
         rows_html.append(
-            f"<tr><td>{_e(r.id)}</td><td>{_fmt(_best_similarity(r), 3)}</td><td>{r.successes or 0}/{r.n_repeats}"
+            f"<tr><td>{_e(r.id)}{_region_text(r)}</td><td>{_fmt(_best_similarity(r), 3)}</td>"
+            f"<td>{r.successes or 0}/{r.n_repeats}"
             f"{' (' + ', '.join(_fmt(x) for x in finite) + ')' if finite else ''}</td><td>{r.steps}</td>"
             f"<td>{_map_img(stems, r) or '-'}<br>{_fmt(r.reproduced_fraction, 3)}</td>"
             f"<td>{_curves(out, r, beta, f'miss-{i}')}</td></tr>")
@@ -419,7 +444,8 @@ def _table_section(results: list[ImageSummary]) -> str:
     refined = ["refined_score", "refined_success"] if any(r.refined_score is not None for r in results) else []
     cols = ["id", "label", "score", *refined,
             "success", "successes", "n_repeats", "score_low", "score_high", "steps",
-            "min_similarity", "reproduced_fraction", *(["masked_fraction"] if any(r.mask for r in results) else []),
+            "min_similarity", "reproduced_fraction",
+            *(["measured_on", "masked_fraction"] if any(r.mask for r in results) else []),
             "caption", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []

@@ -102,7 +102,7 @@ def run_images(adapter, items: list[ImageItem], config: InvMMConfig, out: str | 
                                      **(opts.data_info or {})},
                             backend=opts.backend, batch_images=opts.batch_images, repeats=opts.repeats,
                             **({"mask": masks} if masks else {}), **(opts.run_extra or {}))
-        session = _Session(adapter, items, config, run_dir, info, resume, opts, calls)
+        session = _Session(adapter, items, config, run_dir, info, resume, opts, calls, similarity)
         t0 = time.perf_counter()
         n_workers, worker_device = 1, str(adapter.device)
         if opts.backend == "local":
@@ -144,8 +144,10 @@ class _Session:
     """One session of a run: what is left to do, and the driver's record of each finished inversion (its files,
     then its ledger line, the summary and the callbacks)."""
 
-    def __init__(self, adapter, items, config, run_dir, info, resume, opts: RunOptions, calls: RunCallbacks):
+    def __init__(self, adapter, items, config, run_dir, info, resume, opts: RunOptions, calls: RunCallbacks,
+                 similarity=None):
         self.adapter, self.config, self.run_dir, self.opts, self.calls = adapter, config, run_dir, opts, calls
+        self.similarity = similarity
         self.ledger, torn = open_run(run_dir, info, resume=resume) if run_dir is not None else (None, 0)
         done = {(r.id, r.repeat) for r in self.ledger.read()} if self.ledger is not None else set()
         self.missing = {it.id: [r for r in range(opts.repeats) if (it.id, r) not in done] for it in items}
@@ -168,7 +170,11 @@ class _Session:
 
         def load(it):
             load_image(it, mode=mode, size=size)
-            return it, *load_item_mask(it, size)
+            mask, mask_info = load_item_mask(it, size)
+            problem = self.similarity.mask_problem(mask) if mask is not None and self.similarity else None
+            if problem:  # refused before any step, as an input error of this image naming its mask
+                it.error, mask, mask_info = f"{it.mask}: {problem} (the mask of {it.origin})", None, None
+            return it, mask, mask_info
 
         for it, mask, mask_info in prefetch(self.todo, load, ahead=ahead):
             for rep in self.missing[it.id]:

@@ -19,5 +19,9 @@ class PixelSimilarity:
         weight = None if mask is None else mask.detach().float().cpu()
         return concordance_correlation(samples, target, weight=weight)
 
+    def mask_problem(self, mask: torch.Tensor) -> str | None:
+        """Any non-empty mask will do: the moments are weighted pixel by pixel."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "measure": "concordance correlation coefficient"}
