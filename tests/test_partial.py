@@ -259,7 +259,7 @@ def test_masked_and_whole_image_scores_are_marked_and_never_compared_unsaid(tmp_
     data.mkdir()
     for p in paths:
         (data / p.name).write_bytes(p.read_bytes())
-    quarter = _mask(tmp_path / "quarter.png", (slice(0, 4), slice(0, 4)))
+    _mask(tmp_path / "quarter.png", (slice(0, 4), slice(0, 4)))
     rows = ["path,mask"] + [f"data/{p.name},{'quarter.png' if i < 2 else ''}" for i, p in enumerate(paths)]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "w.csv").write_text("\n".join(["path"] + [f"data/{p.name}" for p in paths]) + "\n")
@@ -284,3 +284,26 @@ def test_masked_and_whole_image_scores_are_marked_and_never_compared_unsaid(tmp_
     res = runner.invoke(app, ["compare", str(tmp_path / "whole"), str(tmp_path / "mixed")])
     assert res.exit_code == 0, res.output
     assert res.output.count("measured on other regions") == 3 and "no change is given" in res.output
+
+
+def test_a_mask_sscd_cannot_take_is_an_input_error_naming_it(tmp_path, toy_model, toy_images, monkeypatch):
+    """More boxes than SSCD compares (here the cap lowered to 1, so two corners are too many) is refused before any
+    step, as an input error of that image naming its mask; the other image is measured."""
+    import invmm.similarity.sscd as sscd
+
+    monkeypatch.setattr(sscd, "MAX_BOXES", 1)
+    paths = [p for p, _ in list(toy_images.values())[:2]]
+    two = tmp_path / "two.png"
+    a = np.zeros((8, 8), np.uint8)
+    a[:4, :2] = 255
+    a[4:, 6:] = 255
+    Image.fromarray(a).save(two)
+    one = _mask(tmp_path / "one.png", (slice(0, 4), slice(0, 4)))
+    (tmp_path / "m.csv").write_text(f"path,mask\n{paths[0]},{two}\n{paths[1]},{one}\n")
+    res = runner.invoke(app, ["audit", str(toy_model), str(tmp_path / "m.csv"), "--out", str(tmp_path / "r"), *FAST,
+                              "--similarity", "sscd", "--max-steps", "2", "--check-every", "2", "--map-samples", "0"])
+    assert res.exit_code == 2, res.output
+    recs = {d["id"]: d for d in _lines(tmp_path / "r")}
+    bad, good = recs[str(paths[0])], recs[str(paths[1])]
+    assert bad["error_kind"] == "input" and "two.png: SSCD compares a mask's region box by box" in bad["error"]
+    assert good["status"] == "ok" and good["mask"]["fraction"] == 0.25
