@@ -372,41 +372,20 @@ class SpySimilarity(PixelSimilarity):
 
 def test_the_refinement_judges_a_sample_as_the_check_does_under_a_mask(tmp_path):
     """Fails before the fix: the refinement compared whole images, so under a mask almost no fresh sample was a
-    copy and the refined score fell onto the last continued check's KL."""
-    from typer.testing import CliRunner
-
-    from invmm.cli import app
+    copy and the refined score fell onto the last continued check's KL. A masked --refine inversion of a template
+    image of the template toy, its planted mask read as `audit` reads a manifest's, through a spy similarity."""
     from invmm.runs.datasets import load_dataset
-    from invmm.runs.files import Ledger
     from invmm.runs.images import load_image
     from invmm.runs.masks import load_item_mask
     from invmm.zoo import shipped_digits_template_model
+    from invmm.zoo.digits import load_manifest
+    from invmm.zoo.digits_template import export_template_images, template_groups
 
     model = shipped_digits_template_model()
-    runner = CliRunner()
-    res = runner.invoke(app, ["zoo", "export-digits", "--model", str(model), "--out", str(tmp_path / "d"),
-                              "--per-group", "1"])
-    assert res.exit_code == 0, res.output
-    rows = (tmp_path / "d" / "manifest.csv").read_text().splitlines()
-    members = [r for r in rows[1:] if "template3" in r]
-    (tmp_path / "d" / "two.csv").write_text("\n".join([rows[0], *members]) + "\n")
-    res = runner.invoke(app, ["audit", str(model), str(tmp_path / "d" / "two.csv"), "--out", str(tmp_path / "r"),
-                              "--max-steps", "100", "--sampler-steps", "10", "--refine", "--refine-samples", "16",
-                              "--map-samples", "0"])
-    assert res.exit_code == 0, res.output
-    records = [r for r in Ledger(tmp_path / "r").read() if r.success]
-    assert records, "the scenario needs a masked success"
-    for r in records:
-        assert r.mask and r.mask["fraction"] < 0.5
-        pts = r.refine["points"]
-        at_success = next(p for p in pts if p[0] == r.steps)
-        assert at_success[4] > 0  # fresh samples of the passing distribution are copies over the mask too
-        live = [p[1] for p in pts if p[4] > 0]
-        assert min(live) - 1e-9 <= r.refined_score <= max(live) + 1e-9 and r.refined_success > 0
-
-    # The spy: every similarity the inversion computes, the refinement's estimates included, is over the mask.
+    manifest = load_manifest(model)
+    member = next(e for e in template_groups(manifest, 1) if e["id"].startswith("template3"))
+    (item,) = load_dataset(export_template_images(manifest, tmp_path / "d", ids=[member["id"]]))
     adapter = load_adapter(str(model))
-    (item,) = [it for it in load_dataset(tmp_path / "d" / "two.csv")][:1]
     load_image(item, mode=adapter.image_mode, size=adapter.image_size)
     mask, info = load_item_mask(item, adapter.image_size)
     spy = SpySimilarity()
@@ -414,8 +393,14 @@ def test_the_refinement_judges_a_sample_as_the_check_does_under_a_mask(tmp_path)
                  map_samples=0)
     (o,) = Inverter(adapter, cfg, spy, batch_images=1).run([Target(id=item.id, pixels=item.pixels, mask=mask,
                                                                    mask_info=info)])
-    assert o.result.success and spy.calls and all(masked for _, masked in spy.calls)
-    assert any(n == 16 for n, _ in spy.calls)  # the refinement's estimates (16 samples each)
+    r = o.result
+    assert r.success and r.mask["fraction"] == 0.25, "the scenario needs a masked success"
+    # Every similarity the inversion computes, the refinement's estimates (16 samples each) included, is over the mask.
+    assert spy.calls and all(masked for _, masked in spy.calls) and any(n == 16 for n, _ in spy.calls)
+    pts = r.refine["points"]
+    assert next(p for p in pts if p[0] == r.steps)[4] > 0  # fresh samples of the passing distribution are copies
+    live = [p[1] for p in pts if p[4] > 0]
+    assert min(live) - 1e-9 <= r.refined_score <= max(live) + 1e-9 and r.refined_success > 0
 
 
 def test_in_batches_the_refinement_changes_the_paper_scores_by_float_noise_only(adapter, threshold):

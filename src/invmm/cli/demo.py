@@ -32,6 +32,8 @@ def command(
     seed: Seed = 0,
 ):
     """Measure a dozen images of the shipped toy digits model: duplicated, single-copy and held-out."""
+    model_options = ModelOptions()
+    model_options.chosen_device()  # the first line: where the demo computes
     model_dir = shipped_digits_model()
     manifest = load_manifest(model_dir)
     chosen = demo_images(manifest, per_group)
@@ -42,7 +44,7 @@ def command(
     groups = {e["id"]: e for e in chosen}
     typer.echo(f"toy model: {model_dir}")
     typer.echo("images: " + ", ".join(f"{e['id']} ({group_name(e)})" for e in chosen))
-    adapter, config = load(str(model_dir), ModelOptions(), InvMMOptions(similarity="pixel", seed=seed,
+    adapter, config = load(str(model_dir), model_options, InvMMOptions(similarity="pixel", seed=seed,
                                                                         max_steps=max_steps,
                                                                         sampler_steps=sampler_steps))
     results = measure_and_print(adapter, [str(p) for p in paths], config, out=out, batch_images=batch_images,
