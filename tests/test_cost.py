@@ -40,10 +40,16 @@ def test_estimate_command_prints_and_writes_json(tmp_path, toy_model, toy_images
     data.mkdir()
     for p, _ in list(toy_images.values())[:3]:
         (data / p.name).write_bytes(p.read_bytes())
-    res = runner.invoke(app, ["estimate", str(toy_model), str(data), "--json", str(tmp_path / "e.json"),
-                              "--max-steps", "100", "--repeats", "2"])
+    res = runner.invoke(app, ["estimate", str(toy_model), str(data), "--json-out", str(tmp_path / "e.json"),
+                              "--max-steps", "100", "--repeats", "2", "--data-format", "folder"])
     assert res.exit_code == 0, res.output
     e = json.loads((tmp_path / "e.json").read_text())
+    # the old spellings still work for one release, and say what replaces them
+    old = runner.invoke(app, ["estimate", str(toy_model), str(data), "--json", str(tmp_path / "old.json"),
+                              "--max-steps", "100", "--format", "folder"])
+    assert old.exit_code == 0 and (tmp_path / "old.json").exists(), old.output
+    assert "--json FILE is deprecated" in old.output and "--json-out FILE" in old.output
+    assert "--format (the dataset's kind) is deprecated" in old.output and "--data-format" in old.output
     assert e["images"] == 3 and e["repeats"] == 2 and e["checks_per_image"] == 2
     low = e["calls_per_image"]["low"]
     assert low["opt_forward"] == 100 * 32 and low["forward_equivalents"] == forward_equivalents(low)

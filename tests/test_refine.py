@@ -199,6 +199,7 @@ def _audit(model, data, out, *extra):
     return CliRunner().invoke(app, ["audit", str(model), str(data), "--out", str(out), *opts, *extra])
 
 
+@pytest.mark.slow
 def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_path, toy_model, toy_images):
     from typer.testing import CliRunner
 
@@ -241,9 +242,11 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
     assert res.exit_code == 0, res.output
     header, *rows = (full / "results.csv").read_text().splitlines()
     assert "refined_score" in header.split(",")
-    res = runner.invoke(app, ["report", str(full), "--rank-by", "refined"])
+    res = runner.invoke(app, ["report", str(full), "--by", "refined"])
     assert res.exit_code == 0, res.output
     assert "Every score in this report is the refined score" in (full / "report" / "index.html").read_text()
+    res = runner.invoke(app, ["report", str(full), "--rank-by", "refined"])  # the old spelling, for one release
+    assert res.exit_code == 0 and "--rank-by is deprecated" in res.output and "use --by" in res.output
     res = runner.invoke(app, ["compare", str(full), str(part), "--by", "refined"])
     assert res.exit_code == 0, res.output
 
@@ -257,9 +260,9 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
 
     plain = tmp_path / "plain"
     assert _audit(toy_model, data, plain).exit_code == 0
-    res = runner.invoke(app, ["report", str(plain), "--rank-by", "refined"])
+    res = runner.invoke(app, ["report", str(plain), "--by", "refined"])
     assert res.exit_code != 0 and "without the refinement" in res.output
-    res = runner.invoke(app, ["report", str(plain), "--rank-by", "best"])
+    res = runner.invoke(app, ["report", str(plain), "--by", "best"])
     assert res.exit_code != 0 and "paper" in res.output
 
 

@@ -19,6 +19,12 @@ def fail(message: str, code: int = EXIT_INPUT):
     raise typer.Exit(code)
 
 
+def deprecated(old: str, new: str) -> None:
+    """An option spelled the old way: it still works for this release, and says what replaces it."""
+    typer.echo(f"invmm: warning: {old} is deprecated and will be removed in the next release; use {new} (the same "
+               "meaning)", err=True)
+
+
 def default_out(kind: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{kind}-{stamp}"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from invmm.analysis.estimate import estimate, format_estimate
-from invmm.cli.common import fail, load
+from invmm.cli.common import deprecated, fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, Repeats, grouped
 from invmm.config import check_config_for_model
 from invmm.errors import InvMMInputError
@@ -24,12 +24,17 @@ def command(
     model_options: ModelOptions,
     invmm: InvMMOptions,
     data_options: DataOptions,
-    json_out: Annotated[Path, typer.Option("--json", help="also write the estimate as JSON to this file")] = None,
+    json_out: Annotated[Path, typer.Option("--json-out", help="also write the estimate as JSON to this "
+                                                              "file")] = None,
+    json_file: Annotated[Path, typer.Option("--json", hidden=True, help="deprecated spelling of --json-out")] = None,
     repeats: Repeats = 1,
     batch_images: BatchImages = 8,
 ):
     """Before an audit: model calls per image and, from a short probe on the device, the hours if nothing is
     reproduced (every image runs its whole budget)."""
+    if json_file is not None:  # --json is the switch that prints JSON elsewhere (dataset-test)
+        deprecated("--json FILE", "--json-out FILE")
+        json_out = json_file
     try:
         items = data_options.load(data)
     except InvMMInputError as exc:

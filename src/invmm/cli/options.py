@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from invmm.cli.common import deprecated
 from invmm.config import PRESETS, InvMMConfig, default_config
 from invmm.families import load_adapter
 from invmm.families.loading import AUTO_DEVICE, resolve_device
@@ -24,12 +25,12 @@ from invmm.runs.hf import Columns
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
                                                   "median, with successes k/R and an interval (3 or more "
-                                                  "recommended to rank images; see the README)")]
+                                                  "recommended to rank images; see docs/concepts/repeats.md)")]
 Mask = Annotated[str, typer.Option(help="partial memorization: a mask image (0 outside the region, 255 inside; "
                                         "the image's size) for every image, so the check compares that region "
-                                        "only; or auto: the region a first, whole-image pass reproduces (README, "
-                                        "\"Partial memorization\"); a manifest may give a mask column "
-                                        "instead")]
+                                        "only; or auto: the region a first, whole-image pass reproduces "
+                                        "(docs/how-to/partial-memorization.md); a manifest may give a mask "
+                                        "column instead")]
 Seed = Annotated[int, typer.Option(help="run seed; each image's random streams derive from it and its id")]
 
 
@@ -97,7 +98,7 @@ class InvMMOptions:
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (GPU "
                                                               "memory)")] = False
     attention_slicing: Annotated[bool, typer.Option(help="compute attention in slices (GPU memory)")] = False
-    # Opt-in check shortcuts that may change decisions (README, "Cheaper checks"; measured in docs/BENCHMARKS.md)
+    # Opt-in check shortcuts that may change decisions (docs/concepts/cost.md; measured in docs/benchmarks/)
     check_preview: Annotated[int, typer.Option(help="opt-in: preview each check with this many sampler steps and "
                                                     "skip the scales whose preview is not a copy (0: off)")] = None
     check_preview_margin: Annotated[float, typer.Option(help="with --check-preview: a preview passes at "
@@ -109,7 +110,7 @@ class InvMMOptions:
                                                 "(whole)")] = None
     map_samples: Annotated[int, typer.Option(help="samples of the fitted distribution and of the prior behind each "
                                                   "image's memorization map (default 8; 0: no map)")] = None
-    # The refined score beside the paper's (README, "A score that holds still")
+    # The refined score beside the paper's (docs/concepts/refined-score.md)
     refine: Annotated[bool, typer.Option(help="also compute the refined score: the paper's score averaged over "
                                               "the check's luck, from --refine-samples samples per check around "
                                               "the success (the paper's score is unchanged)")] = None
@@ -129,10 +130,10 @@ class InvMMOptions:
 @dataclass
 class DataOptions:
     """How the dataset is read (audit, evaluate, estimate): which reader, and where shards or a Hugging Face
-    dataset keep the image, caption, id and label (README, "Datasets")."""
+    dataset keep the image, caption, id and label (docs/how-to/audit-a-dataset.md)."""
 
-    format: Annotated[str, typer.Option(help=f"{' | '.join(KINDS)}: the dataset's kind (auto: from what DATA "
-                                             "is)")] = "auto"
+    data_format: Annotated[str, typer.Option(help=f"{' | '.join(KINDS)}: the dataset's kind (auto: from what DATA "
+                                                  "is)")] = "auto"
     image_column: Annotated[str, typer.Option(help="Hugging Face / Parquet: the image column (default "
                                                    "image)")] = None
     caption_column: Annotated[str, typer.Option(help="the caption column (default caption, else text)")] = None
@@ -142,12 +143,18 @@ class DataOptions:
     caption_key: Annotated[str, typer.Option(help="webdataset: the caption is this field of each sample's .json "
                                                   "(default: the .txt member)")] = None
     split: Annotated[str, typer.Option(help="Hugging Face: the split (default train)")] = None
+    # --format names the output format in `export`; the reader's kind was once spelled so too
+    format: Annotated[str, typer.Option("--format", hidden=True, help="deprecated spelling of --data-format")] = None
 
     def reader(self) -> dict:
         """load_dataset's keyword arguments for these options."""
+        kind = self.data_format
+        if self.format is not None:
+            deprecated("--format (the dataset's kind)", "--data-format")
+            kind = self.format
         columns = Columns(image=self.image_column, caption=self.caption_column, id=self.id_column,
                           label=self.label_column)
-        return {"kind": self.format, "columns": columns, "caption_key": self.caption_key, "split": self.split}
+        return {"kind": kind, "columns": columns, "caption_key": self.caption_key, "split": self.split}
 
     def load(self, data, **kwargs):
         return load_dataset(data, **self.reader(), **kwargs)

@@ -10,7 +10,7 @@ import typer
 
 from invmm.analysis.compare import compare_runs, format_comparison, write_comparison
 from invmm.analysis.dataset_inference import format_dataset_test, run_dataset_test, write_dataset_test
-from invmm.cli.common import fail
+from invmm.cli.common import deprecated, fail
 from invmm.errors import InvMMInputError
 from invmm.report.export import export_run
 from invmm.report.html import build_report
@@ -24,13 +24,17 @@ def report(
     out: Annotated[Path, typer.Option(help="folder for index.html and the figures (default: RUN/report)")] = None,
     compare_with: Annotated[Path, typer.Option("--compare", help="a run of the base model over the same images: "
                                                                  "adds what this run's fine-tune added")] = None,
-    rank_by: Annotated[str, typer.Option(help="the score the report ranks, plots and compares by: paper, or "
-                                              "refined (a run made with --refine)")] = "paper",
+    by: Annotated[str, typer.Option(help="the score the report ranks, plots and compares by: paper, or refined (a "
+                                         "run made with --refine)")] = "paper",
+    rank_by: Annotated[str, typer.Option(hidden=True, help="deprecated spelling of --by")] = None,
 ):
     """Write a self-contained HTML report of a run (offline: images inlined, no external scripts)."""
+    if rank_by is not None:
+        deprecated("--rank-by", "--by")
+        by = rank_by
     try:
         page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,
-                            rank_by=rank_by)
+                            rank_by=by)
     except InvMMInputError as exc:
         fail(str(exc))
     typer.echo(f"wrote {page}")
@@ -83,7 +87,8 @@ def dataset_test(
     curve: Annotated[bool, typer.Option(help="also the p-value against the number of suspect images (a "
                                              "plot)")] = True,
     seed: Annotated[int, typer.Option(help="seed of the splits and subsets")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout (instead of the "
+                                                         "table)")] = False,
 ):
     """Dataset inference (CDI): a p-value for "the model was trained on the suspect set", from the per-image scores
     of several scorers in RUN, against a reference set of known non-members from the same distribution."""

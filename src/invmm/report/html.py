@@ -201,7 +201,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     return page
 
 
-REFINED_NOTE = ("<p class='note'><b>Every score in this report is the refined score</b> (--rank-by refined): "
+REFINED_NOTE = ("<p class='note'><b>Every score in this report is the refined score</b> (--by refined): "
                 "the paper's score averaged over the success check's luck on the same inversion, given a success "
                 "within the budget, from the chance that a check passes, estimated with many samples at the checks "
                 "around the success; refined_success is that estimated chance of a success within the budget. It "
