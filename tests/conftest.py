@@ -9,6 +9,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Two tiers. `pytest` runs the fast one: the math against its references, the contract and the matrix's cells on
+# every family's tiny pipeline, one short run per behaviour. `pytest --slow` (or INVMM_SLOW=1, or `-m slow`) adds
+# the tests marked slow: end-to-end runs through the commands on every family, kill -9 and resume, Ray, long toy
+# inversions, simulations of coverage and level. CI (.ci/run) runs both.
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the slow tier (end-to-end runs; CI runs it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow") or os.environ.get("INVMM_SLOW") == "1" or "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with `pytest --slow` (CI runs it)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_pixel(tmp_path_factory.mktemp("tiny") / "model")

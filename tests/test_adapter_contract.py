@@ -191,6 +191,7 @@ def test_check_rounds_keep_every_decision(adapter):
             assert b.calls["check_forward"] <= a.calls["check_forward"]
 
 
+@pytest.mark.slow
 def test_check_shortcuts_change_only_when_a_success_is_seen(adapter):
     """The opt-in preview and reconstruction-loss skip decide some checks without the full sampler. The fit
     is the exact run's (the skipped checks' draws are still taken), so a shortcut can only see a success

@@ -42,6 +42,7 @@ def scores(run):
     return {(r.id, r.repeat): (r.status, r.score, r.steps) for r in Ledger(run).read()}
 
 
+@pytest.mark.slow
 def test_bad_files_are_recorded_and_the_rest_scored(tmp_path, toy_model, dataset):
     data = tmp_path / "data"
     data.mkdir()
@@ -191,6 +192,7 @@ def audited(tmp_path_factory, toy_model, dataset):
     return run
 
 
+@pytest.mark.slow
 def test_export_csv_and_parquet(tmp_path, audited):
     import csv
 
@@ -211,6 +213,7 @@ def test_export_csv_and_parquet(tmp_path, audited):
     assert runner.invoke(app, ["export", str(tmp_path / "nope")]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_escaped_and_renders(tmp_path, audited):
     run = audited
     res = runner.invoke(app, ["report", str(run)])
@@ -245,6 +248,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_model, dataset, ray_cluster):
     from invmm.config import preset
     from invmm.runs.audit import audit
@@ -276,6 +280,7 @@ def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_mode
     assert info["sessions"][0]["workers"] == 2 and info["backend"] == "ray"
 
 
+@pytest.mark.slow
 def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
     import webdataset as wds

@@ -1,6 +1,7 @@
 import json
 import math
 
+import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -86,6 +87,7 @@ def test_bad_model_folder_and_bad_option_exit_2(tmp_path, toy_images):
     assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_shipped_model(tmp_path):
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--out", str(out), "--per-group", "1", "--max-steps", "50"])
@@ -114,7 +116,7 @@ def test_divergence_exits_1_and_is_recorded(tmp_path, toy_images):
 
 def test_the_device_defaults_to_auto_says_which_and_a_resume_keeps_its_kind(tmp_path, toy_model, toy_images):
     """Fails before the fix: --device defaulted to cpu without a word, and a resume never compared the device."""
-    import pytest
+
     import torch
 
     data = tmp_path / "data"

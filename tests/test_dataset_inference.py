@@ -59,6 +59,7 @@ def _inf_heavy_null(rng: np.random.Generator, n: int = 16):
     return one_set(), one_set()
 
 
+@pytest.mark.slow
 def test_level_under_the_null_with_inf_heavy_features():
     higher = {"invmm": False, "loss": False, "sima": False}
     rng = np.random.default_rng(21)

@@ -298,6 +298,7 @@ def toy_shards(tmp_path_factory, toy_model):
     return shards
 
 
+@pytest.mark.slow
 def test_parts_merged_equal_the_unsharded_audit_and_bad_merges_are_refused(tmp_path, toy_model, toy_shards):
     screen = ["--screen", "loss", "--keep-top", "5"]
     base = ["audit", str(toy_model), str(toy_shards), *FAST, *screen]
@@ -464,6 +465,7 @@ def test_an_oversized_image_in_a_shard_is_an_input_error_and_the_audit_goes_on(t
         load_mask(mask, size=8)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sharded_audit_then_resume_loses_and_duplicates_nothing(tmp_path, toy_model, toy_shards):
     """One part of a dataset read from shards, two repeats per image (the resume must also complete images whose
     first repeat was written), killed with SIGKILL mid-run and a torn line left behind, then resumed."""
@@ -498,6 +500,7 @@ def test_kill_9_mid_sharded_audit_then_resume_loses_and_duplicates_nothing(tmp_p
     assert len(json.loads((run / "run.json").read_text())["sessions"]) == 1  # the killed one never finished
 
 
+@pytest.mark.slow
 def test_evaluate_and_estimate_read_a_hugging_face_dataset_with_named_columns(tmp_path, toy_model):
     _hf_dataset(8).save_to_disk(str(tmp_path / "saved"))
     res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--model", str(toy_model), "--data",
@@ -513,6 +516,7 @@ def test_evaluate_and_estimate_read_a_hugging_face_dataset_with_named_columns(tm
     assert res.exit_code == 0 and "8 x 1" in res.output, res.output
 
 
+@pytest.mark.slow
 def test_evaluate_in_parts_merged_equals_the_whole_and_dataset_test_reads_it(tmp_path, toy_model):
     from invmm.runs.scores import ScoreRecord
 

@@ -32,6 +32,7 @@ def labelled(tmp_path_factory, toy_model):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_scores_once_then_reuses_and_matches_sklearn(tmp_path, toy_model, labelled):
     run = tmp_path / "run"
     data = labelled.parent / "labels.csv"

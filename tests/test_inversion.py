@@ -111,6 +111,7 @@ def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
         torch.testing.assert_close(a.predict_x0(x_t, t), expect)
 
 
+@pytest.mark.slow
 def test_toy_model_reproduces_a_duplicated_digit_but_not_a_held_out_one(toy_model, tmp_path):
     from invmm.runs.images import ImageItem, load_image
     from invmm.zoo.digits import export_images, load_manifest

@@ -143,6 +143,7 @@ TINY_INVMM = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--
               "--similarity", "pixel"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_path, labelled, fam):
     model, manifest = labelled[fam]
@@ -169,6 +170,7 @@ def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_pat
     assert json.loads((tmp_path / "audit" / "run.json").read_text())["screen"]["scorer"] == screen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, labelled, fam):
     """`audit --refine` through the command on each family, with the data's captions or classes and, for a
@@ -191,6 +193,7 @@ def test_audit_with_the_refinement_on_every_family_known_and_inverted(tmp_path, 
                 assert d.get("prompt_mode") == "inverted" or d.get("class_mode") == "inverted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_family(tmp_path, labelled, fam):
     """The same images, labels, captions and classes given as a manifest, as a webdataset shard (.png/.txt/.cls) and as
@@ -228,6 +231,7 @@ def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_f
         assert math.isfinite(score) and results["parquet"][i] == pytest.approx(score, rel=1e-5), i
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_masks_and_the_memorization_map_on_every_family(tmp_path, labelled, fam):
     """Partial memorization through the command on each family: a manifest's mask column, SSCD on the region, the

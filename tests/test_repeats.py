@@ -50,6 +50,7 @@ def test_interval_matches_scipy_quantile_test_where_scipy_gives_one():
     assert checked > 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [3, 5, 7])
 def test_interval_coverage_holds_by_simulation(n):
     rng = np.random.default_rng(n)

@@ -149,6 +149,7 @@ def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
         NoiseNormScorer(pixel)
 
 
+@pytest.mark.slow
 def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_path):
     from invmm.config import preset
     from invmm.runs.images import ImageItem, load_image
