@@ -12,7 +12,7 @@ SIMILARITIES = ("sscd", "pixel")
 
 # Pixel similarity (concordance correlation) threshold, calibrated on the 8x8 digits so that fewer than
 # 1% of nearest distinct pairs pass while an image plus N(0, 0.05^2) noise always does
-# (benchmarks/calibrate_pixel_similarity.py, recorded in docs/BENCHMARKS.md).
+# (benchmarks/calibrate_pixel_similarity.py, recorded in docs/benchmarks/similarity.md).
 PIXEL_THRESHOLD = 0.985
 SSCD_THRESHOLD = 0.5
 CHECK_SCHEDULES = ("paper", "model")
@@ -36,7 +36,7 @@ class InvMMConfig:
     # non-copy: the cumulative sample counts where it pauses. [] generates all n at once. The decision is
     # the same either way; only a failed check's recorded similarity is over fewer samples.
     check_rounds: list[int] = field(default_factory=lambda: [1, 4])
-    # Opt-in shortcuts that may change decisions (measured in docs/BENCHMARKS.md, "Checks that may change
+    # Opt-in shortcuts that may change decisions (measured in docs/benchmarks/cost-and-speed.md, "Checks that may change
     # decisions"). Preview: before a check, one sample per guidance scale with this many sampler steps; a
     # scale whose preview is not within check_preview_margin of beta is dropped from the check (0: off).
     check_preview_steps: int = 0
@@ -64,15 +64,14 @@ class InvMMConfig:
     # The refined score (inversion/refine.py), beside the paper's: off by default. After the paper's success, the
     # paper's score averaged over the check's luck on the same path, from refine_samples samples per check around
     # the success; forward until the chance that no check has passed is below refine_tail, at most
-    # refine_max_checks checks each way (4 left a third of the chance unplaced on some toy digits: see
-    # docs/BENCHMARKS.md).
+    # refine_max_checks checks each way (docs/benchmarks/score-stability.md).
     refine: bool = False
     refine_samples: int = 32
     refine_tail: float = 0.05
     refine_max_checks: int = 12
     # With a mask (partial memorization) the check compares the masked region; the reconstruction loss is then
     # "weighted" by the mask (downsampled to the latent grid) or kept over the "whole" image as the paper's is
-    # (measured on the template toy: docs/BENCHMARKS.md, "Partial memorization").
+    # (measured on the template toy: docs/benchmarks/partial-memorization.md).
     mask_loss: str = "weighted"
     # The memorization map at an image's last check (inversion/memorization_map.py): fitted and prior samples, m
     # each, at most n_check_samples (0: no map). It changes no score; it costs at most 2m sampler runs per inversion.
@@ -196,7 +195,7 @@ def check_captions(adapter, config: InvMMConfig, items, *, per_item: bool = Fals
         return
     missing = [it for it in items if it.caption is None and not getattr(it, "error", None)]
     how = ("Pass --prompt or a caption column; or --invert-prompt to learn a soft T5 prompt instead (costly, see "
-           "the README); or --no-invert-prompt to use the empty caption")
+           "docs/families.md); or --no-invert-prompt to use the empty caption")
     if missing and per_item and len(missing) < len(items):
         for it in missing:
             it.error = (f"{it.origin}: no caption; {adapter.family} models are measured with the training caption "

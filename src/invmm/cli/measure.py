@@ -129,9 +129,9 @@ def format_table(results) -> str:
                       "interval: order-statistic interval of the median, with its coverage"]
     if any(r.measured_on == "mask" for r in results):
         lines += ["", "region: what the check compared, a mask (its share of the image) or the whole image; "
-                      "scores of the two are on different scales (README, \"Partial memorization\")"]
+                      "scores of the two are on different scales (docs/concepts/partial-memorization.md)"]
     if refined:
         lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion, "
                       "given a success within the budget; P(success): the estimated chance of one "
-                      "(README, \"A score that holds still\")" + ("; the median over the repeats" if repeated else "")]
+                      "(docs/concepts/refined-score.md)" + ("; the median over the repeats" if repeated else "")]
     return "\n".join(lines)

@@ -42,7 +42,7 @@ class PixArtAdapter(NoiseScheduleAdapter):
     capabilities = frozenset({NOISE_SCHEDULE, TEXT})
     # The DDPM family's check (the authors' SD 1.x one): one soft-prompt draw for all check samples.
     check_prompt_draws = "shared"
-    # Without a caption, measure with a known caption rather than invert T5's prompt (see the README: a
+    # Without a caption, measure with a known caption rather than invert T5's prompt (see docs/families.md: a
     # 119/299-position soft prompt over T5-XXL's vocabulary, back-propagated through a 4.7B encoder).
     default_invert_prompt = False
 

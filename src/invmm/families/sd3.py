@@ -78,7 +78,7 @@ class SD3Adapter(FlowMatching):
         self.n_soft_tokens = self.max_length - 2
         self.vocab_size = int(clip_l.get_input_embeddings().weight.shape[0])
         # A full-length prompt, so that CLIP-L's pooled vector (half of the pooled projection) sees all 75 learned
-        # tokens; the authors pool at the caption's end token, which sees those before it (README, deviations).
+        # tokens; the authors pool at the caption's end token, which sees those before it (docs/conformance.md).
         self._soft_ids = full_length_ids(self.tokenizers[0], self.max_length, self.device)
         self._uncond = self.prompt_embeddings([""])
 

@@ -260,7 +260,7 @@ def save_lora(components: dict, out, layers: dict, adapter_name: str):
 FAMILY = Family(
     name="sdxl", folder="`unet` (UNet2DConditionModel, `addition_embed_type: text_time`) + CLIP-L + OpenCLIP-G + `vae`",
     detect=detect, load=load,
-    # No paper setting: the SD 1.x preset (an epsilon DDPM-schedule UNet like SD 1.x); the README says why.
+    # No paper setting: the SD 1.x preset (an epsilon DDPM-schedule UNet like SD 1.x); docs/families.md says why.
     presets={"sdxl": dict(sd.PRESET)}, sampler="ddim",
     lora=LoraFormat(load=load_lora, save=save_lora), tiny=build_tiny_sdxl, tiny_variants={"sdxl": {}},
 )

@@ -65,7 +65,7 @@ def load_dataset(source: str | Path, *, labelled: bool = False, captions_only_ok
         _mark_duplicate_ids(items)
     elif not p.exists():
         raise InvMMInputError(f"{p}: no such file or folder; give a folder of images, a CSV/JSONL/Parquet manifest, "
-                              "webdataset shards or a Hugging Face dataset (see the README, \"Datasets\")")
+                              "webdataset shards or a Hugging Face dataset (see docs/how-to/audit-a-dataset.md)")
     elif kind == "folder" or p.is_dir():
         items = Items(_labelled_folder(p) if labelled else collect_images([str(p)]), kind="folder")
     else:
