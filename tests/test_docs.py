@@ -6,6 +6,7 @@ written by typer's documentation generator from the same app at every build) lis
 import re
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -72,3 +73,23 @@ def test_no_page_or_heading_of_the_docs_names_an_issue_number():
                 assert not re.search(r"\bissues? \d+", line, re.I), f"{page}:{n}: {line}"
     readme = (DOCS.parent / "README.md").read_text().splitlines()
     assert len(readme) <= 160, f"the README is the short front page ({len(readme)} lines)"
+
+
+def test_the_documented_settings_are_the_presets():
+    """The numbers the concepts page gives for the loop are the `ddpm` preset's (read from the table, not copied)."""
+    from invmm.config import preset
+
+    cfg = preset("ddpm")
+    rows = [line.split("|")[1:-1] for line in (DOCS / "concepts" / "score.md").read_text().splitlines()
+            if line.startswith("| ") and "`" in line]
+    checked = 0
+    for _, value, where in rows:
+        name = re.search(r"InvMMConfig\.(\w+)|`--([a-z-]+)`", where)
+        try:
+            number = float(value.strip().replace(",", ""))
+        except ValueError:
+            continue  # a sampler or a threshold described in words
+        attr = name.group(1) or name.group(2).replace("-", "_")
+        assert getattr(cfg, attr) == pytest.approx(number), f"docs/concepts/score.md: {attr} is {getattr(cfg, attr)}"
+        checked += 1
+    assert checked >= 8
