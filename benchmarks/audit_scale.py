@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from invmm.runs.files import Ledger
+from invmm.store.files import Ledger
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, select_images
 

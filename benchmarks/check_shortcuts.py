@@ -30,9 +30,9 @@ import numpy as np
 from invmm import measure
 from invmm.analysis.metrics import roc_metrics
 from invmm.config import default_config
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents
-from invmm.runs.images import ImageItem
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

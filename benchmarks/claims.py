@@ -34,8 +34,8 @@ from scipy.stats import spearmanr
 
 from invmm.analysis.evaluate import evaluate_run
 from invmm.config import preset
+from invmm.data.datasets import load_dataset
 from invmm.families import load_adapter
-from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores, score_dataset
 from invmm.scorers import build_scorer
 from invmm.zoo import shipped_digits_model
@@ -183,7 +183,7 @@ def section_sampling(args):
 
 def section_guidance(args):
     """Toy text-to-image model, known caption: the eight 64-copy pairs with one fixed guidance scale each."""
-    from invmm.runs.images import ImageItem
+    from invmm.data.images import ImageItem
     from invmm.zoo import shipped_digits_t2i_model
 
     model = shipped_digits_t2i_model()

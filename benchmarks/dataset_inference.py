@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from invmm.analysis.dataset_inference import dataset_test, feature_matrix, set_features
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
-from invmm.runs.images import ImageItem
 from invmm.runs.scores import read_run, read_scores, score_with_specs
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, select_images

@@ -82,9 +82,9 @@ def build(out: Path, n: int, seed: int = 0) -> None:
 
 
 def reader_rate(source: str, size: int) -> tuple[float, int]:
-    from invmm.runs.datasets import load_dataset
-    from invmm.runs.images import load_image
-    from invmm.runs.reader import prefetch
+    from invmm.data.datasets import load_dataset
+    from invmm.data.images import load_image
+    from invmm.data.reader import prefetch
 
     t0 = time.perf_counter()
     items = load_dataset(source)

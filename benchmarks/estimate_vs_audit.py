@@ -17,13 +17,13 @@ from pathlib import Path
 
 from invmm.analysis.estimate import estimate, format_estimate
 from invmm.config import default_config
+from invmm.data.datasets import load_dataset
+from invmm.data.images import load_image
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents, summarise
 from invmm.runs.audit import audit
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger
-from invmm.runs.images import load_image
 from invmm.similarity import build_similarity
+from invmm.store.files import Ledger
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

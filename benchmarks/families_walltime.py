@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from invmm import measure
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
-from invmm.runs.images import ImageItem
 from invmm.runs.measure import default_config
 from invmm.zoo.tiny import (
     build_tiny_dit,

@@ -20,9 +20,9 @@ from invmm import measure
 from invmm.analysis.compare import compare_runs, format_comparison
 from invmm.analysis.metrics import roc_metrics
 from invmm.config import default_config
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.lora import LoraSpec
-from invmm.runs.images import ImageItem
 from invmm.zoo import shipped_digits_lora, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 from invmm.config import default_config
+from invmm.data.datasets import load_dataset
 from invmm.families import load_adapter
 from invmm.records import summarise
 from invmm.runs.audit import audit
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger
+from invmm.store.files import Ledger
 from invmm.zoo import shipped_digits_model
 from invmm.zoo.digits import export_images, load_manifest, select_images
 

@@ -24,10 +24,10 @@ import torch
 from invmm import measure
 from invmm.analysis.estimate import worst_case_calls
 from invmm.config import default_config
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.inversion import Inverter, Target
 from invmm.records import forward_equivalents
-from invmm.runs.images import ImageItem
 from invmm.similarity import build_similarity
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images

@@ -21,13 +21,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from invmm.config import default_config
+from invmm.data.datasets import load_dataset
 from invmm.families import load_adapter
 from invmm.functional import MAP_THRESHOLD
 from invmm.records import summarise
-from invmm.runs.artifacts import artifact_stem, load_map
 from invmm.runs.audit import audit
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger
+from invmm.store.artifacts import artifact_stem, load_map
+from invmm.store.files import Ledger
 from invmm.zoo import shipped_digits_template_model
 from invmm.zoo.digits import load_manifest
 from invmm.zoo.digits_template import export_template_images, template_groups, template_mask

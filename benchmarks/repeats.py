@@ -27,10 +27,10 @@ from scipy.stats import kendalltau
 from sklearn.metrics import roc_auc_score
 
 from invmm import measure, preset
+from invmm.data.images import ImageItem
 from invmm.records import summarise
 from invmm.repeats import median_score, rep_score
-from invmm.runs.files import Ledger
-from invmm.runs.images import ImageItem
+from invmm.store.files import Ledger
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

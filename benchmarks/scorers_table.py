@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from invmm.analysis.evaluate import evaluate_run
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.lora import LoraSpec
-from invmm.runs.images import ImageItem
 from invmm.runs.scores import score_with_specs
 from invmm.zoo import shipped_digits_lora, shipped_digits_model, shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, select_images

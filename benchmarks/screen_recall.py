@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from invmm.data.datasets import load_dataset
 from invmm.families import load_adapter
-from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import score_dataset
 from invmm.runs.screen import suspicion_order
 from invmm.scorers import build_scorer

@@ -21,8 +21,8 @@ from scipy.stats import spearmanr
 from scorers_table import labelled_items
 from sklearn.metrics import roc_auc_score
 
+from invmm.data.images import load_image
 from invmm.families import load_adapter
-from invmm.runs.images import load_image
 from invmm.scorers import SecMIScorer
 from invmm.scorers.secmi import ddim_transfer
 from invmm.zoo import shipped_digits_model, shipped_digits_t2i_model

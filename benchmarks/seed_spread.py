@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 from invmm import measure
 from invmm.functional import all_pass_probability, any_pass_probability, expected_first_success
 from invmm.records import forward_equivalents
-from invmm.runs.files import Ledger
+from invmm.store.files import Ledger
 
 
 def setup(args):

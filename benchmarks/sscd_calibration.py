@@ -133,8 +133,8 @@ def template_map(out: Path) -> Path:
         return path
     from invmm.config import preset
     from invmm.functional import MAP_THRESHOLD
-    from invmm.runs.artifacts import artifact_stem, load_map
     from invmm.runs.measure import measure
+    from invmm.store.artifacts import artifact_stem, load_map
     from invmm.zoo import shipped_digits_template_model
     from invmm.zoo.digits import load_manifest
     from invmm.zoo.digits_template import export_template_images, template_groups

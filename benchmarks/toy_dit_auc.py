@@ -19,7 +19,7 @@ from pathlib import Path
 from toy_t2i_auc import level_table  # benchmarks/ is the script's own folder on sys.path
 
 from invmm import measure, preset
-from invmm.runs.images import ImageItem
+from invmm.data.images import ImageItem
 from invmm.zoo import shipped_digits_dit_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from invmm import measure, preset
 from invmm.analysis.metrics import roc_metrics
-from invmm.runs.images import ImageItem
+from invmm.data.images import ImageItem
 from invmm.zoo import shipped_digits_t2i_model
 from invmm.zoo.digits import export_images, load_manifest, parse_level_counts, select_images
 

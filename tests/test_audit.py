@@ -9,8 +9,8 @@ from same_results import assert_same_runs
 from typer.testing import CliRunner
 
 from invmm.cli import app
-from invmm.runs.files import Ledger
-from invmm.runs.lock import RunLock
+from invmm.store.files import Ledger
+from invmm.store.lock import RunLock
 
 runner = CliRunner()
 # the memorization map (tested in test_partial.py, test_matrix.py and test_cost.py; it changes no score) is left out
@@ -76,7 +76,7 @@ def test_a_report_with_no_finite_score_draws_no_empty_histogram(tmp_path, toy_mo
 
 
 def test_artifact_names_are_injective_over_suffix_separator_and_case():
-    from invmm.runs.artifacts import artifact_stem
+    from invmm.store.artifacts import artifact_stem
 
     ids = ["cat.png", "cat.jpg", "cat", "a/cat.png", "a_cat.png", "a\\cat.png", "a cat.png", "Cat.png", "CAT.PNG",
            "a/b/cat.png", "a_b/cat.png", "x" * 300 + ".png", "x" * 300 + ".jpg"]
@@ -102,7 +102,7 @@ def test_images_whose_ids_differ_in_suffix_or_separator_keep_their_own_files_and
     import numpy as np
     from PIL import Image
 
-    from invmm.runs.artifacts import ARTIFACT_SUFFIXES, artifact_stem, legacy_stem
+    from invmm.store.artifacts import ARTIFACT_SUFFIXES, artifact_stem, legacy_stem
 
     sources = sorted((dataset / "images").glob("*.png"))[:4]
     data = tmp_path / "data"
@@ -251,8 +251,8 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_backend_equals_local_and_survives_killed_workers(tmp_path, toy_model, dataset, ray_cluster):
     from invmm.config import preset
+    from invmm.data.datasets import load_dataset
     from invmm.runs.audit import audit
-    from invmm.runs.datasets import load_dataset
 
     ray = ray_cluster
     cfg = preset("ddpm", similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
@@ -285,8 +285,8 @@ def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
     """The screen stage on Ray Data (an actor pool of the cheap scorer) writes the local screen's records."""
     import webdataset as wds
 
+    from invmm.data.datasets import load_dataset
     from invmm.families import load_adapter
-    from invmm.runs.datasets import load_dataset
     from invmm.runs.screen import run_screen
 
     adapter = load_adapter(str(toy_model))

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from invmm.cli import app
 from invmm.records import InversionRecord
-from invmm.runs.artifacts import artifact_stem
+from invmm.store.artifacts import artifact_stem
 from invmm.zoo.tiny import build_tiny_pixel
 
 runner = CliRunner()

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from invmm import measure, preset
 from invmm.cli import app
 from invmm.config import default_config
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.codecs import resolve_latent_scale
 from invmm.families.sd3 import SD3Adapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample, seed_from
 from invmm.inversion import Inverter, Target, inverter
 from invmm.inversion.conditioning import SoftPrompt
-from invmm.runs.images import ImageItem
 from invmm.similarity import build_similarity
 from invmm.zoo.tiny import build_tiny_ldm, build_tiny_sd, build_tiny_sd3
 

@@ -11,7 +11,7 @@ from invmm.cli import app
 from invmm.config import preset
 from invmm.families import load_adapter
 from invmm.records import forward_equivalents
-from invmm.runs.files import Ledger
+from invmm.store.files import Ledger
 
 runner = CliRunner()
 FAST = dict(similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)

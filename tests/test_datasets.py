@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 
 from invmm.cli import app
 from invmm.config import InvMMConfig, check_captions
+from invmm.data.datasets import load_dataset
+from invmm.data.hf import Columns
+from invmm.data.images import load_image
+from invmm.data.reader import prefetch
+from invmm.data.split import parse_shard, part_of, select_part
 from invmm.errors import InvMMInputError
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger
-from invmm.runs.hf import Columns
-from invmm.runs.images import load_image
-from invmm.runs.reader import prefetch
-from invmm.runs.split import parse_shard, part_of, select_part
+from invmm.store.files import Ledger
 
 runner = CliRunner()
 # no memorization map (tested in test_partial.py and test_matrix.py; it changes no score)
@@ -223,7 +223,7 @@ def test_a_wrong_image_column_fails_its_rows_and_duplicate_ids_are_recorded(tmp_
 def test_a_missing_caption_fails_only_its_image_where_the_family_needs_one():
     from types import SimpleNamespace
 
-    from invmm.runs.images import ImageItem
+    from invmm.data.images import ImageItem
 
     pixart = SimpleNamespace(conditional=True, default_invert_prompt=False, family="pixart")
     items = [ImageItem("a", "a.png", caption="x"), ImageItem("b", "s.tar", ref="tar:0:1:b.png")]
@@ -234,8 +234,8 @@ def test_a_missing_caption_fails_only_its_image_where_the_family_needs_one():
 
 
 def test_parts_are_disjoint_cover_the_dataset_and_do_not_move():
-    from invmm.runs.datasets import Items
-    from invmm.runs.images import ImageItem
+    from invmm.data.datasets import Items
+    from invmm.data.images import ImageItem
 
     items = Items([ImageItem(f"img-{i}", "") for i in range(300)], "folder", {})
     parts = [select_part(items, i, 3) for i in (1, 2, 3)]
@@ -372,7 +372,7 @@ def test_parts_merged_equal_the_unsharded_audit_and_bad_merges_are_refused(tmp_p
 def test_merge_compares_masks_by_content_and_accepts_parts_without_manifest_masks(tmp_path, toy_model, toy_shards):
     """Fails before the fix: --mask PATH was compared as a path string, and a part whose manifest rows had no mask
     lacked `mask` in run.json and was refused as made differently."""
-    from invmm.runs.split import part_of
+    from invmm.data.split import part_of
 
     pngs = sorted((toy_shards.parent / "png").glob("*.png"))[:6]
     mask = np.zeros((8, 8), np.uint8)
@@ -459,7 +459,7 @@ def test_an_oversized_image_in_a_shard_is_an_input_error_and_the_audit_goes_on(t
     assert recs["00000/k0"].status == recs["00000/k2"].status == "ok"
     mask = tmp_path / "mask.png"
     mask.write_bytes(bomb)
-    from invmm.runs.masks import load_mask
+    from invmm.data.masks import load_mask
 
     with pytest.raises(InvMMInputError, match="mask.png: the mask is too large"):
         load_mask(mask, size=8)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from invmm.analysis.evaluate import choose_labels
 from invmm.cli import app
+from invmm.data.datasets import load_dataset
 from invmm.errors import InvMMInputError
-from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores
 
 runner = CliRunner()

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from invmm import measure, preset
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.sd3 import SD3Adapter
-from invmm.runs.images import ImageItem
 
 
 @pytest.fixture(scope="module")

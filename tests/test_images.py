@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from invmm.data.images import collect_images, load_image
 from invmm.functional import to_uint8
-from invmm.runs.images import collect_images, load_image
 
 
 def test_modes_sizes_and_resize_flag(tmp_path):

@@ -113,7 +113,7 @@ def test_scheduler_prediction_types_reach_the_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_toy_model_reproduces_a_duplicated_digit_but_not_a_held_out_one(toy_model, tmp_path):
-    from invmm.runs.images import ImageItem, load_image
+    from invmm.data.images import ImageItem, load_image
     from invmm.zoo.digits import export_images, load_manifest
 
     # digit-1742 has 64 copies in the training set; digit-1032 was held out.

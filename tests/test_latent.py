@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from invmm import measure, preset
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.ldm import LDMAdapter
-from invmm.runs.images import ImageItem
 from invmm.zoo.tiny import build_tiny_ldm
 
 
@@ -39,7 +39,7 @@ def test_latent_inversion_end_to_end(tmp_path):
     assert [c[0] for c in r.checks][:1] == [10] and len(r.similarities) == (8 if r.success else 1)
     from safetensors.torch import load_file
 
-    from invmm.runs.artifacts import artifact_stem
+    from invmm.store.artifacts import artifact_stem
 
     mu = load_file(f"{artifact_stem(tmp_path / 'run', 'red')}.safetensors")["mu"]
     assert mu.shape == (4, 8, 8)  # the distribution lives in latent space

@@ -173,7 +173,7 @@ def fake_run(run_dir, scores, *, seed=0, max_steps=2000):
     import math
 
     from invmm.config import preset
-    from invmm.runs.files import Ledger
+    from invmm.store.files import Ledger
 
     info = {"kind": "audit", "config": preset("ddpm", seed=seed, max_steps=max_steps).to_json(),
             "model": {"resolution": 8, "scaling_factor": None}}

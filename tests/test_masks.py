@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from invmm.data.masks import load_mask, masked_fraction
 from invmm.errors import InvMMInputError
 from invmm.functional import concordance_correlation
-from invmm.runs.masks import load_mask, masked_fraction
 from invmm.similarity.pixel import PixelSimilarity
 
 

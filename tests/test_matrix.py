@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from invmm.cli import app
 from invmm.families import build_tiny, load_adapter
 from invmm.families.base import CLASS, NOISE_SCHEDULE, TEXT
-from invmm.runs.artifacts import artifact_stem
 from invmm.scorers import DEFAULT_SCORERS, SCORERS, ScorerError, auto_screen, build_scorer, runnable
+from invmm.store.artifacts import artifact_stem
 
 runner = CliRunner()
 
@@ -200,8 +200,8 @@ def test_shards_and_a_hugging_face_parquet_audit_as_the_manifest_does_on_every_f
     a Parquet of image bytes, with the same ids: the readers hand over the manifest's pixels and conditioning,
     and `audit --screen auto` from the shard and from the Parquet keeps the same images with the same scores
     (per-image seeds follow the id)."""
-    from invmm.runs.datasets import load_dataset
-    from invmm.runs.images import load_image
+    from invmm.data.datasets import load_dataset
+    from invmm.data.images import load_image
 
     model, manifest = labelled[fam]
     adapter = load_adapter(str(model))

@@ -16,8 +16,8 @@ from invmm.cli import app
 from invmm.config import preset
 from invmm.functional import MAP_THRESHOLD, memorization_map, reproduction_map
 from invmm.inversion.optimise import OptimisationStep
-from invmm.runs.artifacts import artifact_stem, load_map
 from invmm.runs.measure import measure
+from invmm.store.artifacts import artifact_stem, load_map
 
 runner = CliRunner()
 FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "4"]
@@ -187,7 +187,7 @@ def test_mask_auto_masks_each_image_by_its_first_pass_map(tmp_path, toy_model, t
 
 
 def test_the_template_toy_plan_its_export_and_its_planted_masks(tmp_path):
-    from invmm.runs.datasets import load_dataset
+    from invmm.data.datasets import load_dataset
     from invmm.zoo import shipped_digits_template_model
     from invmm.zoo.digits import load_manifest
     from invmm.zoo.digits_template import REGIONS, DigitsTemplateConfig, export_template_images, plan_template_dataset
@@ -267,7 +267,7 @@ def test_masked_and_whole_image_scores_are_marked_and_never_compared_unsaid(tmp_
     for out, data_arg in (("mixed", tmp_path / "m.csv"), ("whole", tmp_path / "w.csv")):
         res = runner.invoke(app, ["audit", str(toy_model), str(data_arg), "--out", str(tmp_path / out), *common])
         assert res.exit_code == 0, res.output
-    from invmm.runs.files import Ledger
+    from invmm.store.files import Ledger
 
     recs = {r.id: r for r in Ledger(tmp_path / "mixed").read()}
     kinds = {i.split("/")[-1]: r.measured_on for i, r in recs.items()}

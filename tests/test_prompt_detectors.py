@@ -13,10 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from invmm.cli import app
+from invmm.data.datasets import load_dataset
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.functional import seed_from
-from invmm.runs.datasets import load_dataset
 from invmm.runs.scores import read_scores
 from invmm.scorers import AnisotropyScorer, ScorerError, SharpnessScorer, build_scorer
 from invmm.scorers.sharpness import score_hvp

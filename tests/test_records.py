@@ -6,7 +6,7 @@ import pytest
 from invmm.config import PRESETS, InvMMConfig, preset
 from invmm.errors import InvMMInputError
 from invmm.records import InversionRecord
-from invmm.runs.files import Ledger
+from invmm.store.files import Ledger
 
 
 def test_inf_survives_json():

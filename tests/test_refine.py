@@ -204,7 +204,7 @@ def test_an_audit_with_the_refinement_resumes_exports_reports_and_compares(tmp_p
     from typer.testing import CliRunner
 
     from invmm.cli import app
-    from invmm.runs.files import Ledger
+    from invmm.store.files import Ledger
 
     runner = CliRunner()
     data = tmp_path / "data"
@@ -377,9 +377,9 @@ def test_the_refinement_judges_a_sample_as_the_check_does_under_a_mask(tmp_path)
     """Fails before the fix: the refinement compared whole images, so under a mask almost no fresh sample was a
     copy and the refined score fell onto the last continued check's KL. A masked --refine inversion of a template
     image of the template toy, its planted mask read as `audit` reads a manifest's, through a spy similarity."""
-    from invmm.runs.datasets import load_dataset
-    from invmm.runs.images import load_image
-    from invmm.runs.masks import load_item_mask
+    from invmm.data.datasets import load_dataset
+    from invmm.data.images import load_image
+    from invmm.data.masks import load_item_mask
     from invmm.zoo import shipped_digits_template_model
     from invmm.zoo.digits import load_manifest
     from invmm.zoo.digits_template import export_template_images, template_groups

@@ -16,8 +16,8 @@ from invmm.cli import app
 from invmm.config import preset
 from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.repeats import median_interval, median_score, prob_lower
-from invmm.runs.artifacts import artifact_stem
-from invmm.runs.files import Ledger
+from invmm.store.artifacts import artifact_stem
+from invmm.store.files import Ledger
 
 runner = CliRunner()
 

@@ -107,7 +107,7 @@ def test_secmi_denoising_step_is_ddim_and_the_score_is_its_round_trip(pixel):
 
 
 def test_generate_compare_finds_the_toy_models_duplicated_digit(toy_model, tmp_path):
-    from invmm.runs.images import ImageItem, load_image
+    from invmm.data.images import ImageItem, load_image
     from invmm.scorers import GenerateCompareScorer
     from invmm.similarity import PixelSimilarity
     from invmm.zoo.digits import export_images, load_manifest
@@ -152,7 +152,7 @@ def test_noise_norm_first_step_matches_two_unet_calls(tmp_path, pixel):
 @pytest.mark.slow
 def test_invmm_scorer_equals_measure_and_orders_memorized_first(toy_model, tmp_path):
     from invmm.config import preset
-    from invmm.runs.images import ImageItem, load_image
+    from invmm.data.images import ImageItem, load_image
     from invmm.runs.measure import measure
     from invmm.zoo.digits import export_images, load_manifest
 

@@ -268,8 +268,8 @@ def test_evaluate_sima_and_clid_on_the_toy_text_to_image_model(tmp_path):
                                                                 [sign * r.score for r in mine]))
     assert float(summary["sima"]["auc"]) == 1.0  # the 64-copy digits sit on the training set
     # The run's scores are the scorers' own on the same pixels.
-    from invmm.runs.datasets import load_dataset
-    from invmm.runs.images import load_image
+    from invmm.data.datasets import load_dataset
+    from invmm.data.images import load_image
 
     items = [load_image(it, mode="L", size=8) for it in load_dataset(tmp_path / "data.csv", labelled=True)]
     adapter = load_adapter(str(model))

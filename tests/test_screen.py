@@ -8,14 +8,14 @@ import torch
 from typer.testing import CliRunner
 
 from invmm.cli import app
+from invmm.data.datasets import load_dataset
+from invmm.data.images import load_image
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger
-from invmm.runs.images import load_image
 from invmm.runs.scores import ScoreRecord
 from invmm.runs.screen import n_kept, suspicion_order
 from invmm.scorers import LossScorer
+from invmm.store.files import Ledger
 
 runner = CliRunner()
 FAST = ["--max-steps", "20", "--check-every", "10", "--sampler-steps", "5", "--batch-size", "8", "--map-samples", "0"]

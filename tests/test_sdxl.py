@@ -132,7 +132,7 @@ def test_crop_coordinates_are_where_load_image_cropped(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from invmm.runs.images import ImageItem, load_image
+    from invmm.data.images import ImageItem, load_image
 
     side = 16
     # Sizes whose exact offset (8, 4.87, 9.87, 11.81 resized pixels) is not near a half pixel, where the two
@@ -275,7 +275,7 @@ def test_a_run_conditions_each_image_on_its_file_size(sdxl_model, tmp_path, monk
     from PIL import Image
 
     from invmm import measure, preset
-    from invmm.runs.images import ImageItem
+    from invmm.data.images import ImageItem
 
     seen = []
     for name in ("prompt_embeddings", "soft_prompt_context"):

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from invmm import measure, preset
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
 from invmm.families.sd import SDAdapter
 from invmm.functional import gumbel_noise, gumbel_softmax_sample
 from invmm.records import ImageSummary
-from invmm.runs.images import ImageItem
 
 
 @pytest.fixture(scope="module")

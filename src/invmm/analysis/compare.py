@@ -18,8 +18,8 @@ from pathlib import Path
 from invmm.config import stored_config
 from invmm.errors import InvMMInputError
 from invmm.records import ImageSummary, summarise
-from invmm.runs.files import RUN_FILE, Ledger
-from invmm.runs.folder import MODEL_SETTINGS, read_run_info, settings_diff
+from invmm.store.files import RUN_FILE, Ledger
+from invmm.store.folder import MODEL_SETTINGS, read_run_info, settings_diff
 
 # What the fine-tune did to an image, in the order the table shows them.
 VERDICTS = ("made reproducible", "more memorized", "unchanged", "less memorized", "no longer reproduced",

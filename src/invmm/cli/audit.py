@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from invmm.cli.common import EXIT_INPUT, fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, Mask, ModelOptions, grouped
+from invmm.data.split import parse_shard, select_part
 from invmm.errors import InvMMInputError
 from invmm.runs.audit import audit
-from invmm.runs.split import parse_shard, select_part
 from invmm.scorers import SCREEN_SCORERS
 
 

@@ -11,10 +11,10 @@ from invmm.analysis.estimate import estimate, format_estimate
 from invmm.cli.common import deprecated, fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, Repeats, grouped
 from invmm.config import check_config_for_model
+from invmm.data.images import load_image
 from invmm.errors import InvMMInputError
-from invmm.runs.files import atomic_write_json
-from invmm.runs.images import load_image
 from invmm.similarity import build_similarity
+from invmm.store.files import atomic_write_json
 
 
 @grouped(model_options=ModelOptions, invmm=InvMMOptions, data_options=DataOptions)

@@ -12,9 +12,9 @@ from tqdm import tqdm
 from invmm.analysis.evaluate import choose_labels, evaluate_run
 from invmm.cli.common import fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, grouped
+from invmm.data.split import parse_shard, select_part
 from invmm.errors import InvMMInputError
 from invmm.runs.scores import load_scoring_dataset, score_with_specs
-from invmm.runs.split import parse_shard, select_part
 from invmm.scorers import DEFAULT_SCORERS, ScorerError, default_scorers
 
 

@@ -16,11 +16,11 @@ import typer
 
 from invmm.cli.common import deprecated
 from invmm.config import PRESETS, InvMMConfig, default_config
+from invmm.data.datasets import KINDS, load_dataset
+from invmm.data.hf import Columns
 from invmm.families import load_adapter
 from invmm.families.loading import AUTO_DEVICE, resolve_device
 from invmm.families.lora import lora_specs
-from invmm.runs.datasets import KINDS, load_dataset
-from invmm.runs.hf import Columns
 
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "

@@ -11,13 +11,13 @@ base model's outputs unchanged. Each file's sha256 joins the run's model fingerp
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from invmm.errors import InvMMInputError
 from invmm.families.base import Family, LoraFormat
 from invmm.families.loading import PICKLE_SUFFIXES
+from invmm.store.hashing import sha256_file
 
 PREFERRED = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 
@@ -38,14 +38,6 @@ def lora_specs(paths, scales) -> list[LoraSpec]:
                               f"got {len(scales)}")
     per = scales if len(scales) > 1 else [scales[0] if scales else 1.0] * len(paths)
     return [LoraSpec(str(p), float(s)) for p, s in zip(paths, per)]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_file(path: str, allow_pickle: bool) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from invmm.errors import InvMMInputError
 from invmm.records import InversionRecord, forward_equivalents, summarise
-from invmm.runs.files import LEDGER_FILE, Ledger, atomic_write_bytes
+from invmm.store.files import LEDGER_FILE, Ledger, atomic_write_bytes
 
 COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
            "score_high", "interval_coverage", "refined_score", "refined_success", "steps", "min_similarity", "kl",

@@ -23,11 +23,11 @@ from invmm.errors import InvMMInputError
 from invmm.records import MIXED_REGIONS_NOTE, ImageSummary, forward_equivalents, region_counts, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
 from invmm.report.export import write_table_csv
-from invmm.runs.artifacts import artifact_stems
-from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
-from invmm.runs.folder import mask_text
 from invmm.runs.scores import read_scores
 from invmm.runs.screen import suspicion_order
+from invmm.store.artifacts import artifact_stems
+from invmm.store.files import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.store.folder import mask_text
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {

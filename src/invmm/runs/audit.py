@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from invmm.config import InvMMConfig
+from invmm.data.images import ImageItem
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.runs.engine import RunSummary, split_run_options
-from invmm.runs.files import RUN_FILE, read_run_info
-from invmm.runs.folder import next_free, part_text
-from invmm.runs.images import ImageItem
 from invmm.runs.masked import run_masked
 from invmm.runs.screen import run_screen
+from invmm.store.files import RUN_FILE, read_run_info
+from invmm.store.folder import next_free, part_text
 
 
 def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Path, *, adapter=None,
@@ -27,7 +27,7 @@ def audit(model: str, items: list[ImageItem], config: InvMMConfig, out: str | Pa
     repeats, force_new, ray_address, gpus_per_worker, workers, max_retries, data_source and the callbacks).
     `screen` (a scorer spec, e.g. "loss" or "pia:t=100", or "auto") with `keep` (a fraction) or `keep_top` (a count)
     inverts only the images that scorer ranks as most suspicious. `shard` (I, N): `items` are part I of N of a
-    dataset (runs/split.py); run.json says so, and a resume with another part is refused. `mask`: one mask file
+    dataset (data/split.py); run.json says so, and a resume with another part is refused. `mask`: one mask file
     for every item, or "auto" (runs/masked.py); without it, the masks a manifest names."""
     adapter = adapter or load_adapter(model, device=device, allow_pickle=allow_pickle)
     described = None

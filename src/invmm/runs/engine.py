@@ -18,21 +18,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from invmm.config import InvMMConfig, check_captions, check_config_for_model
+from invmm.data.images import ImageItem, load_image
+from invmm.data.masks import hash_masks, load_item_mask
+from invmm.data.reader import prefetch
 from invmm.errors import InvMMInputError
 from invmm.families import load_options
 from invmm.inversion import Inverter, Outcome, Target, check_grid
 from invmm.inversion.conditioning import check_class_labels
 from invmm.records import InversionRecord
-from invmm.runs.artifacts import write_image_artifacts
-from invmm.runs.files import RUN_FILE
-from invmm.runs.folder import add_session, next_free, open_run
-from invmm.runs.images import ImageItem, load_image
-from invmm.runs.info import dataset_hash, run_info
-from invmm.runs.lock import RunLock
-from invmm.runs.masks import hash_masks, load_item_mask
 from invmm.runs.ray_backend import run_on_ray
-from invmm.runs.reader import prefetch
 from invmm.similarity import build_similarity
+from invmm.store.artifacts import write_image_artifacts
+from invmm.store.files import RUN_FILE
+from invmm.store.folder import add_session, next_free, open_run
+from invmm.store.info import dataset_hash, run_info
+from invmm.store.lock import RunLock
 
 BACKENDS = ("local", "ray")
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invmm.data.masks import attach_masks
 from invmm.errors import InvMMInputError
 from invmm.functional import MAP_THRESHOLD
 from invmm.records import InversionRecord, summarise
-from invmm.runs.artifacts import artifact_stem, copy_artifacts, load_map
 from invmm.runs.engine import RunCallbacks, RunOptions, RunSummary, run_images
-from invmm.runs.files import RUN_FILE, Ledger, atomic_write_bytes
-from invmm.runs.folder import next_free
-from invmm.runs.masks import attach_masks
+from invmm.store.artifacts import artifact_stem, copy_artifacts, load_map
+from invmm.store.files import RUN_FILE, Ledger, atomic_write_bytes
+from invmm.store.folder import next_free
 
 AUTO = "auto"
 FIRST_PASS = "whole"

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from invmm.config import InvMMConfig, default_config
+from invmm.data.images import ImageItem, collect_images
 from invmm.families import load_adapter
 from invmm.records import ImageSummary, InversionRecord, summarise
 from invmm.runs.engine import RunCallbacks, RunOptions
-from invmm.runs.images import ImageItem, collect_images
 from invmm.runs.masked import run_masked
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from invmm.config import stored_config
+from invmm.data.split import part_of
 from invmm.errors import InvMMInputError
-from invmm.runs.artifacts import ARTIFACT_NAMES, artifact_stems, copy_artifacts
-from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_bytes, atomic_write_json, read_run_info
-from invmm.runs.folder import model_settings, settings_diff
-from invmm.runs.lock import RunLock
 from invmm.runs.scores import SCORES_FILE, ScoreRecord
 from invmm.runs.screen import SCREEN_DIR, select_kept
-from invmm.runs.split import part_of
+from invmm.store.artifacts import ARTIFACT_NAMES, artifact_stems, copy_artifacts
+from invmm.store.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_bytes, atomic_write_json, read_run_info
+from invmm.store.folder import model_settings, settings_diff
+from invmm.store.lock import RunLock
 
 BEYOND_FILE = "beyond_keep.jsonl"
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
+from invmm.data.images import ImageItem
 from invmm.families import load_adapter
-from invmm.runs.images import ImageItem
 from invmm.runs.ray_backend import _cluster_slots, ray_session
 from invmm.runs.scores import ScoreRecord, score_items
 from invmm.scorers import build_scorer

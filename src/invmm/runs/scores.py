@@ -21,17 +21,17 @@ from pathlib import Path
 import torch
 
 from invmm.config import stored_config
+from invmm.data.datasets import load_dataset
+from invmm.data.images import ImageItem, load_image
+from invmm.data.reader import batched, prefetch
 from invmm.errors import InvMMInputError
 from invmm.inversion.conditioning import check_class_labels, given_condition
 from invmm.records import score_from_json, score_to_json
-from invmm.runs.datasets import load_dataset
-from invmm.runs.files import Ledger, iter_lines, open_folder, read_run_info
-from invmm.runs.folder import device_differences, model_settings, part_text, settings_diff
-from invmm.runs.images import ImageItem, load_image
-from invmm.runs.info import run_info
-from invmm.runs.lock import RunLock
-from invmm.runs.reader import batched, prefetch
 from invmm.scorers import SCORERS, ScorerError, build_scorer, parse_spec, split_specs
+from invmm.store.files import Ledger, iter_lines, open_folder, read_run_info
+from invmm.store.folder import device_differences, model_settings, part_text, settings_diff
+from invmm.store.info import run_info
+from invmm.store.lock import RunLock
 
 SCORES_FILE = "scores.jsonl"
 
@@ -75,7 +75,7 @@ def read_run(run_dir: Path) -> dict:
 
 def open_scores(run_dir: Path, adapter, items: list[ImageItem], scorers, seed: int, shard: dict | None = None) -> dict:
     """Create the scores folder, or reopen one made with the same model, seed, labels and scorer settings, adding
-    the new scorers and images to its run.json (the run-folder store: runs/files.open_folder)."""
+    the new scorers and images to its run.json (the run-folder store: store/files.open_folder)."""
     dataset = [{"id": it.id, "path": it.origin, "label": it.label, "caption": it.caption} for it in items]
     # A part records the whole dataset it was cut from (as an audit part does), so merge refuses parts of others.
     whole = {"kind": getattr(items, "kind", None), **{k: v for k, v in getattr(items, "info", {}).items()
@@ -134,7 +134,7 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
 
     `distribute(scorer, pending)`, where given, scores the pending images elsewhere (the Ray screen) and
     yields their records as they come; each is appended as it arrives, so an interruption loses nothing.
-    `shard` (I, N): the items are part I of N of a dataset (runs/split.py), recorded, and a reopen with another
+    `shard` (I, N): the items are part I of N of a dataset (data/split.py), recorded, and a reopen with another
     part is refused."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():

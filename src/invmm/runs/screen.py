@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from invmm.data.images import ImageItem
 from invmm.errors import InvMMInputError
 from invmm.families import load_options
-from invmm.runs.images import ImageItem
 from invmm.runs.scores import ScoreRecord, score_dataset
 from invmm.scorers import SCORERS, SCREEN_SCORERS, ScorerError, auto_screen, build_scorer, parse_spec, runnable
 

@@ -9,7 +9,7 @@ from invmm.functional import concordance_correlation
 
 class PixelSimilarity:
     """Concordance correlation (Lin 1989) between each sample and the target, in [-1, 1] pixel space; with a
-    mask ([1, S, S] in [0, 1], runs/masks.py), over the masked region only (its weighted moments)."""
+    mask ([1, S, S] in [0, 1], data/masks.py), over the masked region only (its weighted moments)."""
 
     name = "pixel"
 

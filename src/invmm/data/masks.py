@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from invmm.errors import InvMMInputError
-from invmm.families.lora import sha256_file
+from invmm.store.hashing import sha256_file
 
 
 def load_mask(path: str | Path, *, size: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from invmm.config import stored_config
 from invmm.families.loading import device_kind
-from invmm.runs.artifacts import ARTIFACT_NAMES, legacy_problems, migrate_legacy
-from invmm.runs.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, open_folder, read_run_info
+from invmm.store.artifacts import ARTIFACT_NAMES, legacy_problems, migrate_legacy
+from invmm.store.files import LEDGER_FILE, RUN_FILE, Ledger, atomic_write_json, open_folder, read_run_info
 
 # How the model was loaded (--resolution, --latent-scale) changes every score as much as the config does.
 MODEL_SETTINGS = ("resolution", "scaling_factor")

@@ -23,9 +23,9 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+from invmm.data.images import ImageItem
 from invmm.errors import InvMMInputError
-from invmm.families.lora import sha256_file
-from invmm.runs.images import ImageItem
+from invmm.store.hashing import sha256_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_LIMIT = 1 << 20  # a caption or metadata member larger than this is not a caption

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from invmm.functional import MAP_THRESHOLD, to_uint8
-from invmm.runs.files import atomic_write_bytes
+from invmm.store.files import atomic_write_bytes
 
 
 def safe_name(image_id: str) -> str:

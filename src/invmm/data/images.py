@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invmm.runs.containers import ContainerError, describe_ref, open_image_bytes
+from invmm.data.containers import ContainerError, describe_ref, open_image_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -24,7 +24,7 @@ class ImageItem:
     class_label: str | None = None  # class-conditional models: the image's class (index or name)
     ref: str | None = None  # where in `path` the image lies: a tar member, a parquet or Arrow row (containers.py)
     meta: dict | None = None  # a shard's or dataset row's other fields (url, sizes, ...), kept with the result
-    mask: str | None = None  # partial memorization: the mask file (runs/masks.py)
+    mask: str | None = None  # partial memorization: the mask file (data/masks.py)
     mask_source: str | None = None  # where it came from: "option" (--mask), "manifest" (a mask column), "auto"
     mask_sha256: str | None = None
     pixels: torch.Tensor | None = None  # [C, S, S] in [-1, 1]

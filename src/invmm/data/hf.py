@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from invmm.data.images import ImageItem
 from invmm.errors import InvMMInputError
-from invmm.families.lora import sha256_file
-from invmm.runs.images import ImageItem
+from invmm.store.hashing import sha256_file
 
 BATCH_ROWS = 1024
 

@@ -15,10 +15,10 @@ import csv
 import json
 from pathlib import Path
 
+from invmm.data import hf, shards
+from invmm.data.hf import Columns
+from invmm.data.images import IMAGE_SUFFIXES, ImageItem, collect_images
 from invmm.errors import InvMMInputError
-from invmm.runs import hf, shards
-from invmm.runs.hf import Columns
-from invmm.runs.images import IMAGE_SUFFIXES, ImageItem, collect_images
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
 KINDS = ("auto", "folder", "manifest", "shards", "hf", "parquet", "imagefolder")

@@ -11,7 +11,7 @@ import hashlib
 import re
 
 from invmm.errors import InvMMInputError
-from invmm.families.lora import sha256_file
+from invmm.store.hashing import sha256_file
 
 
 def parse_shard(text: str) -> tuple[int, int]:
