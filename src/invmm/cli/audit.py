@@ -47,12 +47,17 @@ def command(
     shard: Annotated[str, typer.Option(help="I/N: audit only part I of N of the dataset (by image id), e.g. one "
                                             "per machine; `invmm merge` joins the N runs")] = None,
     mask: Mask = None,
+    sample: Annotated[int, typer.Option(min=1, help="also invert a simple random sample of M images (outside the "
+                                                    "screen's top K with --screen; of the whole dataset without), "
+                                                    "drawn by --seed, so that `invmm assess` can bound how many "
+                                                    "of all the images the model reproduces")] = None,
     batch_images: BatchImages = 8,
 ):
     """Audit a whole dataset: InvMM per image into OUT/results.jsonl, resumable after any interruption."""
     try:
         model_options.chosen_device()  # said first: a GPU user sees at once where the audit will run
         items = data_options.load(data)
+        population = [it.id for it in items]  # the whole dataset, which a part's sample is drawn from
         part = parse_shard(shard) if shard else None
         if part:
             if keep is not None:
@@ -73,7 +78,7 @@ def command(
                   allow_pickle=model_options.allow_pickle, force_new=force_new, ray_address=address,
                   gpus_per_worker=gpus_per_worker, workers=workers, data_source=str(data), on_start=progress.start,
                   on_result=progress.result, run_extra={"argv": sys.argv}, data_info=items.describe(),
-                  shard=part, mask=mask)
+                  shard=part, mask=mask, sample=sample, population=population)
     except InvMMInputError as exc:
         fail(str(exc))
     finally:
@@ -81,6 +86,9 @@ def command(
     if s.screen:
         typer.echo(f"screen {s.screen['scorer']}: {s.screen['kept']} of {s.screen['of']} images kept for InvMM "
                    f"(scores in {s.run_dir}/{s.screen['folder']})")
+    if sample:
+        typer.echo(f"sample: {sample} random images of the rest inverted too (the design is in run.json; "
+                   f"`invmm assess {s.run_dir} --max-rate R` turns it into a statement about all the images)")
     what = f"{s.images} images x {s.repeats} repeats = {s.total} inversions" if s.repeats > 1 else f"{s.total} images"
     typer.echo(f"{s.run_dir}: {what}; {s.already_done} already done, {s.scored} scored now "
                f"({s.not_reproduced} not reproduced within the budget), {s.errors} errors, {s.seconds:.1f} s")

@@ -10,6 +10,7 @@ import typer
 
 from invmm.analysis.compare import compare_runs, format_comparison, write_comparison
 from invmm.analysis.dataset_inference import format_dataset_test, run_dataset_test, write_dataset_test
+from invmm.analysis.population import Policy
 from invmm.cli.common import deprecated, fail
 from invmm.errors import InvMMInputError
 from invmm.report.export import export_run
@@ -27,14 +28,19 @@ def report(
     by: Annotated[str, typer.Option(help="the score the report ranks, plots and compares by: paper, or refined (a "
                                          "run made with --refine)")] = "paper",
     rank_by: Annotated[str, typer.Option(hidden=True, help="deprecated spelling of --by")] = None,
+    max_rate: Annotated[float, typer.Option(help="an audit's assessment decided under this policy: at most this "
+                                                 "share of the population reproduced (as `invmm assess`)")] = None,
 ):
-    """Write a self-contained HTML report of a run (offline: images inlined, no external scripts)."""
+    """Write a self-contained HTML report of a run (offline: images inlined, no external scripts); an audit's
+    opens with its assessment (as `invmm assess` prints it)."""
     if rank_by is not None:
         deprecated("--rank-by", "--by")
         by = rank_by
     try:
+        if max_rate is not None and not 0 <= max_rate <= 1:
+            raise InvMMInputError(f"--max-rate is a share of the population in [0, 1], got {max_rate}")
         page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,
-                            rank_by=by)
+                            rank_by=by, policy=Policy(max_rate) if max_rate is not None else None)
     except InvMMInputError as exc:
         fail(str(exc))
     typer.echo(f"wrote {page}")

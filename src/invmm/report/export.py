@@ -11,10 +11,11 @@ from pathlib import Path
 
 from invmm.errors import InvMMInputError
 from invmm.records import InversionRecord, forward_equivalents, summarise
-from invmm.store.files import LEDGER_FILE, Ledger, atomic_write_bytes
+from invmm.runs.design import strata
+from invmm.store.files import LEDGER_FILE, Ledger, atomic_write_bytes, read_run_info
 
-COLUMNS = ["id", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes", "score_low",
-           "score_high", "interval_coverage", "refined_score", "refined_success", "steps", "min_similarity", "kl",
+COLUMNS = ["id", "stratum", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes",
+           "score_low", "score_high", "interval_coverage", "refined_score", "refined_success", "steps", "min_similarity", "kl",
            "final_lambda", "guidance_scale", "prompt_mode", "prompt", "class_mode", "class_label", "class_name",
            "seconds", "forward_equivalents", "check_forward", "map_forward", "seed", "resized", "error_kind", "error",
            "meta", "reproduced_fraction", "measured_on", "mask", "mask_sha256", "masked_fraction"]
@@ -23,7 +24,9 @@ REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "sco
                                                   "interval_coverage")] + ["repeat", "image_seed"]
 
 
-def _value(r: InversionRecord, column: str):
+def _value(r: InversionRecord, column: str, strata: dict | None = None):
+    if column == "stratum":  # a sampled audit's design: census (the screen's top K, or everything) or sample
+        return (strata or {}).get(r.id, "census")
     if column == "forward_equivalents":
         return forward_equivalents(r.calls) if r.calls else None
     if column in ("check_forward", "map_forward"):
@@ -39,8 +42,8 @@ def _value(r: InversionRecord, column: str):
     return getattr(r, column)
 
 
-def rows(results: list[InversionRecord], columns: list[str] = COLUMNS) -> list[dict]:
-    return [{c: _value(r, c) for c in columns} for r in results]
+def rows(results: list[InversionRecord], columns: list[str] = COLUMNS, strata: dict | None = None) -> list[dict]:
+    return [{c: _value(r, c, strata) for c in columns} for r in results]
 
 
 def _csv_value(v):
@@ -51,11 +54,12 @@ def _csv_value(v):
     return v
 
 
-def write_table_csv(results: list[InversionRecord], path: Path, columns: list[str] = COLUMNS) -> Path:
+def write_table_csv(results: list[InversionRecord], path: Path, columns: list[str] = COLUMNS,
+                    strata: dict | None = None) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
-    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows(results, columns))
+    w.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows(results, columns, strata))
     atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
     return Path(path)
 
@@ -70,14 +74,15 @@ def export_run(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = N
     out = Path(out) if out else run_dir / f"results.{fmt}"
     lines = Ledger(run_dir).read()
     results, columns = (lines, REPEAT_COLUMNS) if per_repeat else (summarise(lines), COLUMNS)
+    stratum = strata(read_run_info(run_dir).get("design"))
     if fmt == "csv":
-        return write_table_csv(results, out, columns)
+        return write_table_csv(results, out, columns, stratum)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InvMMInputError("Parquet export needs pyarrow: pip install 'invmm[parquet]'") from None
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows(results, columns)), sink)
+    pq.write_table(pa.Table.from_pylist(rows(results, columns, stratum)), sink)
     atomic_write_bytes(out, sink.getvalue().to_pybytes())
     return out

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from invmm.analysis.assess import assess_run, statement
 from invmm.analysis.compare import compare_runs, comparison_html
 from invmm.analysis.evaluate import choose_labels
 from invmm.analysis.metrics import bootstrap_intervals, oriented, roc_metrics
 from invmm.analysis.plots import check_curves_png, histograms_png, intervals_png, roc_png
+from invmm.analysis.population import Policy
 from invmm.errors import InvMMInputError
 from invmm.records import MIXED_REGIONS_NOTE, ImageSummary, forward_equivalents, region_counts, sum_calls, summarise
 from invmm.repeats import compare_scores, rep_score
 from invmm.report.export import write_table_csv
+from invmm.runs.design import strata
 from invmm.runs.scores import read_scores
 from invmm.runs.screen import suspicion_order
 from invmm.store.artifacts import artifact_stems
@@ -90,10 +93,12 @@ def _sort_value(v) -> str:
 
 
 def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | None = None,
-                 out: Path | None = None, compare_with: str | Path | None = None, rank_by: str = "paper") -> Path:
+                 out: Path | None = None, compare_with: str | Path | None = None, rank_by: str = "paper",
+                 policy: Policy | None = None) -> Path:
     """`compare_with`: a run of the base model over the same images; the report then shows what this run's
     model (the fine-tune) added (compare.py). `rank_by`: "paper", or "refined" for a run made with the
-    refinement: the ranking, figures and comparison then use the refined score."""
+    refinement: the ranking, figures and comparison then use the refined score. An audit's report opens with its
+    assessment (analysis/assess.py), decided under `policy` when one is given."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise InvMMInputError(f"{run_dir}: no {RUN_FILE}; give a folder written by `invmm audit` or `invmm measure`")
@@ -110,6 +115,9 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
     finite = [r for r in ok if math.isfinite(r.score)]
     labels = sorted({r.label for r in ok if r.label is not None})
 
+    assessment = assess_run(run_dir, policy) if info.get("kind") == "audit" and not (
+        info.get("design") or {}).get("part") else None
+    stratum = strata(info.get("design"))
     kinds = region_counts(ok)
     mixed = all(kinds.values())  # masked and whole-image scores in one run (--mask auto, a partial mask column)
 
@@ -179,6 +187,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              "<p class='note'>InvMM score: KL divergence of the fitted noise distribution from N(0, I) when its "
              "samples first all reproduce the image. Lower = more strongly memorized; inf = not reproduced within the "
              "budget.</p>" + (REFINED_NOTE if rank_by == "refined" else ""),
+             _assessment_section(assessment),
              "<h2>Run</h2><table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
                                                           for k, v in meta) + "</table>",
              "<h2>Scores</h2>",
@@ -194,7 +203,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
              _screen_section(run_dir, info, results),
              _top_section(stems, finite, top_k, out, cfg.get("beta")),
              _misses_section(stems, ok, top_k, out, cfg.get("beta")),
-             _table_section(results),
+             _table_section(results, stratum),
              f"<script>{SORT_JS}</script></body></html>"]
     page = out / "index.html"
     atomic_write_bytes(page, "\n".join(parts).encode("utf-8"))
@@ -440,9 +449,44 @@ def _class_text(r: ImageSummary) -> str:
     return f"class {r.class_label}{name}" + (", inverted" if r.class_mode == "inverted" else "")
 
 
-def _table_section(results: list[ImageSummary]) -> str:
+def _assessment_section(a) -> str:
+    """The model-level answer first: the statement, the strata, the bounds and the decision under the policy."""
+    if a is None:
+        return ""
+    c, e = a.counts, a.estimate
+    conf = f"{100 * e.confidence:g}%"
+    kind = "every image" if a.design_kind == "everything" else a.design_kind
+    rows = [("population", f"{c.population:,} images"),
+            ("census stratum", f"{c.census:,} images ({kind}), {c.census_found} reproduced, {c.census_unknown} "
+                               "without an outcome"),
+            ("random sample of the rest", f"{c.drawn:,} of {c.rest:,} images, {c.found} reproduced, {c.unknown} "
+                                          "without an outcome" if c.drawn else
+             ("none: the rest was not looked at" if c.rest else "none needed: every image was inverted")),
+            (f"{conf} two-sided interval", f"[{e.two_sided[0]:,}, "
+                                           f"{'unbounded' if e.two_sided[1] is None else format(e.two_sided[1], ',')}]"
+                                           " images"),
+            (f"{conf} one-sided bounds", f"at least {e.lower:,}, at most "
+                                         f"{'unbounded' if e.upper is None else format(e.upper, ',')}")]
+    if a.recall and a.recall.get("recall") is not None:
+        rows.append(("screen recall", f"{a.recall['recall']:.2f} (at least {a.recall['lower']:.2f})"))
+    if a.policy is not None:
+        rows.append(("policy", f"at most {100 * a.policy.max_rate:g}% of the population"
+                               + (f", at most {a.policy.max_count} found" if a.policy.max_count is not None else "")))
+        rows.append(("decision", a.decision + (f": about {a.plan['more']:,} more random images would decide"
+                                               if a.plan else "")))
+    return ("<h2>Is this model safe to ship?</h2>"
+            f"<p><b>{_e(statement(a))}</b></p><table class='meta'>"
+            + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+            + "".join(f"<p class='note'>{_e(n)}</p>" for n in a.notes)
+            + "<p class='note'>What this promises: a count of images the model reproduces within this run's budget "
+              "and settings, not a proof that any other image can never be produced. `invmm assess RUN --max-rate R` "
+              "decides it as a release gate.</p>")
+
+
+def _table_section(results: list[ImageSummary], stratum: dict | None = None) -> str:
     refined = ["refined_score", "refined_success"] if any(r.refined_score is not None for r in results) else []
-    cols = ["id", "label", "score", *refined,
+    stratum = stratum or {}
+    cols = ["id", *(["stratum"] if stratum else []), "label", "score", *refined,
             "success", "successes", "n_repeats", "score_low", "score_high", "steps",
             "min_similarity", "reproduced_fraction",
             *(["measured_on", "masked_fraction"] if any(r.mask for r in results) else []),
@@ -452,7 +496,8 @@ def _table_section(results: list[ImageSummary]) -> str:
     for r in results:
         cells = []
         for c in cols:
-            v = (r.mask or {}).get("fraction") if c == "masked_fraction" else getattr(r, c)
+            v = (r.mask or {}).get("fraction") if c == "masked_fraction" else \
+                stratum.get(r.id, "census") if c == "stratum" else getattr(r, c)
             if c == "score" and r.status != "ok":
                 v = None
             cls = " class='err'" if c == "error" and v else ""

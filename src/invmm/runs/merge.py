@@ -18,6 +18,7 @@ from pathlib import Path
 from invmm.config import stored_config
 from invmm.data.split import part_of
 from invmm.errors import InvMMInputError
+from invmm.runs.design import merge as merge_design
 from invmm.runs.scores import SCORES_FILE, ScoreRecord
 from invmm.runs.screen import SCREEN_DIR, select_kept
 from invmm.store.artifacts import ARTIFACT_NAMES, artifact_stems, copy_artifacts
@@ -60,7 +61,11 @@ def _settings(info: dict) -> dict:
             # masks are part of the whole dataset (split.whole hashes them), so a part whose own rows have none
             # still merges with the others
             "mask": _option_mask(info.get("mask")),
-            "automatic masks": (info.get("auto_mask") or {}).get("threshold")}
+            "automatic masks": (info.get("auto_mask") or {}).get("threshold"),
+            # the design: the same population, seed and sample size (each part holds its own candidates)
+            "design": {k: (info.get("design") or {}).get(k) for k in ("population", "population_ids_sha256", "seed")}
+            | {"sample": ((info.get("design") or {}).get("sample") or {}).get("m"),
+               "census": ((info.get("design") or {}).get("census") or {}).get("kind")}}
 
 
 def _option_mask(mask: dict | None) -> dict | None:
@@ -147,18 +152,25 @@ def merge_runs(runs: list[str | Path], out: str | Path, *, allow_incomplete: boo
         merged_screen = [rec for part in screens for rec in part]
         kept = select_kept(merged_screen, screen["settings"]["higher_is_better"], screen["keep_top"])
 
+    records = [rec for part in ledgers for rec in part]
+    design = merge_design([i.get("design") for i in infos], kept, {rec.id for rec in records}) \
+        if infos[0].get("design") else None
+    wanted = None if kept is None else set(kept)
+    if design and design.get("sample"):  # the whole's census and its sample; the other candidates go beyond
+        wanted = (wanted or set()) | set(design["sample"]["ids"])
     with RunLock(out):
-        records = [rec for part in ledgers for rec in part]
-        inside = [rec for rec in records if kept is None or rec.id in kept]
-        beyond = [rec for rec in records if kept is not None and rec.id not in kept]
+        inside = [rec for rec in records if wanted is None or rec.id in wanted]
+        beyond = [rec for rec in records if wanted is not None and rec.id not in wanted]
         info = _merged_info(runs, infos, inside, kept, incomplete)
+        if design is not None:
+            info["design"] = design
         _write_lines(out / LEDGER_FILE, [rec.to_json() for rec in inside])
         if beyond:
             _write_lines(out / BEYOND_FILE, [rec.to_json() for rec in beyond])
         for r, part, part_info in zip(runs, ledgers, infos):
             stems = artifact_stems(r, part_info, ((rec.id, rec.repeat) for rec in part))  # older parts: older names
             for rec in part:
-                if (kept is None or rec.id in kept) and stems[(rec.id, rec.repeat)] is not None:
+                if (wanted is None or rec.id in wanted) and stems[(rec.id, rec.repeat)] is not None:
                     copy_artifacts(r, out, rec.id, rec.repeat, src_stem=stems[(rec.id, rec.repeat)])
         if any(screens):
             _merge_screen(runs, out, screens)

@@ -3,6 +3,7 @@ scores): create it, or, to resume, check that it was made the same way."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from invmm.config import stored_config
@@ -71,6 +72,7 @@ def _run_differences(old: dict, info: dict) -> list[str]:
     if diff:
         changed.append("model settings " + "; ".join(diff))
     changed += device_differences(old, info)
+    changed += design_differences(old.get("design"), info.get("design"))
     if old.get("mask") != info.get("mask"):
         changed.append(f"mask {mask_text(old.get('mask'))} -> {mask_text(info.get('mask'))}")
     if old.get("shard") != info.get("shard"):
@@ -87,6 +89,32 @@ def device_differences(old: dict, info: dict) -> list[str]:
         return []
     return [f"device {old['device']} -> {info['device']} (give --device {device_kind(old['device'])} to go on "
             "where the run began)"]
+
+
+def design_differences(old: dict | None, new: dict | None) -> list[str]:
+    """A resumed audit inverts the same strata and the same sample. A run made before designs were recorded is a
+    census of what it inverted: resuming it the same way is no change, adding a sample is."""
+    if old is None:
+        return [] if not (new or {}).get("sample") else ["design: a sample added to a run made without one"]
+    a, b = design_digest(old), design_digest(new)
+    diff = [k for k in a if a[k] != (b or {}).get(k)]
+    return [f"design ({', '.join(diff)}: the population, the census or the sample changed)"] if diff else []
+
+
+def design_digest(design: dict | None) -> dict | None:
+    """What a resume must find unchanged: the population, the strata and the sample (by the hash of their ids)."""
+    if not design:
+        return None
+    sample = design.get("sample") or {}
+    census = design.get("census") or {}
+    return {"population": design.get("population"), "population ids": design.get("population_ids_sha256"),
+            "seed": design.get("seed"), "census": census.get("kind"),
+            "census ids": ids_sha256(census.get("ids") or []), "sample size": sample.get("m"),
+            "sample ids": ids_sha256(sample.get("ids") or sample.get("candidates") or [])}
+
+
+def ids_sha256(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
 def mask_text(mask: dict | None) -> str:
