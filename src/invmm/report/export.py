@@ -15,10 +15,11 @@ from invmm.runs.design import strata
 from invmm.store.files import LEDGER_FILE, Ledger, atomic_write_bytes, read_run_info
 
 COLUMNS = ["id", "stratum", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes",
-           "score_low", "score_high", "interval_coverage", "refined_score", "refined_success", "steps", "min_similarity", "kl",
-           "final_lambda", "guidance_scale", "prompt_mode", "prompt", "class_mode", "class_label", "class_name",
-           "seconds", "forward_equivalents", "check_forward", "map_forward", "seed", "resized", "error_kind", "error",
-           "meta", "reproduced_fraction", "measured_on", "mask", "mask_sha256", "masked_fraction"]
+           "score_low", "score_high", "interval_coverage", "refined_score", "refined_success", "steps",
+           "min_similarity", "kl", "final_lambda", "guidance_scale", "prompt_mode", "prompt", "class_mode",
+           "class_label", "class_name", "seconds", "forward_equivalents", "check_forward", "map_forward", "seed",
+           "resized", "error_kind", "error", "meta", "reproduced_fraction", "measured_on", "mask", "mask_sha256",
+           "masked_fraction"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
