@@ -309,3 +309,23 @@ def test_ray_screen_equals_local(tmp_path, toy_model, dataset, ray_cluster):
         if r.status == "ok":
             assert remote.records[i].score == pytest.approx(r.score, rel=1e-5)
     assert remote.records["broken"].status == "error" and "broken.png" in remote.records["broken"].error
+
+
+@pytest.mark.slow
+def test_ray_runs_the_sampled_design_as_the_local_audit_does(tmp_path, toy_model, dataset, ray_cluster):
+    """The design (the screen's top K and a random sample of the rest) is chosen before the backend runs it: on Ray
+    the same images are inverted with the same results, and run.json holds the same design."""
+    from invmm.config import preset
+    from invmm.data.datasets import load_dataset
+    from invmm.runs.audit import audit
+
+    cfg = preset("ddpm", similarity="pixel", max_steps=20, check_every=10, sampler_steps=5, batch_size=8)
+    runs = {}
+    for backend in ("local", "ray"):
+        audit(str(toy_model), load_dataset(dataset / "small.csv"), cfg, tmp_path / backend, screen="loss",
+              keep_top=2, sample=3, batch_images=4, **({"backend": "ray"} if backend == "ray" else {}))
+        runs[backend] = json.loads((tmp_path / backend / "run.json").read_text())["design"]
+    assert runs["ray"] == runs["local"]
+    assert runs["local"]["census"]["n"] == 2 and len(runs["local"]["sample"]["ids"]) == 3
+    assert len(Ledger(tmp_path / "local").read()) == 5
+    assert_same_runs(Ledger(tmp_path / "local").read(), Ledger(tmp_path / "ray").read(), what="ray")

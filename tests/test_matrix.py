@@ -146,6 +146,8 @@ TINY_INVMM = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--
 @pytest.mark.slow
 @pytest.mark.parametrize("fam", E2E_FAMILIES)
 def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_path, labelled, fam):
+    """evaluate's default scorers, the audit's default screen with a random sample of the rest, and `assess` on
+    that design, through the commands on each family."""
     model, manifest = labelled[fam]
     adapter = load_adapter(str(model))
     # every default scorer on images, labels and conditioning read from a Parquet of image bytes
@@ -158,9 +160,18 @@ def test_evaluate_and_the_screen_with_their_defaults_run_on_every_family(tmp_pat
     assert scored == set(expected) and all(f"default scorer {n} left out" in res.output for n in left_out)
     if NOISE_SCHEDULE not in adapter.capabilities:
         assert set(left_out) == {"loss", "secmi", "pia"}
+    # the model-level design: the screen's top 1 (a census) and a random 2 of the other 3, then the gate
     res = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(tmp_path / "audit"), "--screen", "auto",
-                              "--keep-top", "1", *TINY_INVMM])
+                              "--keep-top", "1", "--sample", "2", *TINY_INVMM])
     assert res.exit_code == 0, res.output
+    design = json.loads((tmp_path / "audit" / "run.json").read_text())["design"]
+    inverted = {json.loads(line)["id"] for line in (tmp_path / "audit" / "results.jsonl").read_text().splitlines()}
+    assert design["population"] == 4 and len(inverted) == 3
+    gate = runner.invoke(app, ["assess", str(tmp_path / "audit"), "--max-rate", "0.5", "--json"])
+    assert gate.exit_code in (0, 1, 3), gate.output
+    j = json.loads(gate.stdout)
+    assert j["census"]["n"] == 1 and j["sample"]["n"] == 2 and j["sample"]["frame"] == 3
+    assert j["decision"] == {0: "go", 1: "no-go", 3: "undecided"}[gate.exit_code]
     screen = auto_screen(adapter)
     if screen != "loss":  # a model without a noise schedule: --screen loss is refused, naming what it can use
         bad = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(tmp_path / "bad"),

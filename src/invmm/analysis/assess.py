@@ -233,3 +233,16 @@ def planning(population: int, policy: Policy, census: int = 0) -> dict:
     m = sample_size_for_go(rest, math.floor(allowed), policy.confidence)
     return {"population": population, "census": census, "rest": rest, "allowed": allowed, "sample": m,
             "rule_of_three": None if policy.max_rate <= 0 else math.ceil(3 / policy.max_rate)}
+
+
+def format_plan(plan: dict, confidence: float) -> str:
+    census = f"the screen's top {plan['census']:,} (a census) and " if plan["census"] else ""
+    if plan["sample"] is None:
+        return (f"plan: no sample can reach a go at {plan['allowed']:,.1f} images: the policy allows fewer than the "
+                "census could already hold")
+    return (f"plan: to show with {100 * confidence:g}% confidence that at most {plan['allowed']:,.1f} of the "
+            f"{plan['population']:,} images are reproduced, invert {census}a random sample of {plan['sample']:,} "
+            f"of the other {plan['rest']:,} (`invmm audit ... --sample {plan['sample']}`): a go if none of them is "
+            f"reproduced (the rule of three gives about {plan['rule_of_three']:,}); worst case (nothing reproduced): "
+            f"{plan['forward_equivalents_worst_case']:,} forward-equivalents, {plan['hours_worst_case']:.2f} hours "
+            "on this device")

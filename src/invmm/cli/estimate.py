@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from invmm.analysis.assess import format_plan, planning
 from invmm.analysis.estimate import estimate, format_estimate
+from invmm.analysis.population import Policy
 from invmm.cli.common import deprecated, fail, load
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, ModelOptions, Repeats, grouped
 from invmm.config import check_config_for_model
@@ -29,6 +31,12 @@ def command(
     json_file: Annotated[Path, typer.Option("--json", hidden=True, help="deprecated spelling of --json-out")] = None,
     repeats: Repeats = 1,
     batch_images: BatchImages = 8,
+    max_rate: Annotated[float, typer.Option(help="plan a model-level audit: the random sample that reaches a go "
+                                                 "at this policy (at most this share reproduced) if none of it "
+                                                 "is, and what the design costs")] = None,
+    keep_top: Annotated[int, typer.Option(help="with --max-rate: the census of the screen's top K the audit "
+                                               "would invert too (`audit --screen S --keep-top K`)")] = None,
+    confidence: Annotated[float, typer.Option(help="with --max-rate: the confidence of the gate")] = 0.95,
 ):
     """Before an audit: model calls per image and, from a short probe on the device, the hours if nothing is
     reproduced (every image runs its whole budget)."""
@@ -51,6 +59,21 @@ def command(
         fail(str(exc))
     result = estimate(adapter, config, len(items), sim, probe.pixels, batch_images=batch_images, repeats=repeats)
     typer.echo(format_estimate(result))
+    if max_rate is not None:
+        try:
+            if not 0 < max_rate <= 1 or not 0 < confidence < 1:
+                raise InvMMInputError(f"--max-rate must be in (0, 1] and --confidence in (0, 1), got {max_rate} and "
+                                      f"{confidence}")
+            if keep_top is not None and not 0 <= keep_top <= len(items):
+                raise InvMMInputError(f"--keep-top must be between 0 and the {len(items)} images, got {keep_top}")
+        except InvMMInputError as exc:
+            fail(str(exc))
+        plan = planning(len(items), Policy(max_rate, confidence=confidence), census=keep_top or 0)
+        inversions = (plan["census"] + (plan["sample"] or 0)) * repeats
+        plan["hours_worst_case"] = inversions * result["seconds_per_image_not_reproduced"] / 3600
+        plan["forward_equivalents_worst_case"] = inversions * result["calls_per_image"]["high"]["forward_equivalents"]
+        result["plan"] = plan
+        typer.echo("\n" + format_plan(plan, confidence))
     if json_out:
         atomic_write_json(json_out, result)
         typer.echo(f"\nwrote {json_out}")
