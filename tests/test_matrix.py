@@ -269,3 +269,29 @@ def test_masks_and_the_memorization_map_on_every_family(tmp_path, labelled, fam)
         assert 0 <= d["reproduced_fraction"] <= 1 and d["calls"]["map_forward"] > 0
         assert Path(f"{artifact_stem(out, d['id'])}.map.png").is_file()
     assert json.loads((out / "run.json").read_text())["mask"]["n"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_early_stop_on_every_family_known_and_inverted(tmp_path, labelled, fam):
+    """`audit --early-stop` through the command on each family, with the data's captions or classes and, for a
+    conditional family, inverted: the tiny random pipelines reproduce nothing, so every image is examined at the
+    patience (its centre and one draw, at the scale its check came closest at) and stops there, recorded as such;
+    the export says so."""
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    modes = [[], ["--invert-prompt"]] if adapter.conditional else [[]]
+    for k, mode in enumerate(modes):
+        out = tmp_path / f"audit{k}"
+        res = runner.invoke(app, ["audit", str(model), str(manifest), "--out", str(out), *TINY_INVMM[2:],
+                                  "--max-steps", "4", "--early-stop", "--early-stop-patience", "2",
+                                  "--early-stop-samples", "2", *mode])
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert len(lines) == 4
+        for d in lines:
+            assert d["status"] == "ok" and d["score"] is None and d["score_is_inf"] and d["steps"] == 2, d
+            assert d["early_stop"]["stopped"] and d["early_stop"]["exams"][0][:3] == [2, 0, 2], d["early_stop"]
+            assert d["calls"]["stop_forward"] > 0
+        assert runner.invoke(app, ["export", str(out)]).exit_code == 0
+        assert (out / "results.csv").read_text().count(",True,2,") == 4

@@ -69,6 +69,11 @@ class InvMMConfig:
     refine_samples: int = 32
     refine_tail: float = 0.05
     refine_max_checks: int = 12
+    # Early stopping (inversion/early_stop.py): off by default, so that every result is the paper's. On, an
+    # inversion stops when the calibrated rule predicts that it will not be reproduced within the budget.
+    early_stop: bool = False
+    early_stop_patience: int = 500  # steps before an image without a sign of a copy is examined (calibrated there)
+    early_stop_samples: int = 32  # samples of the examination; none a copy: the image stops
     # With a mask (partial memorization) the check compares the masked region; the reconstruction loss is then
     # "weighted" by the mask (downsampled to the latent grid) or kept over the "whole" image as the paper's is
     # (measured on the template toy: docs/benchmarks/partial-memorization.md).
@@ -118,6 +123,10 @@ class InvMMConfig:
             problems.append(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like ancestral), got {self.eta}")
         if self.eta > 0 and self.sampler == "euler":
             problems.append("eta > 0 needs the ddim sampler; the flow-matching Euler sampler is deterministic")
+        if self.early_stop_patience < 1:
+            problems.append(f"early_stop_patience must be >= 1 (steps), got {self.early_stop_patience}")
+        if self.early_stop_samples < 1:
+            problems.append(f"early_stop_samples must be >= 1, got {self.early_stop_samples}")
         if self.map_samples < 0:
             problems.append(f"map_samples must be >= 0 (0: no memorization map), got {self.map_samples}")
         if self.mask_loss not in MASK_LOSSES:
@@ -150,7 +159,8 @@ class InvMMConfig:
 # Fields added after run folders were already written, whose defaults reproduce those runs exactly: a run.json
 # without them resumes as if it had them at these values.
 BACKWARD_DEFAULTS = {"check_preview_steps": 0, "check_preview_margin": 0.0, "check_skip_rec": None,
-                     "mask_loss": "weighted", "map_samples": 8}
+                     "mask_loss": "weighted", "map_samples": 8, "early_stop": False,
+                     "early_stop_patience": 500, "early_stop_samples": 32}
 
 
 def stored_config(d: dict) -> dict:

@@ -40,15 +40,15 @@ MIXED_REGIONS_NOTE = ("measured on two kinds of region: a score under a mask and
 SCORE_KINDS = ("paper", "refined")
 
 # --- model calls (see inversion/cost.py for what each counts) ---
-CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "map_forward", "vae_encode", "vae_decode",
-               "text_encoder", "similarity")
+CALL_FIELDS = ("opt_forward", "opt_backward", "check_forward", "map_forward", "stop_forward", "vae_encode",
+               "vae_decode", "text_encoder", "similarity")
 
 
 def forward_equivalents(calls: dict) -> int:
     """A backward costs about two forwards: opt_forward + 2 opt_backward + check_forward + map_forward (the
-    memorization map's samples)."""
+    memorization map's samples) + stop_forward (early stopping's samples)."""
     return int(calls.get("opt_forward", 0) + 2 * calls.get("opt_backward", 0) + calls.get("check_forward", 0)
-               + calls.get("map_forward", 0))
+               + calls.get("map_forward", 0) + calls.get("stop_forward", 0))
 
 
 def sum_calls(many) -> Counter:
@@ -122,6 +122,10 @@ class InversionRecord:
     # image) and the share of pixels the memorization map marks as reproduced (check.py).
     mask: dict | None = None
     reproduced_fraction: float | None = None
+    # With config.early_stop (inversion/early_stop.py): {stopped, first_sign, best_similarity} and, for an inversion
+    # stopped before its budget because the rule predicted it would not be reproduced, {rule, step, patience, beta}.
+    # A stopped inversion's score is inf and its steps those it ran.
+    early_stop: dict | None = None
 
     def __post_init__(self):
         self.checks = [CheckRecord.of(c) for c in self.checks]
@@ -147,7 +151,7 @@ class InversionRecord:
         if self.class_mode is None:  # not a class-conditional model
             for name in ("class_mode", "class_label", "class_name"):
                 d.pop(name)
-        for name in ("meta", "mask", "reproduced_fraction"):  # lines without them stay as they were
+        for name in ("meta", "mask", "reproduced_fraction", "early_stop"):  # lines without them stay as they were
             if d[name] is None:
                 d.pop(name)
         if self.refined_score is None:  # no refinement: lines stay as they were
@@ -252,7 +256,8 @@ def _repeat(r: InversionRecord) -> dict:
             "min_similarity": r.min_similarity, "image_seed": r.image_seed, "seconds": r.seconds,
             "checks": r.checks,
             **({"refined_score": r.refined_score if math.isfinite(r.refined_score) else None,
-                "refined_success": r.refined_success} if r.refined_score is not None else {})}
+                "refined_success": r.refined_success} if r.refined_score is not None else {}),
+            **({"early_stop": r.early_stop} if r.early_stop is not None else {})}
 
 
 def score_to_json(score: float) -> tuple[float | None, bool]:

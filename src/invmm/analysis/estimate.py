@@ -59,6 +59,20 @@ def worst_case_calls(adapter, config: InvMMConfig) -> dict:
     return out
 
 
+def early_stop_calls(adapter, config: InvMMConfig) -> dict:
+    """With --early-stop: the step where an image that never shows a sign of a copy stops (the first check at or
+    after the patience, or the budget) and its denoiser calls at the low bound of worst_case_calls (each check
+    stopped after its first round), plus the examination's samples (at the first guidance scale: the cheapest;
+    the rule examines at the scale the last check came closest at)."""
+    stop = min(-(-config.early_stop_patience // config.check_every) * config.check_every, config.max_steps)
+    short = config.replace(max_steps=stop)
+    calls = dict(worst_case_calls(adapter, short)["low"])
+    first = config.guidance_scales[0] if adapter.conditional else 1.0
+    calls["stop_forward"] = check_forwards(adapter, config.replace(guidance_scales=[first]), config.early_stop_samples)
+    calls.pop("forward_equivalents")
+    return {"stop_step": stop, "calls": {**calls, "forward_equivalents": forward_equivalents(calls)}}
+
+
 def probe_seconds(adapter, config: InvMMConfig, similarity, pixels: torch.Tensor, *, batch_images: int,
                   steps: int = 3) -> dict:
     """Seconds per optimisation step and per failing check, per image, measured on a full batch."""
@@ -82,13 +96,25 @@ def estimate(adapter, config: InvMMConfig, n_images: int, similarity, pixels: to
     probe = probe_seconds(adapter, config, similarity, pixels, batch_images=batch_images)
     per_image_s = config.max_steps * probe["step_s"] + checks_per_image(config) * probe["check_s"]
     inversions = n_images * repeats
-    return {
+    out = {
         "images": n_images, "repeats": repeats, "preset": config.preset, "max_steps": config.max_steps,
         "checks_per_image": checks_per_image(config), "calls_per_image": calls, "probe": probe,
         "seconds_per_image_not_reproduced": per_image_s,
         "hours_worst_case": inversions * per_image_s / 3600,
         "device": str(adapter.device),
     }
+    if config.early_stop:
+        stop = early_stop_calls(adapter, config)
+        # the examination: m samples where a failing check generates one at each scale, an upper bound of m checks
+        checks = stop["stop_step"] // config.check_every + config.early_stop_samples
+        stopped_s = stop["stop_step"] * probe["step_s"] + checks * probe["check_s"]
+        out["early_stop"] = {
+            **stop, "patience": config.early_stop_patience, "seconds_per_image_stopped": stopped_s,
+            "fewer_calls_per_stopped_image": calls["low"]["forward_equivalents"] / stop["calls"]["forward_equivalents"],
+            "hours_if_every_image_stops": inversions * stopped_s / 3600,
+            "prediction": "a prediction: only images that show no sign of a copy by the patience stop; "
+                          "how many do is measured per toy in docs/benchmarks/early-stopping.md"}
+    return out
 
 
 def format_estimate(e: dict) -> str:
@@ -105,5 +131,15 @@ def format_estimate(e: dict) -> str:
         ("seconds per image not reproduced", f"{e['seconds_per_image_not_reproduced']:.1f}"),
         ("hours, worst case (nothing reproduced)", f"{e['hours_worst_case']:.2f}"),
     ]
+    if "early_stop" in e:
+        es = e["early_stop"]
+        rows += [
+            ("with --early-stop (a prediction)", f"an image with no sign of a copy by step {es['patience']:,} stops "
+                                                 f"at step {es['stop_step']:,}: {es['calls']['forward_equivalents']:,} "
+                                                 f"forward-equivalents, {es['fewer_calls_per_stopped_image']:.1f}x "
+                                                 "fewer than its full budget; an image with a sign runs the budget"),
+            ("hours if every image stops", f"{es['hours_if_every_image_stops']:.2f} (the best case; how many stop "
+                                           "is measured per toy in docs/benchmarks/early-stopping.md)"),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

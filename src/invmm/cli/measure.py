@@ -97,7 +97,8 @@ def format_table(results) -> str:
     if refined:
         rows[0] = rows[0][:2] + ("refined", "P(success)") + rows[0][2:]
     for r in results:
-        row = [r.id, _score(r), "yes" if r.success else "no", str(r.steps),
+        stopped = bool(r.early_stop and r.early_stop.get("stopped"))
+        row = [r.id, _score(r), "yes" if r.success else "no", f"{r.steps} stopped" if stopped else str(r.steps),
                "-" if r.min_similarity is None else f"{r.min_similarity:.3f}",
                "-" if r.seconds is None else f"{r.seconds:.1f}"]
         if repeated:
@@ -130,6 +131,10 @@ def format_table(results) -> str:
     if any(r.measured_on == "mask" for r in results):
         lines += ["", "region: what the check compared, a mask (its share of the image) or the whole image; "
                       "scores of the two are on different scales (docs/concepts/partial-memorization.md)"]
+    if any(r.early_stop and r.early_stop.get("stopped") for r in results):
+        lines += ["", "stopped: --early-stop ended the inversion before its budget (none of its samples, nor an "
+                      "examination of more at the patience, was a copy); inf predicted, not a completed budget "
+                      "(docs/concepts/early-stopping.md)"]
     if refined:
         lines += ["", "refined: the paper's score averaged over the success check's luck on the same inversion, "
                       "given a success within the budget; P(success): the estimated chance of one "

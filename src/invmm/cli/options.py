@@ -118,6 +118,16 @@ class InvMMOptions:
                                                      "estimate")] = None
     refine_max_checks: Annotated[int, typer.Option(help="with --refine: checks evaluated before and after the "
                                                         "paper's success, at most each way")] = None
+    # Early stopping of inversions predicted not to be reproduced (docs/concepts/early-stopping.md)
+    early_stop: Annotated[bool, typer.Option(help="opt-in: stop an inversion whose samples have shown no sign of a "
+                                                  "copy by --early-stop-patience steps and of which none of "
+                                                  "--early-stop-samples more samples is a copy; recorded as inf with "
+                                                  "the step it stopped at. Off: every result is the paper's")] = None
+    early_stop_patience: Annotated[int, typer.Option(help="with --early-stop: the step from which an image without a "
+                                                          "sign of a copy is examined (default 500, calibrated on the "
+                                                          "toys)")] = None
+    early_stop_samples: Annotated[int, typer.Option(help="with --early-stop: samples of the examination (default "
+                                                         "32)")] = None
 
     def config(self, adapter) -> InvMMConfig:
         """The model's preset with these settings over it."""

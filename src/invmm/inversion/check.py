@@ -176,6 +176,7 @@ class SuccessCheck:
             for k, (values, batch) in previews.get(id(c), {}).items():
                 c.sims[k], c.samples[k] = values, [batch]
         k = c.decided = c.passed if c.passed is not None else c.closest()
+        s.check_scale = scales[k]  # the scale whose samples the record keeps (early_stop.py examines there)
         s.similarities, s.samples = c.sims[k], torch.cat(c.samples[k])
         kl = float(kl_to_standard_normal(s.mu[None], s.logvar[None])[0])
         s.checks.append(CheckRecord(s.step, kl, s.lam, min(s.similarities), s.prev_check_mean))

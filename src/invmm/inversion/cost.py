@@ -5,6 +5,7 @@ Counts are rows through a model (one image of a batch through one network evalua
 - `check_forward`: the denoiser in the success checks (each sampler step of each sample, twice for a
   sample at a guidance scale other than 1: conditional and unconditional pass);
 - `map_forward`: the same for the memorization map's samples, once per inversion at its last check (check.py);
+- `stop_forward`: the same for early stopping's centre samples, one per failed check (early_stop.py);
 - `vae_encode`, `vae_decode`: the autoencoder of latent models (the target once, each check or map sample once);
 - `text_encoder`: prompts through the text encoder(s) (soft prompts every step, check prompts, captions);
 - `similarity`: check samples compared with the target.

@@ -21,6 +21,7 @@ from invmm.functional import MAP_THRESHOLD, kl_to_standard_normal, seed_from
 from invmm.inversion.check import SuccessCheck
 from invmm.inversion.conditioning import conditioner, given_condition
 from invmm.inversion.cost import Meter
+from invmm.inversion.early_stop import EarlyStop
 from invmm.inversion.optimise import OptimisationStep
 from invmm.inversion.refine import Refiner
 from invmm.inversion.state import ImageState, Outcome, Target
@@ -68,6 +69,7 @@ class Inverter:
         self.check = SuccessCheck(self)
         self.step = OptimisationStep(self)
         self.refiner = Refiner(self) if config.refine else None
+        self.stopper = EarlyStop(self) if config.early_stop else None
 
     def autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -96,6 +98,12 @@ class Inverter:
                     if self.refiner:  # every checked distribution, for the copy-probability estimates
                         for s in paper:
                             self.refiner.snapshot(s)
+                    if self.stopper:  # only images whose check failed with budget left: the paper's rule first
+                        ending_now = {id(s) for s, *_ in finished}
+                        stopped = self.stopper([s for s in paper if id(s) not in ending_now])
+                        if stopped and self.config.map_samples:
+                            self.check.last_maps(stopped)
+                        finished += [(s, False, None) for s in stopped]
                 outcomes_now = self._close(finished, [s for s in checking if s.paper is not None])
                 for s, outcome in outcomes_now:
                     active.remove(s)
@@ -170,6 +178,7 @@ class Inverter:
             refined_score=None if self.refiner is None or success or error else math.inf,
             mask=s.target.mask_info,
             reproduced_fraction=None if s.map is None else round(float((s.map >= MAP_THRESHOLD).float().mean()), 6),
+            early_stop=self.stopper.record(s) if self.stopper else None,
             **(s.cond.describe() if s.cond else {}),
         )
         # Copies: on the CPU .cpu() is the tensor itself, which a refinement goes on optimising.

@@ -59,6 +59,11 @@ class ImageState:
     paper: Outcome | None = None
     paper_calls: Counter | None = None
     refine_checks: int = 0
+    # Early stopping (inversion/early_stop.py): the evidence gathered at each failed check, and why it stopped.
+    stop_evidence: list = field(default_factory=list)  # (step, best similarity of the check's samples)
+    stop_exams: list = field(default_factory=list)  # (step, copies, samples, best, first copy's index)
+    check_scale: float = 1.0  # the guidance scale of the last check's kept samples
+    early_stop: dict | None = None
 
 
 @dataclass

@@ -16,10 +16,10 @@ from invmm.store.files import LEDGER_FILE, Ledger, atomic_write_bytes, read_run_
 
 COLUMNS = ["id", "stratum", "path", "label", "caption", "status", "score", "success", "n_repeats", "successes",
            "score_low", "score_high", "interval_coverage", "refined_score", "refined_success", "steps",
-           "min_similarity", "kl", "final_lambda", "guidance_scale", "prompt_mode", "prompt", "class_mode",
-           "class_label", "class_name", "seconds", "forward_equivalents", "check_forward", "map_forward", "seed",
-           "resized", "error_kind", "error", "meta", "reproduced_fraction", "measured_on", "mask", "mask_sha256",
-           "masked_fraction"]
+           "stopped_early", "stop_step", "min_similarity", "kl", "final_lambda", "guidance_scale", "prompt_mode",
+           "prompt", "class_mode", "class_label", "class_name", "seconds", "forward_equivalents", "check_forward",
+           "map_forward", "seed", "resized", "error_kind", "error", "meta", "reproduced_fraction", "measured_on",
+           "mask", "mask_sha256", "masked_fraction"]
 # One inversion per row: the image's summary columns give way to the repeat's index and stream.
 REPEAT_COLUMNS = [c for c in COLUMNS if c not in ("n_repeats", "successes", "score_low", "score_high",
                                                   "interval_coverage")] + ["repeat", "image_seed"]
@@ -30,6 +30,10 @@ def _value(r: InversionRecord, column: str, strata: dict | None = None):
         return (strata or {}).get(r.id, "census")
     if column == "forward_equivalents":
         return forward_equivalents(r.calls) if r.calls else None
+    if column == "stopped_early":  # None: a run without --early-stop
+        return None if r.early_stop is None else bool(r.early_stop.get("stopped"))
+    if column == "stop_step":
+        return r.early_stop.get("step") if r.early_stop and r.early_stop.get("stopped") else None
     if column in ("check_forward", "map_forward"):
         return r.calls.get(column) if r.calls else None
     if column == "mask":  # the mask file (or, for --mask auto, why the image kept its whole-image result)

@@ -175,6 +175,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
         ("repeats per image", _repeats_text(results, info)),
+        *([("early stopping", early_stop_text(results))] if early_stop_text(results) else []),
         ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} finished session(s), {worker_hours:.3f} {unit} "
                  f"hours, {per_image} s wall per image; median {median_s} s from an image's start to its result "
                  "(images run in batches)"),
@@ -298,6 +299,38 @@ def _calls_text(results: list[ImageSummary]) -> str:
             f"success checks; {fe / len(counted):,.0f} per image. Forwards: optimisation {total['opt_forward']:,}, "
             f"checks {total['check_forward']:,}; VAE encode/decode {total['vae_encode']:,}/{total['vae_decode']:,}, "
             f"text encoder {total['text_encoder']:,}, similarity {total['similarity']:,}{_skips_text(counted)}")
+
+
+def _cell(r: ImageSummary, column: str, stratum: dict):
+    if column == "masked_fraction":
+        return (r.mask or {}).get("fraction")
+    if column == "stratum":
+        return stratum.get(r.id, "census")
+    if column == "stopped_early":
+        return _stopped(r)
+    return getattr(r, column)
+
+
+def _stopped(r: ImageSummary) -> str | None:
+    """The table's early-stop cell: the step a stopped inversion ended at (its steps are those it ran)."""
+    if r.early_stop is None:
+        return None
+    return f"at step {r.early_stop['step']}" if r.early_stop.get("stopped") else "no"
+
+
+def early_stop_text(results: list[ImageSummary]) -> str:
+    """What early stopping did in this run, so that no stopped inf is read as a completed budget."""
+    on = [r for r in results if r.early_stop is not None]
+    if not on:
+        return ""
+    stopped = [r for r in on if r.early_stop.get("stopped")]
+    steps = sorted(r.early_stop["step"] for r in stopped)
+    span = f" at steps {steps[0]:,}-{steps[-1]:,}" if steps else ""
+    patience = stopped[0].early_stop["patience"] if stopped else None
+    return (f"Early stopping (--early-stop{f', patience {patience:,} steps' if patience else ''}): {len(stopped)} of "
+            f"{len(on)} images stopped before their budget{span}, predicted not to be reproduced (none of their "
+            "samples, nor an examination of more at the patience, was a copy); they count as inf, and their steps "
+            "are the steps they ran. The rule's false-stop rate is measured in docs/benchmarks/early-stopping.md")
 
 
 def _skips_text(results: list[ImageSummary]) -> str:
@@ -488,6 +521,7 @@ def _table_section(results: list[ImageSummary], stratum: dict | None = None) -> 
     stratum = stratum or {}
     cols = ["id", *(["stratum"] if stratum else []), "label", "score", *refined,
             "success", "successes", "n_repeats", "score_low", "score_high", "steps",
+            *(["stopped_early"] if any(r.early_stop is not None for r in results) else []),
             "min_similarity", "reproduced_fraction",
             *(["measured_on", "masked_fraction"] if any(r.mask for r in results) else []),
             "caption", "error"]
@@ -496,8 +530,7 @@ def _table_section(results: list[ImageSummary], stratum: dict | None = None) -> 
     for r in results:
         cells = []
         for c in cols:
-            v = (r.mask or {}).get("fraction") if c == "masked_fraction" else \
-                stratum.get(r.id, "census") if c == "stratum" else getattr(r, c)
+            v = _cell(r, c, stratum)
             if c == "score" and r.status != "ok":
                 v = None
             cls = " class='err'" if c == "error" and v else ""

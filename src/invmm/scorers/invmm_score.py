@@ -79,7 +79,9 @@ class InvMMScorer(Scorer):
                    # None = +inf (not reproduced in that repeat)
                    "repeat_scores": [r["score"] if r["success"] else None for r in result.repeats],
                    **({"refined_score": None if math.isinf(result.refined_score) else result.refined_score,
-                       "refined_success": result.refined_success} if result.refined_score is not None else {})}
+                       "refined_success": result.refined_success} if result.refined_score is not None else {}),
+                   # --early-stop: an inf that stopped early is a prediction, not a completed budget
+                   **({"early_stop": result.early_stop} if result.early_stop is not None else {})}
         return {**details, "error": result.error} if result.status != "ok" else details
 
     def settings(self) -> dict:
