@@ -12,18 +12,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Two tiers. `pytest` runs the fast one: the math against its references, the contract and the matrix's cells on
 # every family's tiny pipeline, one short run per behaviour. `pytest --slow` (or INVMM_SLOW=1, or `-m slow`) adds
 # the tests marked slow: end-to-end runs through the commands on every family, kill -9 and resume, Ray, long toy
-# inversions, simulations of coverage and level. CI (.ci/run) runs both.
+# inversions, simulations of coverage and level. CI (.ci/run) runs both. Beyond them, tests marked `covered` run a
+# toy's full budget to check what a benchmark measures on many more images (benchmarks/, docs/benchmarks/); CI
+# leaves them to the benchmark, `pytest --covered` (or INVMM_COVERED=1) runs them.
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the slow tier (end-to-end runs; CI runs it)")
+    parser.addoption("--covered", action="store_true", help="also run the full-budget tests a benchmark covers")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow") or os.environ.get("INVMM_SLOW") == "1" or "slow" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="slow tier: run with `pytest --slow` (CI runs it)")
+    covered = config.getoption("--covered") or os.environ.get("INVMM_COVERED") == "1"
+    slow = covered or config.getoption("--slow") or os.environ.get("INVMM_SLOW") == "1" or \
+        "slow" in (config.option.markexpr or "")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "covered" in item.keywords and not covered:
+            item.add_marker(pytest.mark.skip(reason="covered by a benchmark: run with `pytest --covered`"))
+        elif "slow" in item.keywords and not slow:
+            item.add_marker(pytest.mark.skip(reason="slow tier: run with `pytest --slow` (CI runs it)"))
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def test_estimate_predicts_the_saving_and_says_it_is_a_prediction(tmp_path, toy_
     assert "prediction" in e["prediction"]
 
 
-@pytest.mark.slow
+@pytest.mark.covered  # benchmarks/early_stop.py: 18 reproduced digits, 7 of them after step 1,400, none stopped
 def test_a_late_reproduced_digit_is_not_stopped(toy_model, tmp_path):
     """A 4-copy digit that the default budget reproduces late (step 1,400 at seed 0) runs to its success with the
     default rule: it shows a sign of a copy, in its checks or its examination, by the patience."""
@@ -166,3 +166,17 @@ def test_with_the_refinement_and_a_mask_a_stopped_image_is_inf_in_both_scores(tm
                                                         refine=True), mask=tmp_path / "left.png", batch_images=1)
     assert r.early_stop["stopped"] and r.steps == 100 and r.measured_on == "mask"
     assert math.isinf(r.score) and math.isinf(r.refined_score) and r.refined_success is None
+
+
+def test_parts_stop_as_the_whole_does_and_merge_keeps_their_records(tmp_path, toy_model, images):
+    (tmp_path / "data.csv").write_text("path\n" + "".join(f"{p}\n" for p in images))
+    common = [str(toy_model), str(tmp_path / "data.csv"), *CLI_SMALL, "--early-stop", "--early-stop-patience", "100",
+              "-k", "2"]
+    for i in (1, 2):
+        res = runner.invoke(app, ["audit", *common, "--out", str(tmp_path / f"p{i}"), "--shard", f"{i}/2"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["merge", str(tmp_path / "p1"), str(tmp_path / "p2"), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    merged = {r.id: r.early_stop for r in Ledger(tmp_path / "m").read()}
+    assert len(merged) == 3 and sum(e["stopped"] for e in merged.values()) == 2
+    assert all(e["step"] == 100 for e in merged.values() if e["stopped"])
