@@ -237,12 +237,13 @@ def planning(population: int, policy: Policy, census: int = 0) -> dict:
 
 def format_plan(plan: dict, confidence: float) -> str:
     census = f"the screen's top {plan['census']:,} (a census) and " if plan["census"] else ""
+    three = f" (the rule of three gives about {plan['rule_of_three']:,})" if plan["rule_of_three"] else ""
     if plan["sample"] is None:
         return (f"plan: no sample can reach a go at {plan['allowed']:,.1f} images: the policy allows fewer than the "
                 "census could already hold")
     return (f"plan: to show with {100 * confidence:g}% confidence that at most {plan['allowed']:,.1f} of the "
             f"{plan['population']:,} images are reproduced, invert {census}a random sample of {plan['sample']:,} "
             f"of the other {plan['rest']:,} (`invmm audit ... --sample {plan['sample']}`): a go if none of them is "
-            f"reproduced (the rule of three gives about {plan['rule_of_three']:,}); worst case (nothing reproduced): "
+            f"reproduced{three}; worst case (nothing reproduced): "
             f"{plan['forward_equivalents_worst_case']:,} forward-equivalents, {plan['hours_worst_case']:.2f} hours "
             "on this device")

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 from scipy.stats import hypergeom
 
+from invmm.errors import InvMMInputError
+
 CONFIDENCE = 0.95
 
 
@@ -145,6 +147,14 @@ class Policy:
     max_rate: float
     max_count: int | None = None
     confidence: float = CONFIDENCE
+
+    def __post_init__(self):
+        if not 0 <= self.max_rate <= 1:
+            raise InvMMInputError(f"--max-rate is a share of the population in [0, 1], got {self.max_rate}")
+        if not 0 < self.confidence < 1:
+            raise InvMMInputError(f"--confidence must be in (0, 1), got {self.confidence}")
+        if self.max_count is not None and self.max_count < 0:
+            raise InvMMInputError(f"--max-count must be >= 0, got {self.max_count}")
 
     def to_json(self) -> dict:
         return asdict(self)

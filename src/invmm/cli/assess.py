@@ -33,10 +33,8 @@ def command(
     """How many of the audited images does the model reproduce, with what confidence, and does that pass the
     policy? go exits 0, no-go 1, undecided 3 (it then says how many more random images would decide)."""
     try:
-        if not 0 < confidence < 1:
+        if max_rate is None and not 0 < confidence < 1:  # with a policy, Policy checks it
             raise InvMMInputError(f"--confidence must be in (0, 1), got {confidence}")
-        if max_rate is not None and not 0 <= max_rate <= 1:
-            raise InvMMInputError(f"--max-rate is a share of the population in [0, 1], got {max_rate}")
         if max_rate is None and max_count is not None:
             raise InvMMInputError("--max-count is part of a policy: give --max-rate too (1 for a count alone)")
         policy = Policy(max_rate, max_count, confidence) if max_rate is not None else None

@@ -45,6 +45,10 @@ def command(
         json_out = json_file
     try:
         items = data_options.load(data)
+        # the plan's policy is checked before the probe spends anything
+        policy = Policy(max_rate, confidence=confidence) if max_rate is not None else None
+        if keep_top is not None and not 0 <= keep_top <= len(items):
+            raise InvMMInputError(f"--keep-top must be between 0 and the {len(items)} images, got {keep_top}")
     except InvMMInputError as exc:
         fail(str(exc))
     adapter, config = load(model, model_options, invmm)
@@ -59,16 +63,8 @@ def command(
         fail(str(exc))
     result = estimate(adapter, config, len(items), sim, probe.pixels, batch_images=batch_images, repeats=repeats)
     typer.echo(format_estimate(result))
-    if max_rate is not None:
-        try:
-            if not 0 < max_rate <= 1 or not 0 < confidence < 1:
-                raise InvMMInputError(f"--max-rate must be in (0, 1] and --confidence in (0, 1), got {max_rate} and "
-                                      f"{confidence}")
-            if keep_top is not None and not 0 <= keep_top <= len(items):
-                raise InvMMInputError(f"--keep-top must be between 0 and the {len(items)} images, got {keep_top}")
-        except InvMMInputError as exc:
-            fail(str(exc))
-        plan = planning(len(items), Policy(max_rate, confidence=confidence), census=keep_top or 0)
+    if policy is not None:
+        plan = planning(len(items), policy, census=keep_top or 0)
         inversions = (plan["census"] + (plan["sample"] or 0)) * repeats
         plan["hours_worst_case"] = inversions * result["seconds_per_image_not_reproduced"] / 3600
         plan["forward_equivalents_worst_case"] = inversions * result["calls_per_image"]["high"]["forward_equivalents"]

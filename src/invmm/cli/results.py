@@ -37,8 +37,6 @@ def report(
         deprecated("--rank-by", "--by")
         by = rank_by
     try:
-        if max_rate is not None and not 0 <= max_rate <= 1:
-            raise InvMMInputError(f"--max-rate is a share of the population in [0, 1], got {max_rate}")
         page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,
                             rank_by=by, policy=Policy(max_rate) if max_rate is not None else None)
     except InvMMInputError as exc:

@@ -32,10 +32,6 @@ class Checkpoint:
     kind: str  # "pipeline", "denoiser" or "lora"
     denoiser: str | None = None  # for "denoiser": the subfolder, unet or transformer
 
-    def describe(self) -> dict:
-        return {"step": self.step, "path": str(self.path), "kind": self.kind,
-                **({"denoiser": self.denoiser} if self.denoiser else {})}
-
 
 def classify(path: Path, step: int) -> Checkpoint:
     """What one checkpoint folder (or LoRA file) holds."""

@@ -72,6 +72,26 @@ def collect_images(inputs: list[str]) -> list[ImageItem]:
     return items
 
 
+def _unreadable(exc: Exception) -> str:
+    """Why an image file cannot be used, in words, by the exception that decoding it raised (most specific first:
+    FileNotFoundError and UnidentifiedImageError are OSErrors)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, _Unsupported):
+        return f"the model cannot take this image: {exc}"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, ContainerError):
+        return str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file (or a format Pillow cannot read)"
+    if isinstance(exc, Image.DecompressionBombError):
+        # Not an OSError: left alone it would end the whole audit for one oversized file.
+        return (f"the image is too large to decode safely ({exc}); resize it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                "if the file is trusted")
+    return f"corrupt or unreadable image ({exc})"
+
+
 def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
     """Decode, convert to the model's mode, resize the short side and center-crop to size x size."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -100,25 +120,9 @@ def load_image(item: ImageItem, *, mode: str, size: int) -> ImageItem:
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             im = im.convert(mode)
-    except _Unsupported as exc:
-        item.error = f"{where}: the model cannot take this image: {exc}"
-        return item
-    except FileNotFoundError:
-        item.error = f"{where}: no such file"
-        return item
-    except ContainerError as exc:
-        item.error = f"{where}: {exc}"
-        return item
-    except UnidentifiedImageError:
-        item.error = f"{where}: not an image file (or a format Pillow cannot read)"
-        return item
-    except Image.DecompressionBombError as exc:
-        # Not an OSError: left alone it would end the whole audit for one oversized file.
-        item.error = (f"{where}: the image is too large to decode safely ({exc}); resize it, or raise "
-                      "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted")
-        return item
-    except (OSError, SyntaxError, ValueError) as exc:
-        item.error = f"{where}: corrupt or unreadable image ({exc})"
+    except (_Unsupported, FileNotFoundError, ContainerError, UnidentifiedImageError, Image.DecompressionBombError,
+            OSError, SyntaxError, ValueError) as exc:
+        item.error = f"{where}: {_unreadable(exc)}"
         return item
     item.original_size = (w, h)
     if (w, h) != (size, size):

@@ -175,7 +175,7 @@ def build_report(run_dir: str | Path, *, top_k: int = 12, positive: list[str] | 
         ("images in ledger", f"{len(results)}: {len(ok)} scored ({len(finite)} reproduced, {len(ok) - len(finite)} "
                              f"not reproduced within the budget), {len(errors)} failed"),
         ("repeats per image", _repeats_text(results, info)),
-        *([("early stopping", early_stop_text(results))] if early_stop_text(results) else []),
+        *([("early stopping", stopping)] if (stopping := early_stop_text(results)) else []),
         ("cost", f"{wall / 3600:.3f} h wall over {len(sessions)} finished session(s), {worker_hours:.3f} {unit} "
                  f"hours, {per_image} s wall per image; median {median_s} s from an image's start to its result "
                  "(images run in batches)"),
