@@ -183,18 +183,16 @@ def test_parts_stop_as_the_whole_does_and_merge_keeps_their_records(tmp_path, to
 
 
 def test_evaluate_passes_early_stop_to_its_invmm_scorer(tmp_path, toy_model, images):
-    """`evaluate --early-stop`, and the scorer spec's options (invmm:early_stop=true,early_stop_patience=N): the
-    invmm scorer's stopped images score inf, and their details say that they stopped."""
+    """`evaluate --early-stop`: the invmm scorer's stopped image scores inf, and its details say that it stopped
+    (the scorer spec's options, invmm:early_stop=true,..., reach the same config through build_scorer)."""
     from invmm.runs.scores import read_scores
 
-    rows = "".join(f"{p},{'memorized' if i == 0 else 'heldout'}\n" for i, p in enumerate(images))
-    (tmp_path / "labels.csv").write_text("path,label\n" + rows)
-    for name, args in (("option", ["--scorers", "invmm", "--early-stop", "--early-stop-patience", "100"]),
-                       ("spec", ["--scorers", "invmm:early_stop=true,early_stop_patience=100"])):
-        res = runner.invoke(app, ["evaluate", str(tmp_path / name), "--model", str(toy_model), "--data",
-                                  str(tmp_path / "labels.csv"), *CLI_SMALL, "--positive", "memorized",
-                                  "--bootstrap", "10", *args])
-        assert res.exit_code == 0, (name, res.output)
-        records = {r.id: r for r in read_scores(tmp_path / name)}
-        stopped = [r for r in records.values() if r.details.get("early_stop", {}).get("stopped")]
-        assert len(stopped) == 2 and all(math.isinf(r.score) and r.details["steps"] == 100 for r in stopped), name
+    (tmp_path / "labels.csv").write_text(f"path,label\n{images[0]},memorized\n{images[1]},heldout\n")
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "e"), "--model", str(toy_model), "--data",
+                              str(tmp_path / "labels.csv"), *CLI_SMALL, "--positive", "memorized", "--bootstrap", "10",
+                              "--scorers", "invmm", "--early-stop", "--early-stop-patience", "100"])
+    assert res.exit_code == 0, res.output
+    records = {r.label: r for r in read_scores(tmp_path / "e")}
+    held_out = records["heldout"]
+    assert math.isinf(held_out.score) and held_out.details["early_stop"]["stopped"]
+    assert held_out.details["steps"] == 100 and not records["memorized"].details["early_stop"]["stopped"]
