@@ -9,6 +9,10 @@ import torch
 from invmm.families import CLASS, TEXT, tiny_variants
 
 FAMILIES = tiny_variants()  # variant name -> (its family, the tiny builder's arguments)
+# The layers a test LoRA adapts, per family with a LoRA format.
+LORA_TARGETS = {"ddpm": ["conv1", "conv2"], "ldm": ["conv1", "conv2"],
+                "sd": ["to_q", "to_k", "to_v", "to_out.0"], "sd3": ["to_q", "to_k", "to_v"],
+                "sdxl": ["to_q", "to_k", "to_v", "to_out.0"], "flux": ["to_q", "to_k", "to_v"]}
 
 
 def real_schedule(name: str) -> dict:
@@ -46,3 +50,19 @@ def given(adapter, i: int = 0):
     if CLASS in adapter.capabilities:
         return ["goldfish", "7"][i % 2]
     return ["a red square", "a blue circle"][i % 2] if TEXT in adapter.capabilities else None
+
+
+def make_lora(model_dir, out, seed=0, targets=None):
+    """A random (non-zero) LoRA for the model in `model_dir`, written as its family reads it."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from invmm.families import family, load_adapter
+    from invmm.families.lora import save_lora
+    from invmm.families.registry import lora_components
+
+    adapter = load_adapter(str(model_dir))
+    torch.manual_seed(seed)
+    comps = lora_components(adapter)
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=targets or LORA_TARGETS[adapter.family],
+                                       init_lora_weights=False), comps["denoiser"])
+    return save_lora(family(adapter.family), comps, out)

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from families import LORA_TARGETS as TARGETS
+from families import make_lora
 from same_results import assert_same_result
 from typer.testing import CliRunner
 
@@ -24,23 +26,8 @@ from invmm.zoo.tiny import (
 )
 
 runner = CliRunner()
-TARGETS = {"ddpm": ["conv1", "conv2"], "ldm": ["conv1", "conv2"],
-           "sd": ["to_q", "to_k", "to_v", "to_out.0"], "sd3": ["to_q", "to_k", "to_v"],
-           "sdxl": ["to_q", "to_k", "to_v", "to_out.0"], "flux": ["to_q", "to_k", "to_v"]}
 BUILDERS = {"ddpm": build_tiny_pixel, "ldm": build_tiny_ldm, "sd": build_tiny_sd, "sd3": build_tiny_sd3,
             "sdxl": build_tiny_sdxl, "flux": build_tiny_flux}
-
-
-def make_lora(model_dir, out, seed=0, targets=None):
-    """A random (non-zero) LoRA for the model in `model_dir`, written as its family reads it."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    adapter = load_adapter(str(model_dir))
-    torch.manual_seed(seed)
-    comps = lora_components(adapter)
-    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=targets or TARGETS[adapter.family],
-                                       init_lora_weights=False), comps["denoiser"])
-    return save_lora(family(adapter.family), comps, out)
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))

@@ -159,3 +159,48 @@ def pvalue_curve_png(curve: list[dict], alpha: float, path: Path, title: str) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def track_png(summary: dict, path: Path, top: int = 8) -> Path:
+    """Memorization against training step (track.json): the share reproduced with its exact interval, the median
+    score of the reproduced, and one line per image for the `top` images reproduced earliest (a missing point: not
+    reproduced at that checkpoint)."""
+    plt = _pyplot()
+    rows = summary["checkpoints"]
+    steps = [r["step"] for r in rows]
+    fig, (share, score) = plt.subplots(1, 2, figsize=(11, 4.4))
+    n = [r["population"] for r in rows]
+    point = [r["reproduced"] / r["n"] if r["n"] and r["n"] == r["population"] else
+             (r["estimate"] / r["population"] if r["estimate"] is not None else np.nan) for r in rows]
+    lo = [r["lower"] / p for r, p in zip(rows, n)]
+    hi = [(r["upper"] if r["upper"] is not None else p) / p for r, p in zip(rows, n)]
+    share.fill_between(steps, lo, hi, alpha=0.25, step=None, label=f"{100 * rows[0]['confidence']:g}% exact interval")
+    share.plot(steps, point, marker="o", label="share reproduced (estimate)")
+    policy = summary.get("policy")
+    if policy:
+        share.axhline(policy["max_rate"], color="crimson", ls="--", lw=1, label=f"policy {policy['max_rate']:g}")
+        if summary.get("last_safe") is not None:
+            share.axvline(summary["last_safe"], color="green", ls=":", lw=1.2, label="last safe checkpoint")
+    share.set_xlabel("training step")
+    share.set_ylabel("share of the images reproduced")
+    share.set_ylim(-0.02, 1.02)
+    share.grid(alpha=0.3)
+    share.legend(fontsize=8, loc="upper left")
+    share.set_title("reproduced images")
+    images = summary["images"]
+    first = sorted((i for i, e in images.items() if e["onset"] is not None),
+                   key=lambda i: (images[i]["onset"], i))[:top]
+    for image in first:
+        ys = [images[image]["scores"].get(str(s)) for s in steps]
+        score.plot(steps, [np.nan if y is None else y for y in ys], marker=".", lw=0.8, alpha=0.7, label=image)
+    medians = [r["median_score"] if r["median_score"] is not None else np.nan for r in rows]
+    score.plot(steps, medians, color="black", lw=2.2, marker="o", label="median of the reproduced")
+    score.set_xlabel("training step")
+    score.set_ylabel("InvMM score (lower = more memorized)")
+    score.grid(alpha=0.3)
+    score.legend(fontsize=7, loc="upper right")
+    score.set_title("scores of the reproduced images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from invmm.cli import assess, audit, demo, estimate, evaluate, measure, merge, results, zoo
+from invmm.cli import assess, audit, demo, estimate, evaluate, measure, merge, results, track, zoo
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="How strongly has a diffusion model memorized an image? (InvMM, Ma et al., ICCV 2025)")
@@ -20,6 +20,7 @@ app.command("demo")(demo.command)
 app.command("dataset-test")(results.dataset_test)
 app.command("merge")(merge.command)
 app.command("assess")(assess.command)
+app.command("track")(track.command)
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Toy models with planted memorization.")
 zoo_app.command("train-digits")(zoo.train_digits_command)

@@ -15,10 +15,11 @@ from invmm.cli.common import deprecated, fail
 from invmm.errors import InvMMInputError
 from invmm.report.export import export_run
 from invmm.report.html import build_report
+from invmm.report.track import build_track_report, is_track_folder
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="audit or measure run folder")],
+    run: Annotated[Path, typer.Argument(help="audit or measure run folder, or the --out folder of `invmm track`")],
     top_k: Annotated[int, typer.Option(help="most memorized images shown with their check samples")] = 12,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as memorized, for the ROC when labels "
                                                      "exist")] = None,
@@ -32,11 +33,17 @@ def report(
                                                  "share of the population reproduced (as `invmm assess`)")] = None,
 ):
     """Write a self-contained HTML report of a run (offline: images inlined, no external scripts); an audit's
-    opens with its assessment (as `invmm assess` prints it)."""
+    opens with its assessment (as `invmm assess` prints it); a tracking's (`invmm track`) draws memorization against
+    training step, the onsets and, with --max-rate, the last safe checkpoint."""
     if rank_by is not None:
         deprecated("--rank-by", "--by")
         by = rank_by
     try:
+        if is_track_folder(run):
+            page = build_track_report(run, policy=Policy(max_rate) if max_rate is not None else None,
+                                      positive=positive or None, report_dir=out)
+            typer.echo(f"wrote {page}")
+            return
         page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,
                             rank_by=by, policy=Policy(max_rate) if max_rate is not None else None)
     except InvMMInputError as exc:

@@ -39,7 +39,9 @@ def train_digits_command(
     out: Annotated[Path, typer.Option(help="folder to write the diffusers model and manifest.json to")],
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 8000,
-    checkpoint_every: Annotated[int, typer.Option(help="also save checkpoints every N steps (0: none)")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="also save OUT/checkpoint-N/unet/ every N steps, as diffusers' "
+                                                       "training scripts do (0: none); `invmm track OUT DATA --base "
+                                                       "OUT --final OUT` audits them")] = 0,
 ):
     """Train the toy 8x8 digits DDPM with planted duplicates (8,000 steps: about 10.5 minutes on 2 CPU cores alone,
     15 with other work beside it)."""
@@ -82,13 +84,17 @@ def train_lora_command(
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 3000,
     copies: Annotated[int, typer.Option(help="copies of each repeated planted image in the fine-tuning set")] = 32,
+    checkpoint_every: Annotated[int, typer.Option(help="also save OUT/checkpoint-N/pytorch_lora_weights.safetensors "
+                                                       "every N steps, as diffusers' LoRA scripts do (0: none)")] = 0,
 ):
     """Fine-tune a LoRA on the toy text-to-image model with planted memorization: digits the base never saw,
     with new captions, some repeated many times and some once; others held out from both."""
     _fresh(out, "manifest.json", "a LoRA")
     try:
         manifest = train_digits_lora(base or shipped_digits_t2i_model(), DigitsLoraConfig(seed=seed, steps=steps,
-                                                                                            copies=copies),
+                                                                                            copies=copies,
+                                                                                            checkpoint_every=
+                                                                                            checkpoint_every),
                                      out, log=typer.echo)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

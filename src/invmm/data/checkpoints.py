@@ -6,7 +6,9 @@ A training folder holds `checkpoint-N/` folders (N: the optimisation step). Each
 - a whole pipeline (`model_index.json`): audited as it is;
 - the denoiser alone: a `unet/` or `transformer/` folder (with its `config.json`), possibly beside accelerate's
   optimizer and random states: audited as the `--base` pipeline with that denoiser;
-- LoRA weights (`pytorch_lora_weights.safetensors`): audited as the `--base` pipeline with the LoRA loaded.
+- LoRA weights (`pytorch_lora_weights.safetensors`, as diffusers' LoRA scripts save them, or a peft adapter folder,
+  `adapter_config.json` + weights, the format of a pixel-space UNet's LoRA): audited as the `--base` pipeline with the
+  LoRA loaded.
 
 `explicit` (`--checkpoint STEP=PATH`, repeatable) adds any other layout; `final` (the training's output folder)
 counts as the last step. Anything else in a `checkpoint-N` folder is an input error that names the folder.
@@ -22,6 +24,7 @@ from invmm.errors import InvMMInputError
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 LORA_FILE = "pytorch_lora_weights.safetensors"
+PEFT_CONFIG = "adapter_config.json"
 DENOISERS = ("unet", "transformer")
 
 
@@ -47,9 +50,12 @@ def classify(path: Path, step: int) -> Checkpoint:
             return Checkpoint(step, path, "denoiser", name)
     if (path / LORA_FILE).is_file():
         return Checkpoint(step, path / LORA_FILE, "lora")
+    if (path / PEFT_CONFIG).is_file():
+        return Checkpoint(step, path, "lora")  # --lora reads the folder's weights beside its config
     raise InvMMInputError(f"checkpoint {path} (step {step}) holds no model: expected a whole pipeline "
-                          "(model_index.json), a unet/ or transformer/ folder with its config.json, or "
-                          f"{LORA_FILE}; give another layout as --checkpoint STEP=PATH")
+                          "(model_index.json), a unet/ or transformer/ folder with its config.json, "
+                          f"{LORA_FILE} or a peft adapter folder ({PEFT_CONFIG}); give another layout as "
+                          "--checkpoint STEP=PATH")
 
 
 def parse_explicit(spec: str) -> tuple[int, Path]:

@@ -7,6 +7,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,12 @@ def package_versions() -> dict:
     return versions
 
 
+def _training_state(parts: tuple[str, ...]) -> bool:
+    """A training run's checkpoints inside the model folder (diffusers' scripts save the final pipeline beside its
+    checkpoint-N/ folders): not part of the model, and they grow while training goes on."""
+    return any(p == "checkpoints" or re.fullmatch(r"checkpoint-\d+", p) for p in parts[:-1])
+
+
 def model_fingerprint(model_dir: str | Path, loras: list[dict] | None = None) -> str:
     """sha256 over the relative names and bytes of a model folder's weight and config files, and the sha256
     of each LoRA loaded onto it, in order; a model that is not a folder (a hub id, an adapter built in code)
@@ -38,7 +45,7 @@ def model_fingerprint(model_dir: str | Path, loras: list[dict] | None = None) ->
         return str(model_dir)
     h = hashlib.sha256()
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and ".cache" not in p.parts and "checkpoints" not in p.relative_to(root).parts)
+                   and ".cache" not in p.parts and not _training_state(p.relative_to(root).parts))
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         with open(p, "rb") as f:

@@ -35,7 +35,7 @@ class DigitsTrainConfig:
     layers_per_block: int = 1
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
-    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints; N: checkpoint-N/unet/ as diffusers' scripts write it
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -134,6 +134,20 @@ def save_model(unet, scheduler, out: Path, manifest: dict) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
+def denoiser_checkpoints(denoiser, out: Path, every: int, last: int, subfolder: str = "unet"):
+    """An on_step callback that writes OUT/checkpoint-N/unet/ every `every` steps before the last, the layout of
+    diffusers' training scripts (their save hook writes the denoiser alone; the final pipeline goes to OUT), which
+    `invmm track OUT DATA --base OUT` reads. None when `every` is 0."""
+    if not every:
+        return None
+
+    def on_step(step: int) -> None:
+        if step % every == 0 and step != last:
+            denoiser.save_pretrained(Path(out) / f"checkpoint-{step}" / subfolder, safe_serialization=True)
+
+    return on_step
+
+
 def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
     """Train the toy model and write a diffusers folder (`DDPMPipeline` layout) plus manifest.json."""
     torch.manual_seed(cfg.seed)
@@ -151,11 +165,8 @@ def train_digits(cfg: DigitsTrainConfig, out: Path, log=print) -> dict:
         "images": entries,
     }
 
-    def checkpoint(step: int) -> None:
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-            save_model(unet, scheduler, out / "checkpoints" / f"step-{step:06d}", {**manifest, "step": step})
-
-    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, on_step=checkpoint)
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log,
+                                     on_step=denoiser_checkpoints(unet, out, cfg.checkpoint_every, cfg.steps))
     manifest["step"] = cfg.steps
     manifest["train_seconds"] = seconds
     manifest["final_loss"] = float(np.mean(losses[-500:]))

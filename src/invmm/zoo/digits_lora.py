@@ -38,6 +38,7 @@ class DigitsLoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
     caption_dropout: float = 0.1
     num_train_timesteps: int = 1000  # set from the base model's scheduler
+    checkpoint_every: int = 0  # N: OUT/checkpoint-N/pytorch_lora_weights.safetensors, as diffusers' LoRA scripts
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -98,7 +99,11 @@ def train_digits_lora(base: Path, cfg: DigitsLoraConfig, out: Path, log=print) -
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         return table[torch.where(drop, torch.zeros_like(idx), caption_index[idx])]
 
-    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition)
+    def checkpoint(step: int) -> None:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+            save_lora(family("sd"), {"denoiser": unet}, out / f"checkpoint-{step}")
+
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition, on_step=checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     weights = save_lora(family("sd"), {"denoiser": unet}, out)
     trainable = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
