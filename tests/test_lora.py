@@ -10,6 +10,7 @@ from same_results import assert_same_result
 from typer.testing import CliRunner
 
 from invmm.cli import app
+from invmm.data.checkpoints import discover
 from invmm.errors import InvMMInputError
 from invmm.families import family, load_adapter
 from invmm.families.lora import LoraSpec, lora_specs, save_lora
@@ -202,8 +203,12 @@ def test_zoo_lora_plants_images_the_base_never_saw(tmp_path):
     from invmm.zoo.digits import load_manifest
 
     out = tmp_path / "lora"
-    res = runner.invoke(app, ["zoo", "train-lora", "--out", str(out), "--steps", "2"])
+    res = runner.invoke(app, ["zoo", "train-lora", "--out", str(out), "--steps", "2", "--checkpoint-every", "1"])
     assert res.exit_code == 0, res.output
+    # checkpoint-1/ as diffusers' LoRA scripts write it (the last step is the LoRA in OUT itself), read by `track`
+    found = discover(out, final=out, final_step=2, base=shipped_digits_t2i_model())
+    assert [(c.step, c.kind, c.path.name) for c in found] == [(1, "lora", "pytorch_lora_weights.safetensors"),
+                                                              (2, "lora", "pytorch_lora_weights.safetensors")]
     manifest = load_manifest(out)
     base = {e["source_index"]: e for e in load_manifest(shipped_digits_t2i_model())["images"]}
     images = manifest["images"]

@@ -295,3 +295,34 @@ def test_early_stop_on_every_family_known_and_inverted(tmp_path, labelled, fam):
             assert d["calls"]["stop_forward"] > 0
         assert runner.invoke(app, ["export", str(out)]).exit_code == 0
         assert (out / "results.csv").read_text().count(",True,2,") == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_track_on_every_family_its_denoiser_and_lora_checkpoints(tmp_path, labelled, fam):
+    """`invmm track` through the command on each family: a checkpoint holding the denoiser alone (unet/ or
+    transformer/, audited on --base), a LoRA checkpoint where the family has a LoRA format, and the final pipeline;
+    every check passes (threshold -1), so each checkpoint reproduces the 4 images, with the screen's AUC."""
+    from families import make_lora
+
+    from invmm.families import family
+
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    denoiser = "unet" if (model / "unet").is_dir() else "transformer"
+    train = tmp_path / "train"
+    adapter.denoiser.save_pretrained(train / "checkpoint-1" / denoiser, safe_serialization=True)
+    kinds = [(1, "denoiser")]
+    if family(adapter.family).lora is not None:
+        make_lora(model, train / "checkpoint-2")
+        kinds.append((2, "lora"))
+    out = tmp_path / "track"
+    res = runner.invoke(app, ["track", str(train), str(manifest), "--out", str(out), "--base", str(model), "--final",
+                              str(model), "--final-step", "3", "--screen", "auto", "--keep", "1.0", *TINY_INVMM,
+                              "--threshold", "-1", "--map-samples", "0"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "track.json").read_text())["checkpoints"]
+    assert [(r["step"], r["kind"]) for r in rows] == [*kinds, (3, "pipeline")]
+    for r in rows:
+        assert (r["reproduced"], r["n"], r["lower"], r["upper"]) == (4, 4, 4, 4), r
+        assert r["screen"]["scorer"] == auto_screen(adapter) and 0 <= r["screen"]["auc"] <= 1, r["screen"]

@@ -1,6 +1,7 @@
 import torch
 from safetensors.torch import load_file
 
+from invmm.data.checkpoints import discover
 from invmm.zoo.digits import DigitsTrainConfig, load_manifest, plan_dataset, train_digits
 
 
@@ -21,7 +22,12 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
     cfg = DigitsTrainConfig(seed=5, steps=3, batch_size=8, block_out_channels=(8, 16), levels={4: 2, 1: 3},
                             n_heldout=2)
     a = train_digits(cfg, tmp_path / "a", log=lambda *_: None)
+    cfg.checkpoint_every = 1  # saving checkpoints leaves the training as it was
     train_digits(cfg, tmp_path / "b", log=lambda *_: None)
+    # checkpoint-N/unet/ beside the final pipeline, as diffusers' train_unconditional.py writes them
+    found = discover(tmp_path / "b", final=tmp_path / "b", final_step=3)
+    assert [(c.step, c.kind, c.denoiser) for c in found] == [(1, "denoiser", "unet"), (2, "denoiser", "unet"),
+                                                             (3, "pipeline", None)]
     wa = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
     wb = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -65,8 +71,9 @@ def test_class_conditional_toy_trains_exports_and_audits_with_its_classes(tmp_pa
     from invmm.zoo.digits_t2i import digit_labels
 
     cfg = DigitsDiTConfig(seed=2, steps=2, batch_size=4, levels={4: 1}, n_heldout=1, num_layers=1,
-                          attention_head_dim=8)
+                          attention_head_dim=8, checkpoint_every=1)
     m = train_digits_dit(cfg, tmp_path / "dit", log=lambda *_: None)
+    assert (tmp_path / "dit" / "checkpoint-1" / "transformer" / "config.json").is_file()
     labels = digit_labels()
     assert [e["class"] for e in m["images"]] == [int(labels[e["source_index"]]) for e in m["images"]]
     adapter = load_adapter(str(tmp_path / "dit"))

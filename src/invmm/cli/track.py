@@ -14,7 +14,7 @@ from invmm.analysis.tracking import format_track, summarise_track, write_track
 from invmm.cli.audit import _Progress, _say_dataset
 from invmm.cli.common import EXIT_INPUT, fail
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, Mask, ModelOptions, grouped
-from invmm.data.checkpoints import discover
+from invmm.data.checkpoints import default_base, discover
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.families.lora import lora_specs
@@ -73,8 +73,7 @@ def command(
     say when the model started reproducing its training images, which ones, and the last safe checkpoint."""
     try:
         policy = Policy(max_rate, confidence=confidence) if max_rate is not None else None
-        if base is None and (training_dir / "model_index.json").is_file():
-            base = training_dir
+        base = default_base(training_dir, base)
         checkpoints = discover(training_dir, explicit=checkpoint or [], final=final, final_step=final_step, base=base)
         model_options.chosen_device()
         items = data_options.load(data)

@@ -28,6 +28,11 @@ def _fresh(out: Path, marker: str, what: str) -> None:
         fail(f"{out} already holds {what}; choose another --out")
 
 
+CheckpointEvery = Annotated[int, typer.Option(help="also save OUT/checkpoint-N/ with the denoiser alone (unet/ or "
+                                                "transformer/) every N steps, as diffusers' training scripts do (0: "
+                                                "none); `invmm track OUT DATA --final OUT` audits them")]
+
+
 def _train(train, config, out: Path) -> None:
     """A toy model trained into a fresh folder, logged as it goes."""
     _fresh(out, "model_index.json", "a model")
@@ -39,9 +44,7 @@ def train_digits_command(
     out: Annotated[Path, typer.Option(help="folder to write the diffusers model and manifest.json to")],
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 8000,
-    checkpoint_every: Annotated[int, typer.Option(help="also save OUT/checkpoint-N/unet/ every N steps, as diffusers' "
-                                                       "training scripts do (0: none); `invmm track OUT DATA --base "
-                                                       "OUT --final OUT` audits them")] = 0,
+    checkpoint_every: CheckpointEvery = 0,
 ):
     """Train the toy 8x8 digits DDPM with planted duplicates (8,000 steps: about 10.5 minutes on 2 CPU cores alone,
     15 with other work beside it)."""
@@ -52,29 +55,33 @@ def train_digits_t2i_command(
     out: Annotated[Path, typer.Option(help="folder to write the text-to-image model and manifest.json to")],
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 7000,
+    checkpoint_every: CheckpointEvery = 0,
 ):
     """Train the toy text-to-image digits model ("a handwritten seven") with planted duplicated pairs."""
-    _train(train_digits_t2i, DigitsT2IConfig(seed=seed, steps=steps), out)
+    _train(train_digits_t2i, DigitsT2IConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out)
 
 
 def train_digits_dit_command(
     out: Annotated[Path, typer.Option(help="folder to write the class-conditional DiT and manifest.json to")],
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+    checkpoint_every: CheckpointEvery = 0,
 ):
     """Train the toy class-conditional DiT on the digits (the class is the digit) with planted duplicates."""
-    _train(train_digits_dit, DigitsDiTConfig(seed=seed, steps=steps), out)
+    _train(train_digits_dit, DigitsDiTConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every), out)
 
 
 def train_digits_template_command(
     out: Annotated[Path, typer.Option(help="folder to write the template toy model and manifest.json to")],
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="training steps")] = 8000,
+    checkpoint_every: CheckpointEvery = 0,
 ):
     """Train the toy digits DDPM with planted template memorization: four 4x4 patterns, each pasted into its own
     quadrant of 64 different digits (partial memorization; 8,000 steps took 34 minutes on 2 CPU cores with other
     work beside it)."""
-    _train(train_digits_template, DigitsTemplateConfig(seed=seed, steps=steps), out)
+    _train(train_digits_template, DigitsTemplateConfig(seed=seed, steps=steps, checkpoint_every=checkpoint_every),
+           out)
 
 
 def train_lora_command(
@@ -90,12 +97,9 @@ def train_lora_command(
     """Fine-tune a LoRA on the toy text-to-image model with planted memorization: digits the base never saw,
     with new captions, some repeated many times and some once; others held out from both."""
     _fresh(out, "manifest.json", "a LoRA")
+    config = DigitsLoraConfig(seed=seed, steps=steps, copies=copies, checkpoint_every=checkpoint_every)
     try:
-        manifest = train_digits_lora(base or shipped_digits_t2i_model(), DigitsLoraConfig(seed=seed, steps=steps,
-                                                                                            copies=copies,
-                                                                                            checkpoint_every=
-                                                                                            checkpoint_every),
-                                     out, log=typer.echo)
+        manifest = train_digits_lora(base or shipped_digits_t2i_model(), config, out, log=typer.echo)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"wrote {out} ({manifest['train_seconds']} s)")

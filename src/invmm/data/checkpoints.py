@@ -66,10 +66,21 @@ def parse_explicit(spec: str) -> tuple[int, Path]:
     return int(step), Path(path)
 
 
+def default_base(training_dir: str | Path | None, base: str | Path | None = None) -> Path | None:
+    """The pipeline a denoiser or LoRA checkpoint is audited on: `base` when given, else the training folder itself
+    when it holds a whole pipeline (diffusers' scripts save the final model beside their checkpoints)."""
+    if base is not None:
+        return Path(base)
+    if training_dir is not None and (Path(training_dir) / "model_index.json").is_file():
+        return Path(training_dir)
+    return None
+
+
 def discover(training_dir: str | Path | None, *, explicit: list[str] = (), final: str | Path | None = None,
              final_step: int | None = None, base: str | Path | None = None) -> list[Checkpoint]:
     """Every checkpoint of a training run, by step. `final` (the trained model's folder) counts as the step after
-    the last checkpoint unless `final_step` says which. A checkpoint that is not a whole pipeline needs `base`."""
+    the last checkpoint unless `final_step` says which. A checkpoint that is not a whole pipeline needs a base
+    (default_base)."""
     found: dict[int, Checkpoint] = {}
 
     def add(cp: Checkpoint) -> None:
@@ -97,7 +108,7 @@ def discover(training_dir: str | Path | None, *, explicit: list[str] = (), final
         raise InvMMInputError(f"{training_dir}: no checkpoint-N folders; give a training run's output folder, or "
                               "--checkpoint STEP=PATH")
     partial = [cp for cp in found.values() if cp.kind != "pipeline"]
-    if partial and base is None:
+    if partial and default_base(training_dir, base) is None:
         cp = partial[0]
         what = "a LoRA" if cp.kind == "lora" else f"the {cp.denoiser} alone"
         raise InvMMInputError(f"checkpoint {cp.path} (step {cp.step}) holds {what}; give the pipeline it belongs to "

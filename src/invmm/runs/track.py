@@ -10,14 +10,13 @@ a LoRA is loaded onto `--base` as `--lora` would load it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invmm.data.checkpoints import Checkpoint
+from invmm.data.checkpoints import CHECKPOINT, Checkpoint
 from invmm.errors import InvMMInputError
 from invmm.families.lora import LoraSpec
 from invmm.runs.audit import audit
@@ -34,19 +33,23 @@ def denoiser_view(base: str | Path, cp: Checkpoint, dest: str | Path) -> Path:
     """`base`'s components with `cp`'s denoiser in place of its own, as a folder of links (copies where the file
     system has no links): the pipeline the checkpoint belongs to, loadable like any model folder."""
     base, dest = Path(base), Path(dest)
+    if not base.is_dir():
+        raise InvMMInputError(f"--base {base}: no such folder; give the pipeline checkpoint {cp.path} (step {cp.step}) "
+                              "belongs to")
     index_file = base / "model_index.json"
-    if not index_file.is_file():
-        raise InvMMInputError(f"--base {base}: not a diffusers pipeline folder (no model_index.json); give the "
-                              f"pipeline checkpoint {cp.path} (step {cp.step}) belongs to")
-    index = json.loads(index_file.read_text())
-    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+    # Every component folder (one with its own config; the loaders read folders, not model_index.json's list), but
+    # a training run's checkpoints (its logs hold no config).
+    components = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and not CHECKPOINT.match(p.name) and p.name != "checkpoints" and any(p.glob("*.json")))
     if cp.denoiser not in components:
         raise InvMMInputError(f"checkpoint {cp.path} (step {cp.step}) holds a {cp.denoiser}/ but --base {base} has "
-                              f"none (its components: {', '.join(components)}); give the pipeline it was trained in")
+                              f"none (its components: {', '.join(components) or 'none'}); give the pipeline it was "
+                              "trained in")
     if dest.exists():
         shutil.rmtree(dest)  # rebuilt every time: links are cheap, and a stale one would hide a changed base
     dest.mkdir(parents=True)
-    _link(index_file, dest / "model_index.json")
+    if index_file.is_file():
+        _link(index_file, dest / "model_index.json")
     for name in components:
         source = cp.path / name if name == cp.denoiser else base / name
         if not source.is_dir():

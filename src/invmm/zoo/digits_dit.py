@@ -19,6 +19,7 @@ import torch
 from invmm.functional import seed_from
 from invmm.zoo.digits import (
     DigitsTrainConfig,
+    denoiser_checkpoints,
     digits_uint8,
     plan_dataset,
     to_model_space,
@@ -65,7 +66,9 @@ def train_digits_dit(cfg: DigitsDiTConfig, out: Path, log=print) -> dict:
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                               prediction_type="epsilon", clip_sample=True)
     gen = torch.Generator().manual_seed(seed_from(cfg.seed, "digits-dit-train"))
-    losses, seconds = train_denoiser(model, scheduler, data, cfg, gen, log, condition=lambda idx: classes[idx])
+    losses, seconds = train_denoiser(model, scheduler, data, cfg, gen, log, condition=lambda idx: classes[idx],
+                                     on_step=denoiser_checkpoints(model, out, cfg.checkpoint_every, cfg.steps,
+                                                                  "transformer"))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / "transformer")
     scheduler.save_pretrained(out / "scheduler")

@@ -19,6 +19,7 @@ import torch
 from invmm.functional import seed_from
 from invmm.zoo.digits import (
     DigitsTrainConfig,
+    denoiser_checkpoints,
     digits_uint8,
     plan_dataset,
     to_model_space,
@@ -105,7 +106,8 @@ def train_digits_t2i(cfg: DigitsT2IConfig, out: Path, log=print) -> dict:
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         return table[torch.where(drop, torch.zeros_like(idx), caption_index[idx])]
 
-    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition)
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log, condition=condition,
+                                     on_step=denoiser_checkpoints(unet, out, cfg.checkpoint_every, cfg.steps))
     for name, comp in (("unet", unet), ("text_encoder", text_encoder), ("tokenizer", tokenizer),
                        ("scheduler", scheduler)):
         comp.save_pretrained(out / name)

@@ -26,6 +26,7 @@ from invmm.zoo.digits import (
     DigitsTrainConfig,
     build_scheduler,
     build_unet,
+    denoiser_checkpoints,
     digits_uint8,
     save_model,
     to_model_space,
@@ -125,7 +126,8 @@ def train_digits_template(cfg: DigitsTemplateConfig, out: Path, log=print) -> di
     data = to_model_space(train).unsqueeze(1)
     unet, scheduler = build_unet(cfg), build_scheduler(cfg)
     gen = torch.Generator().manual_seed(seed_from(cfg.seed, "digits-template-train"))
-    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log)
+    losses, seconds = train_denoiser(unet, scheduler, data, cfg, gen, log,
+                                     on_step=denoiser_checkpoints(unet, out, cfg.checkpoint_every, cfg.steps))
     manifest = {
         "kind": TEMPLATE_KIND,
         "pixels": "sklearn.datasets.load_digits().images, 0..16 scaled to uint8 0..255, with `pattern` pasted "
