@@ -199,6 +199,11 @@ def test_track_names_a_bad_checkpoint_and_keeps_what_it_audited(tmp_path, tiny_m
     assert "no weights found" in res.output
     summary = json.loads((tmp_path / "t" / "track.json").read_text())
     assert [r["step"] for r in summary["checkpoints"]] == [10] and summary["failed"][0]["step"] == 20
+    # A setting that no checkpoint can run with stops the tracking at once, naming it; the audited run stays.
+    res = runner.invoke(app, [*cmd, "--base", str(tiny_model), "--refine", "--refine-samples", "2"])
+    assert res.exit_code == 2 and "step 10" in res.output and "refine_samples must be >=" in res.output
+    assert "the checkpoints audited before it are kept" in res.output
+    assert len((tmp_path / "t" / "step-10" / "results.jsonl").read_text().splitlines()) == 4
 
 
 # --- track.json from run folders whose outcomes are known ----------------------------------------------------------
@@ -325,3 +330,29 @@ def test_the_monitor_in_a_training_loop_fires_logs_and_leaves_the_training_as_it
     assert [step for step, _ in recorder.logged] == [2, 4]
     assert recorder.logged[0][1]["invmm/reproduced"] == 2 and recorder.logged[0][1]["invmm/crossed"] == 1
     assert recorder.logged[1][1]["invmm/auc"] == 1.0 and "invmm/reproduced" not in recorder.logged[1][1]
+
+
+def test_track_applies_repeats_the_refinement_early_stop_a_mask_and_a_sample_at_every_checkpoint(tmp_path, tiny_model,
+                                                                                             four_images):
+    import numpy as np
+
+    train = tmp_path / "train"
+    _perturbed_unet(tiny_model, train / "checkpoint-5", 5)
+    side = Image.open(four_images.parent / "img0.png").size[0]
+    left = np.zeros((side, side), np.uint8)
+    left[:, : side // 2] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    out = tmp_path / "t"
+    res = runner.invoke(app, ["track", str(train), str(four_images), "--out", str(out), "--base", str(tiny_model),
+                              "--final", str(tiny_model), "--repeats", "2", "--refine", "--refine-samples", "8",
+                              "--early-stop", "--mask", str(tmp_path / "left.png"), "--sample", "3", *FAST])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "track.json").read_text())
+    for r in summary["checkpoints"]:  # a sample of 3 of the 4: hypergeometric bounds around 3 found, none certain
+        info = json.loads((out / f"step-{r['step']}" / "run.json").read_text())
+        assert info["repeats"] == 2 and info["config"]["refine"] and info["config"]["early_stop"]
+        assert info["mask"]["path"] == str(tmp_path / "left.png") and info["design"]["sample"]["m"] == 3
+        assert (r["reproduced"], r["n"], r["lower"], r["upper"]) == (3, 3, 3, 4)
+        assert r["median_refined"] is not None
+        lines = [json.loads(line) for line in (out / f"step-{r['step']}" / "results.jsonl").read_text().splitlines()]
+        assert len(lines) == 6 and all(d["mask"]["source"] == "option" for d in lines)

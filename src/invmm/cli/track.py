@@ -106,12 +106,17 @@ def command(
         progress[0] = _Progress(repeats)
         typer.echo(f"step {cp.step}: {cp.path} -> {run_dir}", err=True)
 
-    result = track(checkpoints, items, out, base=base, load=load, config_for=config_for, on_checkpoint=starting,
-                   backend=backend, ray_address=address, batch_images=batch_images, repeats=repeats, screen=screen,
-                   keep=keep, keep_top=keep_top, allow_pickle=model_options.allow_pickle, data_source=str(data),
-                   on_start=lambda *a: progress[0].start(*a), on_result=lambda r: progress[0].result(r),
-                   run_extra={"argv": sys.argv}, data_info=items.describe(), mask=mask, sample=sample,
-                   population=population)
+    try:
+        result = track(checkpoints, items, out, base=base, load=load, config_for=config_for, on_checkpoint=starting,
+                       backend=backend, ray_address=address, batch_images=batch_images, repeats=repeats,
+                       screen=screen, keep=keep, keep_top=keep_top, allow_pickle=model_options.allow_pickle,
+                       data_source=str(data), on_start=lambda *a: progress[0].start(*a),
+                       on_result=lambda r: progress[0].result(r), run_extra={"argv": sys.argv},
+                       data_info=items.describe(), mask=mask, sample=sample, population=population)
+    except InvMMInputError as exc:
+        if progress[0] is not None:
+            progress[0].close()
+        fail(f"{exc}; the checkpoints audited before it are kept in {out}")
     if progress[0] is not None:
         progress[0].close()
     for r in result.runs:

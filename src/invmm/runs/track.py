@@ -10,6 +10,7 @@ a LoRA is loaded onto `--base` as `--lora` would load it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -102,8 +103,9 @@ def track(checkpoints: list[Checkpoint], items, out: str | Path, *, base: str | 
           **audit_options) -> TrackRun:
     """Audit every checkpoint into OUT/step-N in step order. `load(model_folder, loras)` gives the adapter and
     `config_for(adapter)` its InvMM config (the same settings and seed for every checkpoint); `audit_options` are
-    runs.audit.audit's (screen, keep_top, sample, repeats, mask, ...). A checkpoint that cannot be loaded or audited
-    is recorded with its error and the others go on: nothing already written is touched."""
+    runs.audit.audit's (screen, keep_top, sample, repeats, mask, ...). A checkpoint that cannot be loaded is recorded
+    with its error and the others go on; an error past loading (settings, data, a run folder made differently) is
+    raised, naming the step. Nothing already written is touched."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = TrackRun()
@@ -113,15 +115,23 @@ def track(checkpoints: list[Checkpoint], items, out: str | Path, *, base: str | 
         result.runs.append(entry)
         if on_checkpoint:
             on_checkpoint(cp, run_dir)
-        try:
+        try:  # a checkpoint that cannot be loaded fails alone (half written, or broken): the others go on
             model, loras = model_of(cp, base, out)
             adapter = load(model, loras)
-            extra = {**(run_extra or {}), "track": {
-                "step": cp.step, "checkpoint": str(cp.path), "kind": cp.kind,
-                "base": str(base) if base is not None and cp.kind != "pipeline" else None}}
-            entry.summary = audit(model, items, config_for(adapter), run_dir, adapter=adapter, run_extra=extra,
-                                  **audit_options)
         except InvMMInputError as exc:
             message = str(exc)
             entry.error = message if str(cp.path) in message else f"checkpoint {cp.path}: {message}"
+            continue
+        # What fails past loading (the settings, the data, a run folder made differently) would fail at every
+        # checkpoint alike: it stops the tracking, and what was audited so far stays.
+        extra = {**(run_extra or {}), "track": {
+            "step": cp.step, "checkpoint": str(cp.path), "kind": cp.kind,
+            "base": str(base) if base is not None and cp.kind != "pipeline" else None}}
+        try:
+            # Copies: an audit marks its items (masks given by option, errors), and the next checkpoint takes them
+            # as they were read.
+            entry.summary = audit(model, [dataclasses.replace(it) for it in items], config_for(adapter), run_dir,
+                                  adapter=adapter, run_extra=extra, **audit_options)
+        except InvMMInputError as exc:
+            raise InvMMInputError(f"step {cp.step} ({run_dir}): {exc}") from None
     return result
