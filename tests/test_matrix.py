@@ -326,3 +326,34 @@ def test_track_on_every_family_its_denoiser_and_lora_checkpoints(tmp_path, label
     for r in rows:
         assert (r["reproduced"], r["n"], r["lower"], r["upper"]) == (4, 4, 4, 4), r
         assert r["screen"]["scorer"] == auto_screen(adapter) and 0 <= r["screen"]["auc"] <= 1, r["screen"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_every_mitigation_generates_or_is_refused_on_every_family(tiny_family, fam):
+    """Each inference-time mitigation on each family's tiny pipeline: it generates mitigated samples (two, at three
+    sampler steps, two guidance scales) that differ from the unmitigated ones where its default settings change
+    anything, or it is refused with the reason before anything runs."""
+    from invmm.mitigations import MITIGATIONS, MitigationError, build_mitigations, install
+
+    model = tiny_family(fam)
+    plain = load_adapter(str(model))
+    for name in MITIGATIONS:
+        adapter = load_adapter(str(model))
+        try:
+            mitigations = build_mitigations([name], adapter)
+        except MitigationError as exc:
+            assert "does not apply to this model" in str(exc) and adapter.family in str(exc), str(exc)
+            continue
+        assert adapter.conditional and TEXT in adapter.capabilities, (fam, name)
+        install(adapter, mitigations)
+        noise = torch.randn((2, *adapter.latent_shape), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            cond = adapter.prompt_embeddings(["a red square", "a blue circle"])
+            out = adapter.generate(noise, steps=3, cond=cond, guidance=[1.0, 3.0])
+            want = plain.generate(noise, steps=3, cond=plain.prompt_embeddings(["a red square", "a blue circle"]),
+                                  guidance=[1.0, 3.0])
+        assert out.shape == want.shape and torch.isfinite(out).all(), (fam, name)
+        if name != "prompt-adjust":  # a tiny random model may already meet the adjustment's target: nothing to move
+            assert not torch.allclose(out, want, atol=1e-4), (fam, name)
+        assert adapter.mitigations == ({"name": name, **mitigations[0].settings()},)

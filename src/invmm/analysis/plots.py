@@ -198,7 +198,7 @@ def track_png(summary: dict, path: Path, top: int = 8) -> Path:
     score.set_xlabel("training step")
     score.set_ylabel("InvMM score (lower = more memorized)")
     score.grid(alpha=0.3)
-    score.legend(fontsize=7, loc="upper right")
+    score.legend(fontsize=7, loc="best")
     score.set_title("scores of the reproduced images")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -50,6 +50,10 @@ class ModelOptions:
                                                   "folder (pixel/latent UNet); repeatable")] = None
     lora_scale: Annotated[list[float], typer.Option(help="LoRA scale: one for all --lora, or one per --lora "
                                                          "(default 1; 0 = the base model)")] = None
+    mitigation: Annotated[list[str], typer.Option(help="generate under an inference-time memorization mitigation: "
+                                                       "guidance-delay, embedding-noise, random-tokens, prompt-"
+                                                       "adjust, attention-scale; settings as guidance-delay:mode="
+                                                       "dynamic; repeatable where they compose")] = None
 
     def chosen_device(self) -> str:
         """The device the run computes on (auto resolved), said once on stderr before anything long starts."""
@@ -67,7 +71,7 @@ class ModelOptions:
     def load(self, model: str, *, hub: bool = False):
         return load_adapter(model, device=self.chosen_device(), hub=hub, allow_pickle=self.allow_pickle,
                             resolution=self.resolution, latent_scale=self.latent_scale,
-                            loras=lora_specs(self.lora, self.lora_scale))
+                            loras=lora_specs(self.lora, self.lora_scale), mitigations=self.mitigation or [])
 
 
 @dataclass

@@ -90,7 +90,7 @@ def command(
     def load(model, loras):
         return load_adapter(model, device=model_options.chosen_device(), allow_pickle=model_options.allow_pickle,
                             resolution=model_options.resolution, latent_scale=model_options.latent_scale,
-                            loras=extra_loras + loras)
+                            loras=extra_loras + loras, mitigations=model_options.mitigation or [])
 
     def config_for(adapter):
         try:

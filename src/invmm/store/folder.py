@@ -16,11 +16,20 @@ MODEL_SETTINGS = ("resolution", "scaling_factor")
 
 
 def model_settings(model: dict) -> dict:
-    """What of the model's loading changes scores beyond its weights: resolution, latent scale, and each LoRA
-    (its file's sha256 and scale; not where the file lies)."""
+    """What of the model's loading changes scores beyond its weights: resolution, latent scale, each LoRA (its
+    file's sha256 and scale; not where the file lies) and the inference-time mitigations with their settings."""
     out = {k: model.get(k) for k in MODEL_SETTINGS}
     out["loras"] = [f"{r['sha256'][:12]} x {r['scale']}" for r in model.get("loras") or []]
+    out["mitigations"] = mitigation_text(model.get("mitigations"))
     return out
+
+
+def mitigation_text(mitigations) -> str:
+    """--mitigation as a run records it: each mitigation with its settings, or none."""
+    if not mitigations:
+        return "none"
+    return "; ".join(m["name"] + "(" + ", ".join(f"{k}={m[k]}" for k in sorted(m) if k != "name") + ")"
+                     for m in mitigations)
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:

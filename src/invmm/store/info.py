@@ -72,7 +72,8 @@ def run_info(kind: str, adapter, *, seed: int, **fields) -> dict:
     return {
         "kind": kind,
         "created": now(),
-        "model": adapter.describe(),
+        "model": {**adapter.describe(), **({"mitigations": list(adapter.mitigations)}
+                                           if getattr(adapter, "mitigations", None) else {})},
         "model_path": model_path,
         "model_fingerprint": model_fingerprint(model_path, adapter.loras),
         "seed": seed,

@@ -1,0 +1,276 @@
+"""Inference-time mitigations: each against a hand-written reference on the tiny Stable Diffusion pipeline, their
+refusals where they have no meaning, and their record in run.json with resume."""
+
+
+import json
+
+import pytest
+import torch
+from families import FAMILIES, real_schedule
+from typer.testing import CliRunner
+
+from invmm.cli import app
+from invmm.families import build_tiny, load_adapter
+from invmm.mitigations import MitigationError, build_mitigations, install
+from invmm.mitigations.attention_scale import cross_attention_layers, end_position
+from invmm.mitigations.random_tokens import insert_tokens
+
+runner = CliRunner()
+CAPTIONS = ["a red square", "a blue circle on a green field"]
+
+
+@pytest.fixture(scope="module")
+def sd_model(tmp_path_factory):
+    return build_tiny("sd", tmp_path_factory.mktemp("mitigate") / "sd", **real_schedule("sd"))
+
+
+def _inputs(adapter, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, *adapter.latent_shape), generator=g)
+    return noise, adapter.prompt_embeddings(CAPTIONS[:n])
+
+
+def _mitigated(model, *specs):
+    adapter = load_adapter(str(model))
+    return install(adapter, build_mitigations(list(specs), adapter))
+
+
+def _ddim(adapter, noise, steps, output):
+    """A DDIM loop written out: `output(x, t, k)` is the model output at step k."""
+    scheduler = adapter.sampler(steps, "model")
+    x = noise.clone()
+    for k, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(output(x, t.expand(len(x)), k), t, x).prev_sample
+    return adapter.decode(x)
+
+
+@torch.no_grad()
+def test_settings_that_undo_a_mitigation_leave_generation_exactly_as_it_was(sd_model):
+    base = load_adapter(str(sd_model))
+    noise, cond = _inputs(base)
+    plain = base.generate(noise, steps=4, cond=cond, guidance=[1.0, 3.0])
+    for spec in ("embedding-noise:scale=0", "random-tokens:n=0", "prompt-adjust:steps=0",
+                 "guidance-delay:t=1000", "none"):
+        adapter = _mitigated(sd_model, spec)
+        got = adapter.generate(noise, steps=4, cond=adapter.prompt_embeddings(CAPTIONS), guidance=[1.0, 3.0])
+        assert torch.equal(got, plain), spec
+
+
+@torch.no_grad()
+def test_static_guidance_delay_is_unconditional_before_the_transition_and_cfg_after(sd_model):
+    adapter = _mitigated(sd_model, "guidance-delay")  # static, t = 500 of 1,000
+    base = load_adapter(str(sd_model))
+    noise, cond = _inputs(base)
+    steps, scale = 5, 4.0
+    timesteps = [int(t) for t in base.sampler(steps, "model").timesteps]
+    assert any(t > 500 for t in timesteps) and any(t <= 500 for t in timesteps)
+
+    def reference(x, t, k):
+        u = base.guided_output(x, t, None, 1.0)
+        c = base.guided_output(x, t, cond, 1.0)
+        return u if int(t[0]) > 500 else u + scale * (c - u)
+
+    want = _ddim(base, noise, steps, reference)
+    got = adapter.generate(noise, steps=steps, cond=adapter.prompt_embeddings(CAPTIONS[:2]), guidance=scale)
+    assert torch.allclose(got, want, atol=1e-5)  # CFG batched [u; c] vs two calls: float32 rounding only
+    assert not torch.allclose(got, base.generate(noise, steps=steps, cond=cond, guidance=scale), atol=1e-3)
+
+
+@torch.no_grad()
+def test_dynamic_guidance_delay_is_conditional_until_the_guidance_norm_passes_a_minimum(sd_model):
+    adapter = _mitigated(sd_model, "guidance-delay:mode=dynamic")
+    base = load_adapter(str(sd_model))
+    noise, cond = _inputs(base)
+    steps, scales = 8, torch.tensor([2.0, 5.0])
+    norms, switched = [], []
+
+    def reference(x, t, k):
+        u = base.guided_output(x, t, None, 1.0)
+        c = base.guided_output(x, t, cond, 1.0)
+        norms.append((c - u).flatten(1).norm(dim=1))
+        on = torch.zeros(2, dtype=torch.bool) if not switched else switched[-1].clone()
+        if k >= 2:  # the previous step's norm below both neighbours: guidance from here on
+            on |= (norms[k - 1] < norms[k - 2]) & (norms[k - 1] < norms[k])
+        switched.append(on)
+        w = torch.where(on, scales, torch.ones(2)).view(-1, 1, 1, 1)
+        return u + w * (c - u)
+
+    want = _ddim(base, noise, steps, reference)
+    got = adapter.generate(noise, steps=steps, cond=adapter.prompt_embeddings(CAPTIONS[:2]),
+                           guidance=scales.tolist())
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+@torch.no_grad()
+def test_embedding_noise_adds_lambda_gaussian_noise_to_both_embeddings_per_sample(sd_model):
+    from invmm.functional import seed_from
+    from invmm.mitigations import GenerationCall
+    from invmm.mitigations.base import row_digest
+    from invmm.mitigations.embedding_noise import EmbeddingNoise
+
+    base = load_adapter(str(sd_model))
+    noise, cond = _inputs(base)
+    call = GenerationCall(base, noise, cond, 2.0, 2, "model", plain=base.guided_output)
+    EmbeddingNoise(scale=0.5, seed=3).prepare(call)
+    uncond = base.uncond_embeddings(2)
+    for i in range(2):  # N(0, 1) x lambda from the documented stream: the seed, the name, the sample's own noise
+        def draw(stream, row):
+            g = torch.Generator().manual_seed(seed_from(3, "mitigation", stream, row_digest(row)))
+            return torch.randn(cond.shape[1:], generator=g)
+
+        assert torch.allclose(call.cond[i], cond[i] + 0.5 * draw("embedding-noise", noise[i]))
+        assert torch.allclose(call.uncond[i], uncond[i] + 0.5 * draw("embedding-noise/uncond", noise[i]))
+    # So a sample is mitigated the same way alone as in a pair, and the generation moves.
+    adapter = _mitigated(sd_model, "embedding-noise:scale=0.5,seed=3")
+    pair = adapter.generate(noise, steps=2, cond=adapter.prompt_embeddings(CAPTIONS[:2]), guidance=2.0)
+    alone = adapter.generate(noise[1:], steps=2, cond=adapter.prompt_embeddings(CAPTIONS[1:2]), guidance=2.0)
+    assert torch.allclose(alone, pair[1:], atol=1e-5)
+    assert not torch.allclose(pair, base.generate(noise, steps=2, cond=cond, guidance=2.0), atol=1e-3)
+
+
+def test_random_tokens_insert_n_non_special_tokens_at_word_positions(sd_model):
+    adapter = load_adapter(str(sd_model))
+    tok = adapter.tokenizers[0]
+    text = insert_tokens("a red square", 4, tok, torch.Generator().manual_seed(0))
+    words = text.split(" ")
+    assert len(words) == 3 + 4 and [w for w in words if w in ("a", "red", "square")][:3] == ["a", "red", "square"]
+    assert text == insert_tokens("a red square", 4, tok, torch.Generator().manual_seed(0))
+    ids = tok(text).input_ids
+    assert not set(ids[1:-1]) & set(tok.all_special_ids)
+
+
+@torch.no_grad()
+def test_attention_scale_at_one_without_the_mask_equals_the_stock_processor(sd_model):
+    base = load_adapter(str(sd_model))
+    noise, cond = _inputs(base)
+    want = base.generate(noise, steps=3, cond=cond, guidance=3.0)
+    adapter = _mitigated(sd_model, "attention-scale:c=1,mask=false")
+    got = adapter.generate(noise, steps=3, cond=adapter.prompt_embeddings(CAPTIONS[:2]), guidance=3.0)
+    assert torch.allclose(got, want, atol=1e-5)  # our logits + softmax vs scaled_dot_product_attention
+    masked = _mitigated(sd_model, "attention-scale")
+    out = masked.generate(noise, steps=3, cond=masked.prompt_embeddings(CAPTIONS[:2]), guidance=3.0)
+    assert not torch.allclose(out, want, atol=1e-3)
+    assert all(type(m.processor).__name__ != "RescaledCrossAttention" for m in cross_attention_layers(masked.denoiser))
+
+
+@torch.no_grad()
+def test_attention_scale_masks_after_the_end_token_and_scales_the_start_token_of_conditional_rows(sd_model):
+    from invmm.mitigations.attention_scale import RescaledCrossAttention
+
+    adapter = load_adapter(str(sd_model))
+    layer = cross_attention_layers(adapter.denoiser)[0]
+    tok = adapter.tokenizers[0]
+    cond = adapter.prompt_embeddings(CAPTIONS[:1])
+    length = cond.shape[1]
+    end = end_position(tok, CAPTIONS[0], length)
+    assert end == len(tok(CAPTIONS[0]).input_ids) - 1
+    states = torch.cat([adapter.uncond_embeddings(1), cond])
+    hidden = torch.randn(2, 5, layer.to_q.in_features, generator=torch.Generator().manual_seed(1))
+    probs = {}
+
+    def rows(s):
+        return torch.tensor([False, True]), torch.tensor([end_position(tok, "", length), end])
+
+    proc = RescaledCrossAttention(rows, 2.0, True)
+    real_softmax = torch.Tensor.softmax
+
+    def capture(self, dim=-1):
+        probs["p"] = real_softmax(self, dim=dim)
+        probs["logits"] = self
+        return probs["p"]
+
+    torch.Tensor.softmax = capture
+    try:
+        proc(layer, hidden, states)
+    finally:
+        torch.Tensor.softmax = real_softmax
+    p, logits = probs["p"], probs["logits"]
+    assert torch.all(p[0, :, :, 2:] == 0) and torch.all(p[1, :, :, end + 1:] == 0)
+    q = layer.head_to_batch_dim(layer.to_q(hidden))
+    k = layer.head_to_batch_dim(layer.to_k(states))
+    raw = (layer.scale * q @ k.transpose(-1, -2)).view(2, -1, 5, length)
+    assert torch.allclose(logits[1, ..., 0], 2.0 * raw[1, ..., 0], atol=1e-5)  # conditional: the start token x C
+    assert torch.allclose(logits[0, ..., 0], raw[0, ..., 0], atol=1e-5)  # unconditional: as it was
+
+
+def test_prompt_adjust_lowers_the_text_conditional_noise_magnitude(sd_model):
+    from invmm.mitigations import GenerationCall
+    from invmm.mitigations.prompt_adjust import PromptAdjust
+
+    adapter = load_adapter(str(sd_model))
+    noise, cond = _inputs(adapter)
+    call = GenerationCall(adapter, noise, cond, 1.0, 4, "model", plain=adapter.guided_output)
+    PromptAdjust(target=0.0, steps=5, lr=0.05).prepare(call)
+    t = adapter.sampler(4, "model").timesteps[0].expand(2)
+    with torch.no_grad():
+        u = adapter.guided_output(noise, t, None, 1.0)
+
+        def magnitude(c):
+            return (adapter.guided_output(noise, t, c, 1.0) - u).flatten(1).norm(dim=1)
+
+        before, after = magnitude(cond), magnitude(call.cond)
+    assert torch.all(after < before) and torch.equal(call.cond[:, 0], cond[:, 0])  # the start token kept
+    # A target every sample already meets: nothing moves.
+    met = GenerationCall(adapter, noise, cond, 1.0, 4, "model", plain=adapter.guided_output)
+    PromptAdjust(target=1e9).prepare(met)
+    assert torch.equal(met.cond, cond)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dit", "sd3", "flux-dev"])
+def test_a_mitigation_is_refused_where_it_has_no_meaning(tmp_path, name):
+    model = build_tiny(name, tmp_path / name, **real_schedule(name))
+    adapter = load_adapter(str(model))
+    fam = FAMILIES[name][0].name
+    expected = {
+        "ddpm": {"guidance-delay": "unconditional model", "embedding-noise": "unconditional model"},
+        "dit": {"random-tokens": "class-conditional model", "prompt-adjust": "class-conditional model"},
+        "sd3": {"attention-scale": "no cross-attention layer"},
+        "flux-dev": {"guidance-delay": "takes guidance 'embedded'", "prompt-adjust": "takes guidance 'embedded'",
+                     "attention-scale": "no cross-attention layer"},
+    }[name]
+    for spec, why in expected.items():
+        with pytest.raises(MitigationError, match=why):
+            build_mitigations([spec], adapter)
+    assert fam == adapter.family
+    with pytest.raises(MitigationError, match="unknown mitigation 'guidance'"):
+        build_mitigations(["guidance"], adapter)
+
+
+def test_unknown_settings_and_values_are_said():
+    from invmm.mitigations import parse_mitigation
+
+    with pytest.raises(MitigationError, match="takes mode, t, before"):
+        parse_mitigation("guidance-delay:delay=3")
+    with pytest.raises(MitigationError, match="mode 'late'"):
+        parse_mitigation("guidance-delay:mode=late")
+    assert parse_mitigation("none") is None
+    assert parse_mitigation("embedding-noise:scale=0.2").to_json() == {"name": "embedding-noise", "scale": 0.2,
+                                                                        "seed": 0}
+
+
+def test_a_mitigated_run_records_it_and_a_resume_under_another_is_refused(tmp_path, sd_model):
+    from PIL import Image
+
+    adapter = load_adapter(str(sd_model))
+    side = adapter.image_size
+    Image.new("RGB", (side, side), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "data.csv").write_text(f"path,caption\n{tmp_path / 'red.png'},a red square\n")
+    fast = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--sampler-steps", "2", "--similarity",
+            "pixel", "--map-samples", "0"]
+    out = tmp_path / "run"
+    cmd = ["audit", str(sd_model), str(tmp_path / "data.csv"), "--out", str(out), *fast]
+    res = runner.invoke(app, [*cmd, "--mitigation", "guidance-delay:mode=dynamic", "--mitigation",
+                              "embedding-noise:scale=0.2"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["model"]["mitigations"] == [{"name": "guidance-delay", "mode": "dynamic", "t": 500.0, "before": None},
+                                            {"name": "embedding-noise", "scale": 0.2, "seed": 0}]
+    res = runner.invoke(app, [*cmd, "--mitigation", "guidance-delay"])
+    assert res.exit_code == 2 and "model settings mitigations: 'guidance-delay(before=None, mode=dynamic, t=500.0); " \
+        "embedding-noise(scale=0.2, seed=0)' -> 'guidance-delay(before=None, mode=static, t=500.0)'" in res.output
+    res = runner.invoke(app, [*cmd, "--mitigation", "guidance-delay:mode=dynamic", "--mitigation",
+                              "embedding-noise:scale=0.2"])
+    assert res.exit_code == 0 and "1 already done" in res.output, res.output
+    res = runner.invoke(app, ["measure", str(sd_model), str(tmp_path / "red.png"), "--prompt", "a red square",
+                              "--mitigation", "attention-scale:c=0", *fast])
+    assert res.exit_code == 2 and "attention-scale c=0: must be > 0" in res.output
