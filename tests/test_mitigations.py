@@ -4,6 +4,7 @@ refusals where they have no meaning, and their record in run.json with resume.""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from families import FAMILIES, real_schedule
@@ -274,3 +275,64 @@ def test_a_mitigated_run_records_it_and_a_resume_under_another_is_refused(tmp_pa
     res = runner.invoke(app, ["measure", str(sd_model), str(tmp_path / "red.png"), "--prompt", "a red square",
                               "--mitigation", "attention-scale:c=0", *fast])
     assert res.exit_code == 2 and "attention-scale c=0: must be > 0" in res.output
+
+
+def test_mitigation_eval_gives_the_three_numbers_per_image_and_mitigation(tmp_path, sd_model):
+    import csv
+
+    from PIL import Image
+
+    from invmm.functional import seed_from
+    from invmm.similarity import build_similarity
+
+    adapter = load_adapter(str(sd_model))
+    side = adapter.image_size
+    rows = ["path,id,caption"]
+    for i, color in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (side, side), color).save(tmp_path / f"t{i}.png")
+        rows.append(f"{tmp_path / f't{i}.png'},t{i},{CAPTIONS[i]}")
+    (tmp_path / "triggers.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "others.csv").write_text("caption,id\na green tree,o0\na yellow sun,o1\n")
+    fast = ["--max-steps", "2", "--check-every", "2", "--batch-size", "2", "--sampler-steps", "3", "--similarity",
+            "pixel", "--map-samples", "0"]
+    out = tmp_path / "eval"
+    res = runner.invoke(app, ["mitigation-eval", str(sd_model), str(tmp_path / "triggers.csv"), "--others",
+                              str(tmp_path / "others.csv"), "--out", str(out), "--mitigation", "embedding-noise",
+                              "--mitigation", "guidance-delay", "--generations", "3", "--side-generations", "2",
+                              "--modes", "known", *fast])
+    assert res.exit_code == 0, res.output
+    table = list(csv.DictReader(open(out / "mitigation.csv")))
+    assert [(r["id"], r["mitigation"]) for r in table] == [(i, m) for m in ("none", "embedding-noise",
+                                                                           "guidance-delay") for i in ("t0", "t1")]
+    assert all(r["adversarial_reproduced"] in ("True", "False") and r["inverted_reproduced"] == "" for r in table)
+    # The plain numbers of `none`, recomputed here: 3 generations from the caption at guidance 7.5, same noise.
+    sim = build_similarity("pixel")
+    beta = json.loads((out / "mitigation.json").read_text())["settings"]["threshold"]
+    for r in table[:2]:
+        g = torch.Generator().manual_seed(seed_from(0, "mitigation-eval", "plain", r["id"]))
+        noise = torch.randn((3, *adapter.latent_shape), generator=g)
+        cond = adapter.prompt_embeddings([r["caption"]]).expand(3, -1, -1)
+        with torch.no_grad():
+            images = adapter.generate(noise, steps=3, cond=cond, guidance=7.5, schedule="paper")
+        target = torch.tensor(np.asarray(Image.open(tmp_path / f"{r['id']}.png"), dtype=np.float32))
+        target = (target.permute(2, 0, 1) / 127.5 - 1.0)
+        sims = sorted((float(v) for v in sim(images, target)), reverse=True)
+        assert float(r["plain_max_similarity"]) == pytest.approx(sims[0], abs=1e-5)
+        assert float(r["plain_top3_mean"]) == pytest.approx(sum(sims) / 3, abs=1e-5)
+        assert float(r["plain_share"]) == pytest.approx(sum(s >= beta for s in sims) / 3)
+    effects = list(csv.DictReader(open(out / "side_effects.csv")))
+    none = [e for e in effects if e["mitigation"] == "none"]
+    assert len(effects) == 6 and all(float(e["mean_similarity"]) == pytest.approx(1.0) and
+                                     float(e["share_changed"]) == 0 for e in none)
+    noised = [e for e in effects if e["mitigation"] == "embedding-noise"]
+    assert all(float(e["mean_similarity"]) < 1.0 for e in noised)
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [s["mitigation"] for s in summary] == ["none", "embedding-noise", "guidance-delay"]
+    assert "plain re-triggered" in res.output and "guidance-delay" in res.output
+    # Resumed: the inversions are not run again.
+    again = runner.invoke(app, ["mitigation-eval", str(sd_model), str(tmp_path / "triggers.csv"), "--out", str(out),
+                                "--mitigation", "embedding-noise", "--mitigation", "guidance-delay", "--generations",
+                                "3", "--modes", "known", *fast])
+    assert again.exit_code == 0, again.output
+    ledger = (out / "invmm" / "embedding-noise" / "known" / "results.jsonl").read_text().splitlines()
+    assert len(ledger) == 2

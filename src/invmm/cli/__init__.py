@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from invmm.cli import assess, audit, demo, estimate, evaluate, measure, merge, results, track, zoo
+from invmm.cli import assess, audit, demo, estimate, evaluate, measure, merge, mitigation_eval, results, track, zoo
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="How strongly has a diffusion model memorized an image? (InvMM, Ma et al., ICCV 2025)")
@@ -21,6 +21,7 @@ app.command("dataset-test")(results.dataset_test)
 app.command("merge")(merge.command)
 app.command("assess")(assess.command)
 app.command("track")(track.command)
+app.command("mitigation-eval")(mitigation_eval.command)
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Toy models with planted memorization.")
 zoo_app.command("train-digits")(zoo.train_digits_command)
