@@ -336,3 +336,26 @@ def test_mitigation_eval_gives_the_three_numbers_per_image_and_mitigation(tmp_pa
     assert again.exit_code == 0, again.output
     ledger = (out / "invmm" / "embedding-noise" / "known" / "results.jsonl").read_text().splitlines()
     assert len(ledger) == 2
+
+
+def test_the_summary_counts_and_its_exact_interval_against_the_beta_quantiles():
+    from scipy.stats import beta as beta_dist
+
+    from invmm.analysis.mitigation_eval import exact_interval, plain_numbers, summarise
+
+    assert plain_numbers([0.2, 0.99, 0.5, 0.986, 0.1], 0.985) == {
+        "plain_max_similarity": 0.99, "plain_top3_mean": pytest.approx((0.99 + 0.986 + 0.5) / 3),
+        "plain_share": 0.4}
+    for k, n in ((0, 8), (3, 8), (8, 8)):  # Clopper-Pearson from the beta distribution's quantiles
+        lo, hi = exact_interval(k, n)
+        assert lo == pytest.approx(0.0 if k == 0 else beta_dist.ppf(0.025, k, n - k + 1), abs=1e-9)
+        assert hi == pytest.approx(1.0 if k == n else beta_dist.ppf(0.975, k + 1, n - k), abs=1e-9)
+    rows = [{"mitigation": m, "plain_max_similarity": p, "plain_share": s, "adversarial_reproduced": r,
+             "adversarial_score": sc, "inverted_reproduced": None, "inverted_score": None}
+            for m, p, s, r, sc in [("none", 0.99, 0.5, True, 0.3), ("none", 0.5, 0.0, False, float("inf")),
+                                   ("x", 0.5, 0.0, True, 0.7), ("x", 0.4, 0.0, True, 0.9)]]
+    side = [{"mitigation": "x", "mean_similarity": 0.8, "share_changed": 0.5}]
+    none, x = summarise(rows, side, 0.985)
+    assert (none["plain_retriggered"], none["adversarial_reproduced"], none["adversarial_n"]) == (1, 1, 2)
+    assert (x["plain_retriggered"], x["adversarial_reproduced"], x["adversarial_median_score"]) == (0, 2, 0.8)
+    assert none["inverted_n"] == 0 and x["side_share_changed"] == 0.5 and none["side_mean_similarity"] is None
