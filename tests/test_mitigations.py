@@ -359,3 +359,18 @@ def test_the_summary_counts_and_its_exact_interval_against_the_beta_quantiles():
     assert (none["plain_retriggered"], none["adversarial_reproduced"], none["adversarial_n"]) == (1, 1, 2)
     assert (x["plain_retriggered"], x["adversarial_reproduced"], x["adversarial_median_score"]) == (0, 2, 0.8)
     assert none["inverted_n"] == 0 and x["side_share_changed"] == 0.5 and none["side_mean_similarity"] is None
+
+
+@torch.no_grad()
+def test_a_worker_rebuilds_the_mitigated_model_from_its_load_options(sd_model):
+    """What a Ray worker does with families.load_options(adapter): the same mitigations, the same generation."""
+    from invmm.families import load_options
+    from invmm.mitigations import load_mitigated
+
+    adapter = load_mitigated(str(sd_model), mitigations=["embedding-noise:scale=0.3", "guidance-delay"])
+    worker = load_mitigated(str(sd_model), **load_options(adapter))
+    assert worker.mitigations == adapter.mitigations and len(adapter.mitigations) == 2
+    noise, _ = _inputs(adapter)
+    a = adapter.generate(noise, steps=3, cond=adapter.prompt_embeddings(CAPTIONS), guidance=3.0)
+    b = worker.generate(noise, steps=3, cond=worker.prompt_embeddings(CAPTIONS), guidance=3.0)
+    assert torch.equal(a, b)

@@ -13,9 +13,8 @@ from invmm.cli.common import fail
 from invmm.cli.options import DataOptions, InvMMOptions, ModelOptions, grouped
 from invmm.data.datasets import load_dataset
 from invmm.errors import InvMMInputError
-from invmm.families import load_adapter
 from invmm.families.lora import lora_specs
-from invmm.mitigations import MITIGATIONS
+from invmm.mitigations import MITIGATIONS, load_mitigated
 from invmm.runs.mitigation_eval import MODES, evaluate_mitigations
 
 
@@ -66,10 +65,10 @@ def command(
         fail(str(exc))
 
     def load(spec):
-        return load_adapter(model, device=model_options.chosen_device(), allow_pickle=model_options.allow_pickle,
-                            resolution=model_options.resolution, latent_scale=model_options.latent_scale,
-                            loras=lora_specs(model_options.lora, model_options.lora_scale),
-                            mitigations=[] if spec == "none" else [spec])
+        return load_mitigated(model, device=model_options.chosen_device(), allow_pickle=model_options.allow_pickle,
+                              resolution=model_options.resolution, latent_scale=model_options.latent_scale,
+                              loras=lora_specs(model_options.lora, model_options.lora_scale),
+                              mitigations=[] if spec == "none" else [spec])
 
     def config_for(adapter, inverted):
         invmm.invert_prompt = inverted

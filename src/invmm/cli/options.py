@@ -18,9 +18,9 @@ from invmm.cli.common import deprecated
 from invmm.config import PRESETS, InvMMConfig, default_config
 from invmm.data.datasets import KINDS, load_dataset
 from invmm.data.hf import Columns
-from invmm.families import load_adapter
 from invmm.families.loading import AUTO_DEVICE, resolve_device
 from invmm.families.lora import lora_specs
+from invmm.mitigations import load_mitigated
 
 BatchImages = Annotated[int, typer.Option("--batch-images", "-k", min=1, help="images inverted together")]
 Repeats = Annotated[int, typer.Option(min=1, help="independent inversions per image (R); the score is their "
@@ -69,9 +69,9 @@ class ModelOptions:
         return self._chosen
 
     def load(self, model: str, *, hub: bool = False):
-        return load_adapter(model, device=self.chosen_device(), hub=hub, allow_pickle=self.allow_pickle,
-                            resolution=self.resolution, latent_scale=self.latent_scale,
-                            loras=lora_specs(self.lora, self.lora_scale), mitigations=self.mitigation or [])
+        return load_mitigated(model, device=self.chosen_device(), hub=hub, allow_pickle=self.allow_pickle,
+                              resolution=self.resolution, latent_scale=self.latent_scale,
+                              loras=lora_specs(self.lora, self.lora_scale), mitigations=self.mitigation or [])
 
 
 @dataclass

@@ -16,8 +16,8 @@ from invmm.cli.common import EXIT_INPUT, fail
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, Mask, ModelOptions, grouped
 from invmm.data.checkpoints import default_base, discover
 from invmm.errors import InvMMInputError
-from invmm.families import load_adapter
 from invmm.families.lora import lora_specs
+from invmm.mitigations import load_mitigated
 from invmm.runs.track import track
 from invmm.scorers import SCREEN_SCORERS
 
@@ -88,9 +88,9 @@ def command(
                err=True)
 
     def load(model, loras):
-        return load_adapter(model, device=model_options.chosen_device(), allow_pickle=model_options.allow_pickle,
-                            resolution=model_options.resolution, latent_scale=model_options.latent_scale,
-                            loras=extra_loras + loras, mitigations=model_options.mitigation or [])
+        return load_mitigated(model, device=model_options.chosen_device(), allow_pickle=model_options.allow_pickle,
+                              resolution=model_options.resolution, latent_scale=model_options.latent_scale,
+                              loras=extra_loras + loras, mitigations=model_options.mitigation or [])
 
     def config_for(adapter):
         try:

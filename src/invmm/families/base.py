@@ -63,6 +63,8 @@ class ModelAdapter:
     text_encoders: tuple = ()  # every text encoder, in the pipeline's order (None for an absent optional one)
     tokenizers: tuple = ()  # their tokenizers
     loras: tuple = ()  # what families.lora loaded onto the model: {"path", "sha256", "scale"} each
+    # the inference-time mitigations it generates under (invmm.mitigations): {"name", its settings...} each
+    mitigations: tuple = ()
     num_train_timesteps: int | None = None  # the DDPM schedule's length (capability NOISE_SCHEDULE)
 
     @property

@@ -34,17 +34,15 @@ def detect(folder) -> Family:
 
 
 def load_adapter(model: str, *, device: str = "auto", hub: bool = False, allow_pickle: bool = False,
-                 resolution: int | None = None, latent_scale: float | None = None, loras=None,
-                 mitigations=None) -> ModelAdapter:
+                 resolution: int | None = None, latent_scale: float | None = None, loras=None) -> ModelAdapter:
     """Detect the model family from the folder's components and build its adapter.
 
     `device`: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N.
     `resolution`: the image side to measure at (default: the model's native side; SD3 and Flux at most 512, as
     the authors measure SD3). `latent_scale`: the VAE latent factor, overriding the one from the VAE's saved
     config. `loras`: LoraSpecs (or their dicts) loaded onto the model (families/lora.py); `adapter.loras` records
-    each file, its sha256 and scale. `mitigations`: inference-time mitigations (specs such as
-    "guidance-delay:mode=dynamic", or their dicts) under which the model generates (invmm.mitigations);
-    `adapter.mitigations` records them.
+    each file, its sha256 and scale. (Inference-time mitigations go on above this layer:
+    invmm.mitigations.load_mitigated.)
     """
     device = resolve_device(device)
     folder = read_folder(resolve_model_path(model, hub=hub, allow_pickle=allow_pickle))
@@ -61,12 +59,6 @@ def load_adapter(model: str, *, device: str = "auto", hub: bool = False, allow_p
     for comp in components.values():
         if comp is not None:
             comp.requires_grad_(False)  # LoRA layers arrive trainable; the audited model is frozen
-    from invmm.mitigations import MitigationError, build_mitigations, install
-
-    try:
-        install(adapter, build_mitigations(mitigations or [], adapter))
-    except MitigationError as exc:
-        raise InvMMInputError(str(exc)) from None
     return adapter
 
 
@@ -77,7 +69,8 @@ def lora_components(adapter: ModelAdapter) -> dict:
 
 
 def load_options(adapter: ModelAdapter) -> dict:
-    """The load_adapter arguments that rebuild `adapter` as it was loaded (for workers in other processes)."""
+    """The loading arguments that rebuild `adapter` as it was loaded (for workers in other processes; its
+    mitigations, where it has any, are for invmm.mitigations.load_mitigated)."""
     codec = adapter.codec
     scale_from_user = codec.scale_source == "user"
     return {"resolution": adapter.image_size, "latent_scale": codec.scaling_factor if scale_from_user else None,

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from invmm.errors import InvMMInputError
+from invmm.families import load_adapter
 from invmm.mitigations.attention_scale import AttentionScale
 from invmm.mitigations.base import GenerationCall, Mitigation, MitigationError, row_digest, sequence
 from invmm.mitigations.embedding_noise import EmbeddingNoise
 from invmm.mitigations.guidance_delay import GuidanceDelay
 from invmm.mitigations.prompt_adjust import PromptAdjust
 from invmm.mitigations.random_tokens import RandomTokens
+from invmm.spec import parse_spec
 
 MITIGATIONS: dict[str, type[Mitigation]] = {
     cls.name: cls for cls in (GuidanceDelay, EmbeddingNoise, RandomTokens, PromptAdjust, AttentionScale)}
@@ -26,8 +29,6 @@ NONE = "none"  # the model as it is (mitigation-eval's baseline)
 
 def parse_mitigation(spec: str) -> Mitigation | None:
     """"guidance-delay" or "guidance-delay:mode=dynamic" -> the mitigation with those settings; "none" -> None."""
-    from invmm.scorers import parse_spec  # one spec syntax for scorers and mitigations
-
     try:
         name, options = parse_spec(spec)
     except ValueError as exc:
@@ -111,4 +112,15 @@ def install(adapter, mitigations: list[Mitigation]):
     return adapter
 
 
-__all__ = ["MITIGATIONS", "Mitigation", "MitigationError", "build_mitigations", "install", "parse_mitigation"]
+def load_mitigated(model: str, *, mitigations=(), **load) -> object:
+    """load_adapter(model, **load) generating under `mitigations` (specs, or their dicts as run.json and
+    families.load_options record them); one that does not apply is an input error saying why."""
+    adapter = load_adapter(model, **load)
+    try:
+        return install(adapter, build_mitigations(list(mitigations or []), adapter))
+    except MitigationError as exc:
+        raise InvMMInputError(str(exc)) from None
+
+
+__all__ = ["MITIGATIONS", "Mitigation", "MitigationError", "build_mitigations", "install", "load_mitigated",
+           "parse_mitigation"]

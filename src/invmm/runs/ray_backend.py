@@ -15,8 +15,8 @@ import torch
 
 from invmm.config import InvMMConfig
 from invmm.errors import InvMMInputError
-from invmm.families import load_adapter
 from invmm.inversion import Inverter, Outcome, Target
+from invmm.mitigations import load_mitigated
 from invmm.records import InversionRecord
 from invmm.similarity import build_similarity
 
@@ -29,7 +29,7 @@ class InversionWorker:
         if threads:
             torch.set_num_threads(threads)
         cfg = InvMMConfig.from_json(config)
-        adapter = load_adapter(model, device=device, allow_pickle=allow_pickle, **(load_options or {}))
+        adapter = load_mitigated(model, device=device, allow_pickle=allow_pickle, **(load_options or {}))
         sim = build_similarity(cfg.similarity, sscd_model=cfg.sscd_model, sscd_resize=cfg.sscd_resize)
         self.inverter = Inverter(adapter, cfg, sim, batch_images=batch_images)
 

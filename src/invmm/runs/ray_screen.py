@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from invmm.data.images import ImageItem
-from invmm.families import load_adapter
+from invmm.mitigations import load_mitigated
 from invmm.runs.ray_backend import _cluster_slots, ray_session
 from invmm.runs.scores import ScoreRecord, score_items
 from invmm.scorers import build_scorer
@@ -28,7 +28,7 @@ class ScreenWorker:
                  threads: int | None):
         if threads:
             torch.set_num_threads(threads)
-        self.adapter = load_adapter(model, device=device, allow_pickle=allow_pickle, **load_options)
+        self.adapter = load_mitigated(model, device=device, allow_pickle=allow_pickle, **load_options)
         self.scorer = build_scorer(spec, self.adapter)
         self.seed = seed
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from invmm.config import default_config
 from invmm.scorers.anisotropy import AnisotropyScorer
@@ -17,6 +16,7 @@ from invmm.scorers.pia import PIAScorer
 from invmm.scorers.secmi import SecMIScorer
 from invmm.scorers.sharpness import SharpnessScorer
 from invmm.scorers.sima import SimAScorer
+from invmm.spec import parse_spec as _parse_spec
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (InvMMScorer, LossScorer, SecMIScorer, PIAScorer, GenerateCompareScorer, NoiseNormScorer)
@@ -50,6 +50,15 @@ def auto_screen(adapter, *, captions: bool = True) -> str:
     return names[0]
 
 
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """A scorer spec ("pia" or "pia:t=100,p=2", invmm.spec) -> its name and options; a malformed one is a
+    ScorerError."""
+    try:
+        return _parse_spec(spec)
+    except ValueError as exc:
+        raise ScorerError(f"scorer {exc}") from None
+
+
 def split_specs(text: str) -> list[str]:
     """"invmm,loss" or "loss;pia:t=100,p=2;invmm" -> one spec per scorer. ';' separates specs; inside a
     chunk, names before the one carrying options may be comma-separated ("invmm,pia:t=100")."""
@@ -62,20 +71,6 @@ def split_specs(text: str) -> list[str]:
         specs += names
     return specs
 
-
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """"pia" or "pia:t=100,p=2" -> ("pia", {"t": 100, "p": 2}); values are JSON where they parse as JSON."""
-    name, _, rest = spec.strip().partition(":")
-    options = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ScorerError(f"scorer option {part!r} in {spec!r} is not key=value")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return name.strip(), options
 
 
 def build_scorer(spec: str, adapter, *, invmm_config=None, **invmm_options) -> Scorer:
