@@ -136,7 +136,7 @@ def test_track_audits_every_layout_resumes_and_adds_a_later_checkpoint(tmp_path,
     out = tmp_path / "track"
     cmd = ["track", str(train), str(four_images), "--out", str(out), "--base", str(tiny_model), "--final",
            str(tiny_model), "--final-step", "30", "--screen", "loss:t=50", "--keep", "1.0", "--max-rate", "0.5",
-           *FAST]
+           "--positive", "member", *FAST]
     res = runner.invoke(app, cmd)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "track.json").read_text())
@@ -179,6 +179,10 @@ def test_track_audits_every_layout_resumes_and_adds_a_later_checkpoint(tmp_path,
     assert "Last safe checkpoint" in page and "<b>none</b>" in page and "step 10 breaks it" in page
     assert "First checkpoint that reproduces a training image:</b> step 10" in page
     assert page.count("<tr>") == 1 + 4 + 1 + 4  # the checkpoints' header and rows, the onsets' header and rows
+    # The report rewrote track.json with what `track` was given: its labels (so the AUC) and its policy.
+    again = json.loads((out / "track.json").read_text())
+    assert again["labels"] == {"positive": ["member"], "negative": None} and again["policy"]["max_rate"] == 0.5
+    assert all(r["screen"]["auc"] is not None for r in again["checkpoints"])
 
 
 def test_track_names_a_bad_checkpoint_and_keeps_what_it_audited(tmp_path, tiny_model, four_images):

@@ -121,6 +121,7 @@ def summarise_track(out: str | Path, *, policy: Policy | None = None, score_belo
     safe = last_safe(outcomes, policy.max_rate) if policy else None
     first = next((r["step"] for r in rows if r["reproduced"]), None)
     return {"out": str(out), "quantity": a.quantity if folders else None,
+            "labels": {"positive": positive, "negative": negative}, "score_below": score_below,
             "policy": policy.to_json() if policy else None, "last_safe": safe,
             "last_safe_why": safe_reason(rows, safe, policy) if policy else None,
             "first_reproducing": first, "checkpoints": rows,
@@ -173,6 +174,12 @@ def screen_auc(run_dir: Path, info: dict, positive, negative) -> dict | None:
     auc = roc_metrics(y, [r.score for r in used], higher_is_better=higher)["auc"]
     return {"scorer": name, "auc": auc, "positive": cmp.positive, "negative": cmp.negative,
             "n_positive": sum(y), "n_negative": len(y) - sum(y)}
+
+
+def read_track(out: str | Path) -> dict | None:
+    """OUT/track.json as `invmm track` last wrote it, or None."""
+    path = Path(out) / TRACK_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def write_track(out: str | Path, summary: dict) -> Path:

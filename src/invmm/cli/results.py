@@ -23,6 +23,8 @@ def report(
     top_k: Annotated[int, typer.Option(help="most memorized images shown with their check samples")] = 12,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as memorized, for the ROC when labels "
                                                      "exist")] = None,
+    negative: Annotated[list[str], typer.Option(help="a tracking: label(s) of non-members, for the screen's AUC "
+                                                     "(default: as `invmm track` was given)")] = None,
     out: Annotated[Path, typer.Option(help="folder for index.html and the figures (default: RUN/report)")] = None,
     compare_with: Annotated[Path, typer.Option("--compare", help="a run of the base model over the same images: "
                                                                  "adds what this run's fine-tune added")] = None,
@@ -41,7 +43,7 @@ def report(
     try:
         if is_track_folder(run):
             page = build_track_report(run, policy=Policy(max_rate) if max_rate is not None else None,
-                                      positive=positive or None, report_dir=out)
+                                      positive=positive or None, negative=negative or None, report_dir=out)
             typer.echo(f"wrote {page}")
             return
         page = build_report(run, top_k=top_k, positive=positive or None, out=out, compare_with=compare_with,

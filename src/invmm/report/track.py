@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invmm.analysis.plots import track_png
 from invmm.analysis.population import Policy
-from invmm.analysis.tracking import TRACK_FILE, step_folders, summarise_track, write_track
+from invmm.analysis.tracking import TRACK_FILE, read_track, step_folders, summarise_track, write_track
 from invmm.report.html import CSS, SORT_JS, _e, _png
 from invmm.store.files import atomic_write_bytes
 
@@ -26,9 +26,16 @@ def _cell(v, digits: int = 3) -> str:
 def build_track_report(out_dir: str | Path, *, policy: Policy | None = None, positive=None, negative=None,
                        report_dir: Path | None = None, top: int = 8) -> Path:
     """Summarise OUT's run folders afresh (so the page shows every checkpoint audited so far), rewrite track.json,
-    and write OUT/report/index.html with the figure beside it."""
+    and write OUT/report/index.html with the figure beside it. What `invmm track` was given (the labels, the policy,
+    --score-below) holds unless given here."""
     out_dir = Path(out_dir)
-    summary = summarise_track(out_dir, policy=policy, positive=positive, negative=negative)
+    last = read_track(out_dir) or {}
+    labels = last.get("labels") or {}
+    if policy is None and last.get("policy"):
+        policy = Policy(**last["policy"])
+    summary = summarise_track(out_dir, policy=policy, positive=positive or labels.get("positive"),
+                              negative=negative or labels.get("negative"), score_below=last.get("score_below"),
+                              errors={f["step"]: f["error"] for f in last.get("failed") or []})
     write_track(out_dir, summary)
     report_dir = Path(report_dir) if report_dir else out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
