@@ -44,7 +44,8 @@ def main() -> None:
         for e, p in zip(chosen, paths):
             w.writerow([p.resolve(), e["id"], e["caption"], e["copies"]])
     held = [e for e in manifest["images"] if e["split"] == "heldout"]
-    captions = list(dict.fromkeys(e["caption"] for e in held))[: args.others]
+    used = {e["caption"] for e in chosen}  # the others are captions that are not triggers
+    captions = [c for c in dict.fromkeys(e["caption"] for e in held) if c not in used][: args.others]
     with open(data / "others.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "caption"])

@@ -329,6 +329,13 @@ def test_mitigation_eval_gives_the_three_numbers_per_image_and_mitigation(tmp_pa
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert [s["mitigation"] for s in summary] == ["none", "embedding-noise", "guidance-delay"]
     assert "plain re-triggered" in res.output and "guidance-delay" in res.output
+    # The report: the summary and the per-image table, and an audit folder that `assess` gates on.
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "Did the mitigation work?" in page and page.count("<tr>") == 1 + 3 + 1 + 6
+    gate = runner.invoke(app, ["assess", str(out / "invmm" / "none" / "known"), "--max-rate", "0.5", "--json"])
+    found = sum(r["adversarial_reproduced"] == "True" for r in table[:2])
+    assert json.loads(gate.stdout)["census"]["reproduced"] == found and gate.exit_code == (1 if found > 1 else 0)
     # Resumed: the inversions are not run again.
     again = runner.invoke(app, ["mitigation-eval", str(sd_model), str(tmp_path / "triggers.csv"), "--out", str(out),
                                 "--mitigation", "embedding-noise", "--mitigation", "guidance-delay", "--generations",

@@ -15,11 +15,13 @@ from invmm.cli.common import deprecated, fail
 from invmm.errors import InvMMInputError
 from invmm.report.export import export_run
 from invmm.report.html import build_report
+from invmm.report.mitigations import build_mitigation_report, is_mitigation_folder
 from invmm.report.track import build_track_report, is_track_folder
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="audit or measure run folder, or the --out folder of `invmm track`")],
+    run: Annotated[Path, typer.Argument(help="audit or measure run folder, or the --out folder of `invmm track` or "
+                                             "`invmm mitigation-eval`")],
     top_k: Annotated[int, typer.Option(help="most memorized images shown with their check samples")] = 12,
     positive: Annotated[list[str], typer.Option(help="label(s) counted as memorized, for the ROC when labels "
                                                      "exist")] = None,
@@ -41,6 +43,9 @@ def report(
         deprecated("--rank-by", "--by")
         by = rank_by
     try:
+        if is_mitigation_folder(run):
+            typer.echo(f"wrote {build_mitigation_report(run, report_dir=out)}")
+            return
         if is_track_folder(run):
             page = build_track_report(run, policy=Policy(max_rate) if max_rate is not None else None,
                                       positive=positive or None, negative=negative or None, report_dir=out)
