@@ -357,3 +357,29 @@ def test_every_mitigation_generates_or_is_refused_on_every_family(tiny_family, f
         if name != "prompt-adjust":  # a tiny random model may already meet the adjustment's target: nothing to move
             assert not torch.allclose(out, want, atol=1e-4), (fam, name)
         assert adapter.mitigations == ({"name": name, **mitigations[0].settings()},)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", E2E_FAMILIES)
+def test_mitigation_eval_on_every_family(tmp_path, labelled, fam):
+    """`invmm mitigation-eval` through the command on each family: on a text-to-image family the three numbers for
+    none and embedding noise, with the known caption and the conditioning inverted; elsewhere a clear refusal."""
+    import csv
+
+    model, manifest = labelled[fam]
+    adapter = load_adapter(str(model))
+    (tmp_path / "others.csv").write_text("caption\na green tree\n")
+    res = runner.invoke(app, ["mitigation-eval", str(model), str(manifest), "--others", str(tmp_path / "others.csv"),
+                              "--out", str(tmp_path / "m"), "--mitigation", "embedding-noise", "--generations", "2",
+                              "--side-generations", "1", *TINY_INVMM, "--map-samples", "0"])
+    if TEXT not in adapter.capabilities:
+        assert res.exit_code == 2 and "does not apply to this model" in res.output, res.output
+        return
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "m" / "mitigation.csv")))
+    assert len(rows) == 2 * 4 and {r["mitigation"] for r in rows} == {"none", "embedding-noise"}
+    for r in rows:
+        assert 0 <= float(r["plain_share"]) <= 1 and r["adversarial_reproduced"] in ("True", "False")
+        assert r["inverted_reproduced"] in ("True", "False"), r
+    side = list(csv.DictReader(open(tmp_path / "m" / "side_effects.csv")))
+    assert [float(s["mean_similarity"]) for s in side if s["mitigation"] == "none"] == [pytest.approx(1.0)]

@@ -27,6 +27,7 @@ from invmm.data.images import ImageItem, load_image
 from invmm.errors import InvMMInputError
 from invmm.families.conditions import cond_expand
 from invmm.functional import seed_from
+from invmm.mitigations import MitigationError, build_mitigations
 from invmm.records import summarise as summarise_records
 from invmm.runs.audit import audit
 from invmm.similarity import build_similarity
@@ -75,11 +76,16 @@ def evaluate_mitigations(load: Callable[[str], object], specs: list[str], trigge
     say = on_progress or (lambda _: None)
     if not specs or specs[0].split(":")[0] != "none":
         specs = ["none", *[s for s in specs if s.split(":")[0] != "none"]]  # the baseline is always measured, first
+    base = load("none")
+    for spec in specs[1:]:  # every mitigation checked against the model before anything runs
+        try:
+            build_mitigations([spec], base)
+        except MitigationError as exc:
+            raise InvMMInputError(str(exc)) from None
     missing = [it.id for it in triggers if not it.caption]
     if missing:
         raise InvMMInputError(f"trigger images need their training caption (a 'caption' column); {len(missing)} "
                               f"have none (first: {missing[0]})")
-    base = load("none")
     config = config_for(base, False)
     guidance = default_guidance(base, config) if guidance is None else guidance
     similarity = build_similarity(config.similarity, sscd_model=config.sscd_model, sscd_resize=config.sscd_resize)
