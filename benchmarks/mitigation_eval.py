@@ -65,12 +65,13 @@ def main() -> None:
         raise SystemExit(f"mitigation-eval exited {done.returncode}")
     print(f"wall {time.perf_counter() - t0:.0f} s\n")
     rows = list(csv.DictReader(open(args.out / "eval" / "mitigation.csv")))
-    print("| image | mitigation | plain max | plain top-3 | plain share | InvMM reproduced | score | steps |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| image | mitigation | plain max | plain top-3 | plain share | InvMM (known caption) | score | steps | "
+          "InvMM (inverted) | score |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['id']} | {r['mitigation']} | {r['plain_max_similarity']} | {r['plain_top3_mean']} | "
               f"{r['plain_share']} | {r['adversarial_reproduced']} | {r['adversarial_score']} | "
-              f"{r['adversarial_steps']} |")
+              f"{r['adversarial_steps']} | {r['inverted_reproduced']} | {r['inverted_score']} |")
 
 
 if __name__ == "__main__":
