@@ -15,7 +15,6 @@ if the monitor had not run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -30,7 +29,7 @@ from invmm.data.images import ImageItem, collect_images
 from invmm.errors import InvMMInputError
 from invmm.families import load_adapter
 from invmm.runs.measure import measure
-from invmm.runs.scores import _loaded, score_loaded
+from invmm.runs.scores import decoded, score_loaded
 from invmm.runs.screen import suspicion_order
 from invmm.scorers import SCREEN_SCORERS, ScorerError, build_scorer
 
@@ -87,8 +86,8 @@ class TrainingMonitor:
             raise InvMMInputError("TrainingMonitor: invmm_every and top must be >= 0 (0: no InvMM)")
         self.adapter = pipeline if hasattr(pipeline, "predict_x0") else load_adapter(
             str(pipeline), device=device, allow_pickle=allow_pickle)
-        self.members = [_loaded(it, self.adapter) for it in _items(members, "members")]
-        self.non_members = [_loaded(it, self.adapter) for it in _items(non_members, "non_members")]
+        self.members = [decoded(it, self.adapter) for it in _items(members, "members")]
+        self.non_members = [decoded(it, self.adapter) for it in _items(non_members, "non_members")]
         self.adapter.denoiser = None  # the model being trained takes its place at each call
         if not self.members:
             raise InvMMInputError("TrainingMonitor: give at least one member image to probe")
@@ -145,9 +144,7 @@ class TrainingMonitor:
     def _invmm(self, ranked: list[str]) -> dict:
         chosen = ranked[: self.top]
         by_id = {it.id: it for it in self.members}
-        # Copies: the engine releases the pixels of the items it was given, and the probes are used again.
-        results = measure(self.adapter, [dataclasses.replace(by_id[i]) for i in chosen], self.config,
-                          batch_images=self.batch_images)
+        results = measure(self.adapter, [by_id[i] for i in chosen], self.config, batch_images=self.batch_images)
         scores = {r.id: (r.score if r.status == "ok" else None) for r in results}
         reproduced = [i for i, s in scores.items() if s is not None and math.isfinite(s)]
         return {"images": chosen, "reproduced": reproduced, "max_steps": self.config.max_steps,

@@ -45,6 +45,7 @@ class Assessment:
     plan: dict | None = None  # undecided: how many more random images would decide, and their cost
     design_kind: str = EVERYTHING
     notes: list[str] = field(default_factory=list)
+    summaries: dict[str, ImageSummary] = field(default_factory=dict, repr=False)  # per image, as the ledger holds it
 
     def to_json(self) -> dict:
         c = self.counts
@@ -72,7 +73,8 @@ def assess_run(run_dir: str | Path, policy: Policy | None = None, *, score_below
     info = read_run_info(run_dir, "audit run")
     if policy is not None:
         confidence = policy.confidence
-    summaries = {s.id: s for s in summarise(Ledger(run_dir).read())}
+    records = Ledger(run_dir).read()
+    summaries = {s.id: s for s in summarise(records)}
     design = info.get("design") or _inferred(info, summaries)
     if design.get("part"):
         raise InvMMInputError(f"{run_dir} is one part of a sharded audit: its sample is drawn over the whole "
@@ -102,7 +104,8 @@ def assess_run(run_dir: str | Path, policy: Policy | None = None, *, score_below
               "threshold": cfg.get("beta"), "repeats": repeats, "score_below": score_below,
               "model": info.get("model_path"), "seed": design.get("seed", info.get("seed"))}
     a = Assessment(counts, est, quantity(budget), budget, sorted(cf + sf), design_kind=kind,
-                   recall=recall_interval(counts, confidence) if kind == SCREEN_TOP else None, policy=policy)
+                   recall=recall_interval(counts, confidence) if kind == SCREEN_TOP else None, policy=policy,
+                   summaries=summaries)
     if counts.census_unknown or counts.unknown:
         a.notes.append(f"{counts.census_unknown + counts.unknown} image(s) of the design have no outcome (an input "
                        "error, or no result yet): they count as reproduced in the upper bound and as not in the "
@@ -110,7 +113,7 @@ def assess_run(run_dir: str | Path, policy: Policy | None = None, *, score_below
     if policy is not None:
         a.decision = decide(est, len(cf) + len(sf), policy)
         if a.decision == "undecided":
-            a.plan = _plan(counts, policy, info, Ledger(run_dir).read(), repeats)
+            a.plan = _plan(counts, policy, info, records, repeats)
     return a
 
 

@@ -17,9 +17,8 @@ from invmm.analysis.evaluate import choose_labels
 from invmm.analysis.metrics import roc_metrics
 from invmm.analysis.population import CONFIDENCE, Policy
 from invmm.errors import InvMMInputError
-from invmm.records import summarise
 from invmm.runs.scores import read_scores
-from invmm.store.files import RUN_FILE, Ledger, read_run_info
+from invmm.store.files import RUN_FILE, read_run_info
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,7 @@ def summarise_track(out: str | Path, *, policy: Policy | None = None, score_belo
     for step, run_dir in folders:
         info = read_run_info(run_dir, "audit run")
         a = assess_run(run_dir, policy, score_below=score_below, confidence=confidence)
-        summaries = summarise(Ledger(run_dir).read())
-        ok = {s.id: s for s in summaries if s.status == "ok"}
+        ok = {i: s for i, s in a.summaries.items() if s.status == "ok"}
         found = set(a.found_ids)
         for s in ok.values():
             scores.setdefault(s.id, {})[step] = s.score if s.id in found else None

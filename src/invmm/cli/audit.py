@@ -65,11 +65,11 @@ def command(
                                       "own top K, and `invmm merge` keeps the top K of the whole, which lies "
                                       "within them")
             items = select_part(items, *part)
-        _say_dataset(items)
+        say_dataset(items)
     except InvMMInputError as exc:
         fail(str(exc))
     adapter, config = load(model, model_options, invmm)
-    progress = _Progress(repeats)
+    progress = Progress(repeats)
     try:
         if screen is None and (keep is not None or keep_top is not None):
             raise InvMMInputError("--keep and --keep-top choose what a --screen keeps; give --screen SCORER too")
@@ -100,7 +100,7 @@ def command(
         raise typer.Exit(EXIT_INPUT)  # unusable files: everything else was scored, but say so in the exit code
 
 
-def _say_dataset(items) -> None:
+def say_dataset(items) -> None:
     """What the reader skipped or could not list, before the long part starts (run.json keeps it too)."""
     info = items.describe()
     for status, n in (info.get("skipped") or {}).items():
@@ -113,7 +113,7 @@ def _say_dataset(items) -> None:
                    "as an input error", err=True)
 
 
-class _Progress:
+class Progress:
     """The audit's progress bar (on a terminal) and the images whose files were unusable."""
 
     def __init__(self, repeats: int):

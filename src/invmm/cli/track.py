@@ -11,7 +11,7 @@ import typer
 
 from invmm.analysis.population import CONFIDENCE, Policy
 from invmm.analysis.tracking import format_track, summarise_track, write_track
-from invmm.cli.audit import _Progress, _say_dataset
+from invmm.cli.audit import Progress, say_dataset
 from invmm.cli.common import EXIT_INPUT, fail
 from invmm.cli.options import BatchImages, DataOptions, InvMMOptions, Mask, ModelOptions, grouped
 from invmm.data.checkpoints import default_base, discover
@@ -78,7 +78,7 @@ def command(
         model_options.chosen_device()
         items = data_options.load(data)
         population = [it.id for it in items]
-        _say_dataset(items)
+        say_dataset(items)
         if screen is None and (keep is not None or keep_top is not None):
             raise InvMMInputError("--keep and --keep-top choose what a --screen keeps; give --screen SCORER too")
     except InvMMInputError as exc:
@@ -103,7 +103,7 @@ def command(
     def starting(cp, run_dir):
         if progress[0] is not None:
             progress[0].close()
-        progress[0] = _Progress(repeats)
+        progress[0] = Progress(repeats)
         typer.echo(f"step {cp.step}: {cp.path} -> {run_dir}", err=True)
 
     try:

@@ -98,6 +98,16 @@ class ModelAdapter:
         batches images at different scales; rows at scale 1 take no unconditional pass)."""
         raise NotImplementedError
 
+    def unconditional_rows(self, cond, n: int):
+        """The unconditional conditioning that guides n rows of `cond` (a family may keep a row's own extras, as
+        SDXL keeps its size conditioning); what every guided step and inference-time mitigation uses."""
+        return self.uncond_embeddings(n)
+
+    def guidance_pair(self, x: torch.Tensor, t, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional and conditional raw outputs (u, c) a classifier-free guided step combines, in one
+        batched call: what a mitigation acting on the guidance reads (families with guidance_kind "cfg")."""
+        raise NotImplementedError
+
     def sampler(self, steps: int, schedule: str = "model"):
         """A diffusers scheduler of the check, its timesteps set."""
         raise NotImplementedError

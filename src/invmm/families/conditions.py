@@ -26,6 +26,13 @@ def cond_rows(cond, idx: torch.Tensor):
     return cond[idx]
 
 
+def guidance_pair(model_fn, x: torch.Tensor, t: torch.Tensor, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unconditional and the conditional outputs a guided step combines, in one batched call [uncond; cond]."""
+    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
+    u, c = out.chunk(2)
+    return u, c
+
+
 def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, uncond, scale):
     """u + scale (c - u), with `scale` one number or one scale per row.
 
@@ -38,8 +45,7 @@ def classifier_free_guidance(model_fn, x: torch.Tensor, t: torch.Tensor, cond, u
     if not torch.is_tensor(scale) and not isinstance(scale, (list, tuple)):
         if scale == 1.0:
             return model_fn(x, t, cond)
-        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), cond_cat([uncond, cond]))
-        u, c = out.chunk(2)
+        u, c = guidance_pair(model_fn, x, t, cond, uncond)
         return u + scale * (c - u)
     scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     guided = (scale != 1.0).nonzero().squeeze(1)

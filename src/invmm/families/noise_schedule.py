@@ -14,7 +14,7 @@ import torch
 
 from invmm.families.base import NOISE_SCHEDULE, ModelAdapter
 from invmm.families.codecs import CodecImages, PixelCodec, check_resolution
-from invmm.families.conditions import classifier_free_guidance
+from invmm.families.conditions import classifier_free_guidance, guidance_pair
 from invmm.functional import PREDICTION_TYPES, add_noise, x0_from_prediction
 
 # The success check's DDIM grid in the InvMM authors' code: timesteps spaced from the end (999, 994, ..., 4
@@ -105,14 +105,14 @@ class NoiseScheduleAdapter(CodecImages, ModelAdapter):
     def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
                       guidance: float | list[float] = 1.0) -> torch.Tensor:
         """The raw model output a sampler steps with; conditional models (the subclasses) guide it against the
-        unconditional rows of `_uncond_rows`."""
+        unconditional rows of `unconditional_rows`."""
         if not self.conditional:
             return self._model_output(x, t, cond)
-        uncond = None if cond is None else self._uncond_rows(cond, len(x))
+        uncond = None if cond is None else self.unconditional_rows(cond, len(x))
         return classifier_free_guidance(self._model_output, x, t, cond, uncond, guidance)
 
-    def _uncond_rows(self, cond, n: int):
-        return self.uncond_embeddings(n)
+    def guidance_pair(self, x: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        return guidance_pair(self._model_output, x, t, cond, self.unconditional_rows(cond, len(x)))
 
     def sampler(self, steps: int, schedule: str = "model"):
         """The DDIM scheduler of a `steps`-step check on the `schedule` grid (see DDIM_GRIDS): a fresh copy of the

@@ -15,7 +15,7 @@ import torch
 
 from invmm.families.base import TEXT, Family, LoraFormat, ModelFolder
 from invmm.families.codecs import VAECodec, check_resolution
-from invmm.families.conditions import classifier_free_guidance
+from invmm.families.conditions import classifier_free_guidance, guidance_pair
 from invmm.families.flow_matching import PAPER_RESOLUTION, FlowMatching
 from invmm.families.loading import build, load_component, load_tokenizers, load_vae, require
 from invmm.families.lora import fetch_options, load_text_encoder_loras, save_pipeline_lora, state_tensors
@@ -95,7 +95,11 @@ class SD3Adapter(FlowMatching):
     def guided_output(self, x: torch.Tensor, t: torch.Tensor, cond=None,
                       guidance: float | list[float] = 1.0) -> torch.Tensor:
         """The velocity at model timesteps t (not training indices), with classifier-free guidance."""
-        return classifier_free_guidance(self._velocity, x, t, cond, self.uncond_embeddings(len(x)), guidance)
+        uncond = None if cond is None else self.unconditional_rows(cond, len(x))
+        return classifier_free_guidance(self._velocity, x, t, cond, uncond, guidance)
+
+    def guidance_pair(self, x: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        return guidance_pair(self._velocity, x, t, cond, self.unconditional_rows(cond, len(x)))
 
     def sampler(self, steps: int, schedule: str = "model"):
         scheduler = self._euler(schedule)

@@ -123,7 +123,7 @@ class SDXLAdapter(NoiseScheduleAdapter):
                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
         return out[:, : self.channels]
 
-    def _uncond_rows(self, cond, n: int):
+    def unconditional_rows(self, cond, n: int):
         embeds, pooled = (c.expand(n, *c.shape[1:]) for c in self._uncond_text)
         return embeds, pooled, cond[2]  # each unconditional row keeps its conditional row's sizes
 

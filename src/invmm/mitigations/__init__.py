@@ -69,8 +69,8 @@ def install(adapter, mitigations: list[Mitigation]):
     adapter.mitigations = tuple(m.to_json() for m in mitigations)
     if not mitigations:
         return adapter
-    generate, guided = adapter.generate, adapter.guided_output
-    uncond_fn, prompt_fn = adapter.uncond_embeddings, adapter.prompt_embeddings
+    generate, guided, pair = adapter.generate, adapter.guided_output, adapter.guidance_pair
+    uncond_fn, prompt_fn = adapter.unconditional_rows, adapter.prompt_embeddings
     captions: dict[str, str] = {}  # the digest of an encoded caption's embedding -> the caption
 
     def prompt_embeddings(texts, **size):
@@ -83,10 +83,8 @@ def install(adapter, mitigations: list[Mitigation]):
         if cond is None:
             return generate(noise, steps=steps, eta=eta, cond=cond, guidance=guidance, generator=generator,
                             schedule=schedule)
-        call = GenerationCall(adapter, noise, cond, guidance, steps, schedule, plain=guided)
+        call = GenerationCall(adapter, noise, cond, guidance, steps, schedule, plain=guided, pair=pair)
         call.texts = [captions.get(row_digest(r)) for r in sequence(cond)]
-        for m in mitigations:
-            m.prepare(call)
 
         def step(x, t, c, g):
             for m in mitigations:
@@ -95,18 +93,20 @@ def install(adapter, mitigations: list[Mitigation]):
                     return out
             return guided(x, t, c, g)
 
-        def uncond(n):
-            return call.uncond if call.uncond is not None and n == len(call.noise) else uncond_fn(n)
+        def uncond(c, n):  # every guided pass of the call takes the unconditional rows a mitigation changed
+            return call.uncond if call.uncond is not None and n == len(call.noise) else uncond_fn(c, n)
 
-        adapter.guided_output, adapter.uncond_embeddings = step, uncond
+        adapter.guided_output, adapter.unconditional_rows = step, uncond
         try:
+            for m in mitigations:
+                m.prepare(call)
             with contextlib.ExitStack() as stack:
                 for m in mitigations:
                     stack.enter_context(m.attention(call))
                 return generate(noise, steps=steps, eta=eta, cond=call.cond, guidance=guidance, generator=generator,
                                 schedule=schedule)
         finally:
-            del adapter.guided_output, adapter.uncond_embeddings
+            del adapter.guided_output, adapter.unconditional_rows
 
     adapter.generate, adapter.prompt_embeddings = mitigated, prompt_embeddings
     return adapter

@@ -109,7 +109,7 @@ class AttentionScale(Mitigation):
         for i, row in enumerate(seq):
             text = call.texts[i] if i < len(call.texts) else None
             known[row_digest(row)] = (True, length - 1 if text is None else end_position(tokenizer, text, length))
-        uncond = sequence(call.uncond if call.uncond is not None else adapter.uncond_embeddings(len(call.noise)))
+        uncond = sequence(adapter.unconditional_rows(call.cond, len(call.noise)))
         empty_end = end_position(tokenizer, "", length)
         for row in uncond:
             known[row_digest(row)] = (False, empty_end)

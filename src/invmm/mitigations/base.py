@@ -54,8 +54,9 @@ class GenerationCall:
     steps: int
     schedule: str
     plain: object = None  # the model's own guided output (adapter.guided_output as the family defines it)
+    pair: object = None  # the model's own (u, c) of a guided step (adapter.guidance_pair)
     texts: list[str | None] = field(default_factory=list)  # each row's known caption (None: an inverted prompt)
-    uncond: object | None = None  # the unconditional rows, where a mitigation changes them
+    uncond: object | None = None  # the unconditional rows (adapter.unconditional_rows), where a mitigation changes them
     state: dict = field(default_factory=dict)  # per-mitigation state across the call's steps
 
     def __post_init__(self):

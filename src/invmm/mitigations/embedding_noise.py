@@ -33,5 +33,5 @@ class EmbeddingNoise(Mitigation):
 
     def prepare(self, call: GenerationCall) -> None:
         call.cond = self._noised(call, call.cond, self.name)
-        uncond = call.uncond if call.uncond is not None else call.adapter.uncond_embeddings(len(call.noise))
+        uncond = call.adapter.unconditional_rows(call.cond, len(call.noise))
         call.uncond = self._noised(call, uncond, self.name + "/uncond")

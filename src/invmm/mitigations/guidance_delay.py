@@ -58,8 +58,7 @@ class GuidanceDelay(Mitigation):
             if timestep_fraction(call.adapter, t) * 1000.0 > float(self.t):
                 return plain(x, t, cond, [self.weight_before()] * n)
             return None
-        c = plain(x, t, cond, 1.0)
-        u = plain(x, t, None, 1.0)
+        u, c = call.pair(x, t, cond)
         state = call.state.setdefault(self.name, {"norms": [], "on": torch.zeros(n, dtype=torch.bool)})
         norms = state["norms"]
         norms.append((c - u).float().flatten(1).norm(dim=1).cpu())

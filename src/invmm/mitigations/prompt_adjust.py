@@ -45,7 +45,7 @@ class PromptAdjust(Mitigation):
         t = t0.expand(len(x)).to(adapter.device)
         seq = sequence(call.cond).detach()
         with torch.no_grad():
-            u = call.plain(x, t, None, 1.0)
+            u, _ = call.pair(x, t, call.cond)
         start = seq[:, :1]
         free = seq[:, 1:].clone().requires_grad_(True)  # the start token's embedding stays (its gradient is zeroed)
         opt = torch.optim.AdamW([free], lr=float(self.lr))

@@ -34,7 +34,9 @@ FIRST_PASS = "whole"
 def run_masked(adapter, items, config, out, *, kind: str, resume: bool, mask: str | Path | None,
                options: RunOptions, callbacks: RunCallbacks) -> RunSummary:
     """run_images with the masks asked for: none (the manifest's, if it names any), one file for every image, or
-    `auto` (two passes, see the module doc)."""
+    `auto` (two passes, see the module doc). The run works on copies of the items (it attaches masks, records
+    errors and releases pixels), so a caller's items stay as they were read and can be run again."""
+    items = [dataclasses.replace(it) for it in items]
     if mask is None or str(mask) != AUTO:
         attach_masks(items, mask)
         return run_images(adapter, items, config, out, kind=kind, resume=resume, options=options, callbacks=callbacks)

@@ -6,7 +6,6 @@ OUT/invmm/<mitigation>/<mode>, resumable; the tables are rewritten at the end of
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from invmm.analysis.mitigation_eval import (
     write_csv,
 )
 from invmm.config import InvMMConfig
-from invmm.data.images import ImageItem, load_image
+from invmm.data.images import ImageItem
 from invmm.errors import InvMMInputError
 from invmm.families.conditions import cond_expand
 from invmm.functional import seed_from
 from invmm.mitigations import MitigationError, build_mitigations
 from invmm.records import summarise as summarise_records
 from invmm.runs.audit import audit
+from invmm.runs.scores import decoded
 from invmm.similarity import build_similarity
 from invmm.store.files import Ledger, atomic_write_json
 
@@ -93,7 +93,7 @@ def evaluate_mitigations(load: Callable[[str], object], specs: list[str], trigge
     threshold = beta if change_threshold is None else change_threshold
     targets = {}
     for it in triggers:
-        loaded = load_image(dataclasses.replace(it), mode=base.image_mode, size=base.image_size)
+        loaded = decoded(it, base)
         if loaded.error:
             raise InvMMInputError(f"trigger {it.id}: {loaded.error}")
         targets[it.id] = loaded.pixels
@@ -123,7 +123,7 @@ def evaluate_mitigations(load: Callable[[str], object], specs: list[str], trigge
                 continue
             say(f"{spec}: adversarial re-trigger, InvMM with the {mode} conditioning")
             run = out / "invmm" / folder_name(spec) / mode
-            audit(adapter.describe().get("source"), [dataclasses.replace(it) for it in triggers],
+            audit(adapter.describe().get("source"), triggers,
                   config_for(adapter, mode == "inverted"), run, adapter=adapter, batch_images=batch_images,
                   run_extra={"mitigation_eval": {"mitigation": spec, "mode": mode}})
             for s in summarise_records(Ledger(run).read()):

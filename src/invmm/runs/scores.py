@@ -155,7 +155,7 @@ def score_dataset(adapter, items: list[ImageItem], scorers, run_dir: str | Path,
                         on_batch(scorer.name, n, len(pending))
                 continue
             # Images are read and decoded on reading threads while the model scores the batch before.
-            stream = prefetch(pending, lambda it: _loaded(it, adapter)) if scorer.needs_image else pending
+            stream = prefetch(pending, lambda it: decoded(it, adapter)) if scorer.needs_image else pending
             done_n = 0
             for batch in batched(stream, size):
                 ledger.extend(score_loaded(scorer, adapter, batch, seed))
@@ -198,10 +198,10 @@ def score_items(scorer, adapter, items: list[ImageItem], seed: int) -> list[Scor
     fit in memory. A caption-level scorer decodes nothing: a row without a caption gets an error record."""
     if not scorer.needs_image:
         return _score_captions(scorer, items, seed)
-    return score_loaded(scorer, adapter, [_loaded(it, adapter) for it in items], seed)
+    return score_loaded(scorer, adapter, [decoded(it, adapter) for it in items], seed)
 
 
-def _loaded(item: ImageItem, adapter) -> ImageItem:
+def decoded(item: ImageItem, adapter) -> ImageItem:
     return load_image(dataclasses.replace(item), mode=adapter.image_mode, size=adapter.image_size)
 
 

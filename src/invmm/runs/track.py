@@ -10,7 +10,6 @@ a LoRA is loaded onto `--base` as `--lora` would load it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -53,8 +52,6 @@ def denoiser_view(base: str | Path, cp: Checkpoint, dest: str | Path) -> Path:
         _link(index_file, dest / "model_index.json")
     for name in components:
         source = cp.path / name if name == cp.denoiser else base / name
-        if not source.is_dir():
-            raise InvMMInputError(f"--base {base}: model_index.json names {name} but {source} is not a folder")
         for f in sorted(source.rglob("*")):
             if f.is_file():
                 _link(f, dest / name / f.relative_to(source))
@@ -128,10 +125,8 @@ def track(checkpoints: list[Checkpoint], items, out: str | Path, *, base: str | 
             "step": cp.step, "checkpoint": str(cp.path), "kind": cp.kind,
             "base": str(base) if base is not None and cp.kind != "pipeline" else None}}
         try:
-            # Copies: an audit marks its items (masks given by option, errors), and the next checkpoint takes them
-            # as they were read.
-            entry.summary = audit(model, [dataclasses.replace(it) for it in items], config_for(adapter), run_dir,
-                                  adapter=adapter, run_extra=extra, **audit_options)
+            entry.summary = audit(model, items, config_for(adapter), run_dir, adapter=adapter, run_extra=extra,
+                                  **audit_options)
         except InvMMInputError as exc:
             raise InvMMInputError(f"step {cp.step} ({run_dir}): {exc}") from None
     return result
