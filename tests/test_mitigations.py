@@ -384,3 +384,41 @@ def test_a_worker_rebuilds_the_mitigated_model_from_its_load_options(sd_model):
     a = adapter.generate(noise, steps=3, cond=adapter.prompt_embeddings(CAPTIONS), guidance=3.0)
     b = worker.generate(noise, steps=3, cond=worker.prompt_embeddings(CAPTIONS), guidance=3.0)
     assert_close_tensors(a, b)
+
+
+def test_every_scorer_on_a_mitigated_model_scores_or_is_refused_naming_the_mitigation(tmp_path, sd_model):
+    """The scorers that generate through adapter.generate (generate_compare, InvMM's check) score the mitigated
+    model; those with their own sampler loops (noise_norm, anisotropy, sharpness) are refused rather than scoring it
+    unmitigated; the others read the denoiser, which no inference-time mitigation changes."""
+    from families import SMALL_SCORERS, images
+
+    from invmm.scorers import SCORERS, ScorerError, build_scorer
+
+    plain = load_adapter(str(sd_model))
+    mitigated = _mitigated(sd_model, "embedding-noise:scale=0.5")
+    x = images(plain, 2, seed=4)
+    own_loop = {n for n, cls in SCORERS.items() if not cls.follows_mitigations}
+    assert own_loop == {"noise_norm", "anisotropy", "sharpness"}
+    for name, spec in SMALL_SCORERS.items():
+        if name in own_loop:
+            with pytest.raises(ScorerError, match=r"own sampler loop, which the mitigations \(embedding-noise\)"):
+                build_scorer(spec, mitigated)
+            continue
+        scores = build_scorer(spec, mitigated).score(x, ["a", "b"], CAPTIONS[:2], seed=0)
+        assert len(scores) == 2 and all(s == s for s in scores), name  # no NaN
+        if name == "generate_compare":  # it generates: the mitigation changes its samples, so its score
+            assert scores != build_scorer(spec, plain).score(x, ["a", "b"], CAPTIONS[:2], seed=0)
+    (tmp_path / "d.csv").write_text("path,label,caption\n" + "".join(
+        f"{_png(tmp_path, i, plain)},{lab},{CAPTIONS[0]}\n" for i, lab in enumerate(["member", "other"])))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "e"), "--model", str(sd_model), "--data",
+                              str(tmp_path / "d.csv"), "--scorers", SMALL_SCORERS["noise_norm"], "--mitigation",
+                              "embedding-noise", "--positive", "member"])
+    assert res.exit_code == 2 and "own sampler loop" in res.output, res.output
+
+
+def _png(folder, i, adapter):
+    from PIL import Image
+
+    path = folder / f"{i}.png"
+    Image.new("RGB", (adapter.image_size, adapter.image_size), (40 * i, 90, 200)).save(path)
+    return path

@@ -46,6 +46,7 @@ class AnisotropyScorer(PromptScorer):
     cosine_over: str = "channels"
 
     name = "anisotropy"
+    follows_mitigations = False  # its own sampler loop (Scorer.follows_mitigations)
     higher_is_better = True
 
     def __post_init__(self) -> None:

@@ -58,6 +58,9 @@ class Scorer:
     needs_caption: ClassVar[bool] = False
     # images per `score` call when a dataset is scored (InvMM overrides it with its own batch setting)
     batch_images = CHEAP_BATCH
+    # False: the scorer samples with its own sampler loop, which inference-time mitigations (invmm.mitigations: they
+    # act on adapter.generate) do not reach; it is refused on a mitigated model rather than scoring it unmitigated
+    follows_mitigations: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.check(self.adapter)
@@ -65,9 +68,17 @@ class Scorer:
     @classmethod
     def missing(cls, adapter) -> list[str]:
         """What the model lacks for this scorer, in words ([] when it can run)."""
-        return [CAPABILITY_NAMES[c] for c in cls.requires if c not in adapter.capabilities]
+        lacks = [CAPABILITY_NAMES[c] for c in cls.requires if c not in adapter.capabilities]
+        if adapter.mitigations and not cls.follows_mitigations:
+            lacks.append("a model without --mitigation (it samples outside the mitigated generation path)")
+        return lacks
 
     def check(self, adapter) -> None:
+        if adapter.mitigations and not self.follows_mitigations:
+            names = ", ".join(m["name"] for m in adapter.mitigations)
+            raise ScorerError(f"scorer {self.name!r} samples with its own sampler loop, which the mitigations "
+                              f"({names}) do not act on: it would score the model unmitigated. Leave it out of "
+                              "the scorers, or score the model without --mitigation")
         missing = self.missing(adapter)
         if missing:
             raise ScorerError(

@@ -26,6 +26,7 @@ class NoiseNormScorer(Scorer):
     guidance: float = 7.5
 
     name = "noise_norm"
+    follows_mitigations = False  # its own sampler loop (Scorer.follows_mitigations)
     higher_is_better = True
     requires = (NOISE_SCHEDULE, TEXT)
 

@@ -43,6 +43,7 @@ class SharpnessScorer(PromptScorer):
     guidance: float = 7.5  # only moves the trajectory between steps when n_steps > 1
 
     name = "sharpness"
+    follows_mitigations = False  # its own sampler loop (Scorer.follows_mitigations)
     higher_is_better = True
 
     def __post_init__(self) -> None:
